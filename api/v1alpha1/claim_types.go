@@ -1,0 +1,222 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// SecretKeyReference names a key of a Secret in the Claim's namespace.
+type SecretKeyReference struct {
+	// name of the Secret, in the Claim's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key of the Secret's data that holds the claim code. Defaults to "code".
+	// +optional
+	// +kubebuilder:default=code
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
+}
+
+// ClaimCodeProof offers the claim code printed in the device's documentation
+// pack as proof of ownership.
+type ClaimCodeProof struct {
+	// secretRef names the Secret (in the Claim's namespace) and key that hold
+	// the claim code, as printed ("XXXX-XXXX-XXXX-XXXX-XXXX"; case, spaces and
+	// dashes do not matter). The manager deletes the Secret once the code has
+	// bound the device: a code is good for one binding only. The code itself
+	// must never appear in the Claim.
+	// +required
+	SecretRef SecretKeyReference `json:"secretRef"`
+}
+
+// ReleasePolicy says what happens to a bound Device when its Claim is deleted.
+// +kubebuilder:validation:Enum=Retain;Release
+type ReleasePolicy string
+
+const (
+	// ReleasePolicyRetain keeps the device bound to the tenant; a new Claim
+	// for the same serial in the tenant's namespace reattaches it without a
+	// new proof. This protects ownership from an accidental deletion.
+	ReleasePolicyRetain ReleasePolicy = "Retain"
+	// ReleasePolicyRelease ends the binding: the device stops being the
+	// tenant's at once, and the next owner needs a fresh proof.
+	ReleasePolicyRelease ReleasePolicy = "Release"
+)
+
+// ClaimSpec is a tenant's request for one device.
+// +kubebuilder:validation:XValidation:rule="has(self.claimCode)",message="a Claim must offer a proof of ownership: set claimCode.secretRef to the Secret holding the claim code",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.serialNumber == oldSelf.serialNumber && self.model == oldSelf.model",message="serialNumber and model are immutable: create a new Claim for another device",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="has(self.claimCode) == has(oldSelf.claimCode) && (!has(self.claimCode) || self.claimCode == oldSelf.claimCode)",message="the proof of a Claim cannot be changed once made: create a new Claim",fieldPath=".claimCode",reason=FieldValueForbidden
+type ClaimSpec struct {
+	// serialNumber of the device, in upper case as printed on its label.
+	// Immutable.
+	// +required
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Z0-9][A-Z0-9-]*[A-Z0-9]$')",message="serialNumber must be upper-case letters, digits and '-', as printed on the device label",reason=FieldValueInvalid
+	SerialNumber string `json:"serialNumber"`
+
+	// model of the device, in upper case as printed on its label. Immutable.
+	// +required
+	// +kubebuilder:validation:MinLength=2
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Z0-9][A-Z0-9-]*[A-Z0-9]$')",message="model must be upper-case letters, digits and '-', as printed on the device label",reason=FieldValueInvalid
+	Model string `json:"model"`
+
+	// claimCode offers the device's claim code as proof of ownership.
+	// +optional
+	ClaimCode *ClaimCodeProof `json:"claimCode,omitempty"`
+
+	// releasePolicy says what happens to the device when this Claim is
+	// deleted: Retain (the default) keeps it bound to the tenant so that a new
+	// Claim can take it over; Release ends the binding at once.
+	// +optional
+	// +kubebuilder:default=Retain
+	ReleasePolicy ReleasePolicy `json:"releasePolicy,omitempty"`
+}
+
+// ClaimPhase is where a Claim stands.
+// +kubebuilder:validation:Enum=Pending;AwaitingDevice;CoolingOff;Bound;Denied;Disputed;Lost
+type ClaimPhase string
+
+const (
+	// ClaimPhasePending: the claim has not been decided yet (for example its
+	// Secret is missing, or the tenant must wait after failed attempts).
+	ClaimPhasePending ClaimPhase = "Pending"
+	// ClaimPhaseAwaitingDevice: waiting for the device to prove possession
+	// (reserved for the possession journey).
+	ClaimPhaseAwaitingDevice ClaimPhase = "AwaitingDevice"
+	// ClaimPhaseCoolingOff: proven, waiting out the cooling-off period
+	// (reserved for the cooling-off journey).
+	ClaimPhaseCoolingOff ClaimPhase = "CoolingOff"
+	// ClaimPhaseBound: the device is bound to this Claim.
+	ClaimPhaseBound ClaimPhase = "Bound"
+	// ClaimPhaseDenied: the proof was not accepted. Final: create a new Claim.
+	ClaimPhaseDenied ClaimPhase = "Denied"
+	// ClaimPhaseDisputed: the proof was valid but the device is held by
+	// another tenant; support staff have been told.
+	ClaimPhaseDisputed ClaimPhase = "Disputed"
+	// ClaimPhaseLost: the device was bound to this Claim and no longer is
+	// (released by support, transferred or decommissioned).
+	ClaimPhaseLost ClaimPhase = "Lost"
+)
+
+// ClaimStatus is the observed state of a Claim.
+type ClaimStatus struct {
+	// phase says where the claim stands: Pending, Bound, Denied, Disputed,
+	// Lost (and AwaitingDevice, CoolingOff for later journeys).
+	// +optional
+	Phase ClaimPhase `json:"phase,omitempty"`
+
+	// deviceName is the Device bound to this Claim, once it is bound.
+	// +optional
+	DeviceName string `json:"deviceName,omitempty"`
+
+	// boundAt is when the device was bound to this Claim.
+	// +optional
+	BoundAt *metav1.Time `json:"boundAt,omitempty"`
+
+	// retryAfter is set while claims of this tenant for this serial number are
+	// throttled after failed attempts; the claim is verified after it.
+	// +optional
+	RetryAfter *metav1.Time `json:"retryAfter,omitempty"`
+
+	// observedGeneration is the generation the manager last reconciled.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready is True once the device is bound; its reason says
+	// what to do otherwise.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Claim condition reasons. They are CamelCase and say what a user can do.
+const (
+	// ClaimReasonBound: the device is bound to this Claim.
+	ClaimReasonBound = "Bound"
+	// ClaimReasonVerifying: the claim is being verified.
+	ClaimReasonVerifying = "Verifying"
+	// ClaimReasonSecretNotFound: create the Secret named in
+	// spec.claimCode.secretRef; the claim proceeds when it appears.
+	ClaimReasonSecretNotFound = "ClaimCodeSecretNotFound"
+	// ClaimReasonClaimCodeMalformed: the code in the Secret is not a
+	// well-formed claim code (wrong length or check character): fix the
+	// Secret; the claim is retried when it changes. Not counted as an attempt.
+	ClaimReasonClaimCodeMalformed = "ClaimCodeMalformed"
+	// ClaimReasonNotVerified: no claimable device matches the serial number,
+	// model and claim code. Used alike for a wrong code and an unknown serial.
+	ClaimReasonNotVerified = "ClaimNotVerified"
+	// ClaimReasonThrottled: too many failed attempts; wait until retryAfter.
+	ClaimReasonThrottled = "TooManyFailedAttempts"
+	// ClaimReasonClaimCodeUsed: the code was right but has already bound the
+	// device once; ask the seller for a new claim code.
+	ClaimReasonClaimCodeUsed = "ClaimCodeAlreadyUsed"
+	// ClaimReasonHeldByAnotherTenant: the code was right but another tenant
+	// holds the device; support staff have been notified.
+	ClaimReasonHeldByAnotherTenant = "DeviceHeldByAnotherTenant"
+	// ClaimReasonAlreadyBoundToTenant: another Claim of this tenant holds the
+	// device; this one is redundant and can be deleted.
+	ClaimReasonAlreadyBoundToTenant = "DeviceAlreadyClaimedByTenant"
+	// ClaimReasonTenantNotReady: the namespace is not a ready Tenant's.
+	ClaimReasonTenantNotReady = "TenantNotReady"
+	// ClaimReasonDeviceReleased: the device is no longer bound to this Claim.
+	ClaimReasonDeviceReleased = "DeviceReleased"
+	// ClaimReasonDeleting: the Claim is being deleted.
+	ClaimReasonDeleting = "Deleting"
+)
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Namespaced,shortName=clm,categories=custody
+// +kubebuilder:printcolumn:name="Serial",type=string,JSONPath=`.spec.serialNumber`
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Device",type=string,JSONPath=`.status.deviceName`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// Claim is a tenant's claim that one device is theirs. Once bound, the Claim
+// is the tenant's handle on the device.
+type Claim struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the device asked for and the proof offered.
+	// +required
+	Spec ClaimSpec `json:"spec"`
+
+	// status is the outcome, written by the manager.
+	// +optional
+	Status ClaimStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// ClaimList is a list of Claims.
+type ClaimList struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// items is the list of Claims.
+	Items []Claim `json:"items"`
+}
+
+// DeviceName is the name of the Device this Claim asks for.
+func (c *Claim) DeviceName() string {
+	return DeviceName(c.Spec.Model, c.Spec.SerialNumber)
+}
+
+func init() {
+	SchemeBuilder.Register(&Claim{}, &ClaimList{})
+}

@@ -1,0 +1,350 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// DeviceIdentity is the identity the device was given at manufacture.
+type DeviceIdentity struct {
+	// publicKey is the device's identity public key as a PEM "PUBLIC KEY"
+	// block (PKIX SubjectPublicKeyInfo), ECDSA P-256 or Ed25519. The private
+	// key never leaves the device. Immutable.
+	// +required
+	// +kubebuilder:validation:MinLength=100
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('-----BEGIN PUBLIC KEY-----')",message="publicKey must be a PEM block starting with '-----BEGIN PUBLIC KEY-----' (PKIX SubjectPublicKeyInfo)",reason=FieldValueInvalid
+	PublicKey string `json:"publicKey"`
+}
+
+// DeviceClaimCode holds the verifier of the device's secret claim code.
+type DeviceClaimCode struct {
+	// verifier is the salted, memory-hard hash of the claim code printed in the
+	// device's documentation pack, in PHC string format:
+	// "$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>" with
+	// unpadded standard base64 salt (at least 16 bytes) and hash (32 bytes).
+	// `custody-device factory` produces it. It is never the code itself.
+	// +required
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[$]argon2id[$]v=19[$]m=[0-9]{1,7},t=[0-9]{1,2},p=[0-9]{1,2}[$][A-Za-z0-9+/]{22,64}[$][A-Za-z0-9+/]{43}$')",message="verifier must be an argon2id PHC string ($argon2id$v=19$m=...,t=...,p=...$salt$hash) as written by 'custody-device factory'; never put the claim code itself here",reason=FieldValueInvalid
+	Verifier string `json:"verifier"`
+}
+
+// Buyer is who bought the device according to the ERP.
+type Buyer struct {
+	// name of the buying organisation.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	Name string `json:"name"`
+
+	// contact is how the buyer is reached about this device (an e-mail address
+	// or phone number), used to notify it of claims and disputes.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	Contact string `json:"contact,omitempty"`
+}
+
+// SaleRecord is the ERP's record of the sale of a device.
+type SaleRecord struct {
+	// orderReference is the ERP's order reference. It is printed on bills of
+	// sale and shipping forms, so it is never accepted as a proof of ownership.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	OrderReference string `json:"orderReference"`
+
+	// buyer is who bought the device: an end customer or a wholesaler.
+	// +required
+	Buyer Buyer `json:"buyer"`
+
+	// custodianTenant names the registered Tenant that bought the device, when
+	// the buyer is one (typically a wholesaler). Used by the custodian journey.
+	// +optional
+	// +kubebuilder:validation:MaxLength=50
+	CustodianTenant string `json:"custodianTenant,omitempty"`
+
+	// soldAt is when the sale happened.
+	// +optional
+	SoldAt *metav1.Time `json:"soldAt,omitempty"`
+}
+
+// DeviceClaimReference is the binding of a Device to a Claim. It is written
+// only by the manager.
+type DeviceClaimReference struct {
+	// tenant is the name of the Tenant the device is bound to.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=50
+	Tenant string `json:"tenant"`
+
+	// namespace of the bound Claim (the tenant's namespace).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace"`
+
+	// name of the bound Claim.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// uid of the bound Claim, so that a new Claim with the same name is never
+	// mistaken for the bound one.
+	// +required
+	UID types.UID `json:"uid"`
+}
+
+// DeviceSpec is the manufacturer's record of one physical device.
+// +kubebuilder:validation:XValidation:rule="self.serialNumber == oldSelf.serialNumber && self.model == oldSelf.model",message="serialNumber and model are immutable: they name the physical device",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="self.identity == oldSelf.identity",message="identity is immutable: a device's factory key never changes; decommission the device and register its replacement instead",fieldPath=".identity",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="!has(self.claimRef) || !self.decommissioned",message="a decommissioned device cannot be bound",fieldPath=".claimRef",reason=FieldValueForbidden
+type DeviceSpec struct {
+	// serialNumber is the serial number printed on the device, in upper case.
+	// Immutable.
+	// +required
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Z0-9][A-Z0-9-]*[A-Z0-9]$`
+	SerialNumber string `json:"serialNumber"`
+
+	// model is the product model, in upper case. Immutable.
+	// +required
+	// +kubebuilder:validation:MinLength=2
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^[A-Z0-9][A-Z0-9-]*[A-Z0-9]$`
+	Model string `json:"model"`
+
+	// identity is the device's factory-made identity. Immutable.
+	// +required
+	Identity DeviceIdentity `json:"identity"`
+
+	// claimCode holds the verifier of the device's claim code. Without it the
+	// device cannot be claimed by code.
+	// +optional
+	ClaimCode *DeviceClaimCode `json:"claimCode,omitempty"`
+
+	// sale is the ERP's sale record. Informational for claims by code; used
+	// by the custodian journey.
+	// +optional
+	Sale *SaleRecord `json:"sale,omitempty"`
+
+	// claimPolicy tightens claim verification for this device.
+	// +optional
+	ClaimPolicy *ClaimPolicy `json:"claimPolicy,omitempty"`
+
+	// decommissioned takes the device out of service for good: it cannot be
+	// claimed, and a bound device must be released first.
+	// +optional
+	Decommissioned bool `json:"decommissioned,omitempty"`
+
+	// claimRef is the binding of this device to a tenant's Claim. Written only
+	// by the Custody manager; an admission webhook rejects every other writer.
+	// It lives in spec, as PersistentVolume.spec.claimRef does, because
+	// ownership is durable data that must survive a backup and restore that
+	// drops status.
+	// +optional
+	ClaimRef *DeviceClaimReference `json:"claimRef,omitempty"`
+
+	// consumedClaimCodes lists digests ("sha256:<hex>" of the verifier
+	// string) of claim codes that have already bound this device once. A
+	// consumed code never binds again: after a release the next owner needs a
+	// fresh proof. Written only by the manager.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=71
+	ConsumedClaimCodes []string `json:"consumedClaimCodes,omitempty"`
+}
+
+// DevicePhase is a Device's place in its life cycle.
+// +kubebuilder:validation:Enum=Available;Pending;Bound;Disputed;Released;Decommissioned
+type DevicePhase string
+
+const (
+	// DevicePhaseAvailable: not bound; claimable if it has an unused claim code.
+	DevicePhaseAvailable DevicePhase = "Available"
+	// DevicePhasePending: a claim is in progress but not yet effective
+	// (reserved for cooling-off).
+	DevicePhasePending DevicePhase = "Pending"
+	// DevicePhaseBound: bound to exactly one tenant's Claim.
+	DevicePhaseBound DevicePhase = "Bound"
+	// DevicePhaseDisputed: competing valid claims wait for support staff.
+	DevicePhaseDisputed DevicePhase = "Disputed"
+	// DevicePhaseReleased: was bound, has been released, and its claim code
+	// is used up; it needs a fresh proof (a new claim code) to be claimed.
+	DevicePhaseReleased DevicePhase = "Released"
+	// DevicePhaseDecommissioned: out of service for good.
+	DevicePhaseDecommissioned DevicePhase = "Decommissioned"
+)
+
+// CustodyEventType names an ownership change recorded in a Device's history.
+type CustodyEventType string
+
+const (
+	// CustodyEventBound: the device was bound to a tenant.
+	CustodyEventBound CustodyEventType = "Bound"
+	// CustodyEventReleased: the binding ended.
+	CustodyEventReleased CustodyEventType = "Released"
+	// CustodyEventReattached: the tenant's binding moved to a new Claim of the
+	// same tenant after the previous Claim was deleted with policy Retain.
+	CustodyEventReattached CustodyEventType = "Reattached"
+)
+
+// CustodyRecord is one entry of a Device's custody history.
+type CustodyRecord struct {
+	// time the change happened.
+	// +required
+	Time metav1.Time `json:"time"`
+
+	// type of change: Bound, Released or Reattached.
+	// +required
+	// +kubebuilder:validation:MaxLength=32
+	Type CustodyEventType `json:"type"`
+
+	// tenant the change concerns.
+	// +required
+	// +kubebuilder:validation:MaxLength=50
+	Tenant string `json:"tenant"`
+
+	// claim is "<namespace>/<name>" of the Claim involved.
+	// +optional
+	// +kubebuilder:validation:MaxLength=320
+	Claim string `json:"claim,omitempty"`
+
+	// claimUID is the UID of the Claim involved; with type it makes the entry
+	// unique, so a retried reconcile never records the same change twice.
+	// +optional
+	ClaimUID types.UID `json:"claimUID,omitempty"`
+
+	// proof is what proved ownership (for example ClaimCode), or why the
+	// binding ended (for example ClaimDeleted, TenantDeleted).
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Proof string `json:"proof,omitempty"`
+}
+
+// DeviceStatus is the observed state of a Device.
+type DeviceStatus struct {
+	// phase summarises the device's life cycle: Available, Pending, Bound,
+	// Disputed, Released or Decommissioned.
+	// +optional
+	Phase DevicePhase `json:"phase,omitempty"`
+
+	// failedClaimAttempts counts failed claim attempts on this device, from
+	// every tenant. Per-tenant lockouts are kept on each Tenant.
+	// +optional
+	FailedClaimAttempts int64 `json:"failedClaimAttempts,omitempty"`
+
+	// lastFailedClaimTime is when a claim attempt on this device last failed.
+	// +optional
+	LastFailedClaimTime *metav1.Time `json:"lastFailedClaimTime,omitempty"`
+
+	// history is the custody history of the device, newest last, bounded to
+	// the last 32 changes. Events record the same changes.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	History []CustodyRecord `json:"history,omitempty"`
+
+	// observedGeneration is the generation the manager last reconciled.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready (the device is in a consistent state), Claimable
+	// (a claim by code can succeed).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Device condition types.
+const (
+	// DeviceConditionClaimable is True when a claim by code can bind the device.
+	DeviceConditionClaimable = "Claimable"
+)
+
+// Device condition reasons.
+const (
+	// DeviceReasonClaimable: unbound with an unused claim code.
+	DeviceReasonClaimable = "ClaimCodeAvailable"
+	// DeviceReasonNoClaimCode: the ERP has not set spec.claimCode.
+	DeviceReasonNoClaimCode = "NoClaimCode"
+	// DeviceReasonClaimCodeConsumed: the claim code already bound the device
+	// once; set a new spec.claimCode.verifier to make it claimable again.
+	DeviceReasonClaimCodeConsumed = "ClaimCodeConsumed"
+	// DeviceReasonBound: the device is bound.
+	DeviceReasonBound = "Bound"
+	// DeviceReasonDecommissioned: the device is decommissioned.
+	DeviceReasonDecommissioned = "Decommissioned"
+	// DeviceReasonTenantMissing: the device is bound to a Tenant that does not
+	// exist; it is released.
+	DeviceReasonTenantMissing = "TenantMissing"
+	// DeviceReasonConsistent: the device's state is consistent.
+	DeviceReasonConsistent = "Consistent"
+)
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=dev,categories=custody
+// +kubebuilder:printcolumn:name="Serial",type=string,JSONPath=`.spec.serialNumber`
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.claimRef.tenant`
+// +kubebuilder:printcolumn:name="Buyer",type=string,JSONPath=`.spec.sale.buyer.name`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// Device is the manufacturer's record of one physical device: its identity,
+// the verifier of its claim code, its sale, and its binding to a tenant.
+// Its name is "<model>.<serial>" in lower case, so that serial and model are
+// unique together.
+// +kubebuilder:validation:XValidation:rule="self.metadata.name == self.spec.model.lowerAscii() + '.' + self.spec.serialNumber.lowerAscii()",message="metadata.name must be '<model>.<serialNumber>' in lower case (for example 'xr200.sn-0001')",reason=FieldValueInvalid
+type Device struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the manufacturer's record of the device; claimRef and
+	// consumedClaimCodes are written by the manager only.
+	// +required
+	Spec DeviceSpec `json:"spec"`
+
+	// status is the observed state of the device, written by the manager.
+	// +optional
+	Status DeviceStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// DeviceList is a list of Devices.
+type DeviceList struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// items is the list of Devices.
+	Items []Device `json:"items"`
+}
+
+// DeviceName is the name of the Device for a model and serial number.
+func DeviceName(model, serialNumber string) string {
+	return lowerASCII(model) + "." + lowerASCII(serialNumber)
+}
+
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return string(b)
+}
+
+func init() {
+	SchemeBuilder.Register(&Device{}, &DeviceList{})
+}

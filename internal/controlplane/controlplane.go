@@ -1,0 +1,356 @@
+// Package controlplane runs a real Kubernetes control plane for Custody's
+// integration tests and for custody-dev: kube-apiserver and etcd (built from
+// pinned Go modules, started through envtest), Custody's and cert-manager's
+// CRDs, Custody's admission webhook configuration, cert-manager's controllers
+// in-process (without the built-in approver), and a self-signed root
+// ClusterIssuer.
+//
+// It starts infrastructure only. It does not run the Custody manager; callers
+// start it against Config so that tests can stop and restart it.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+)
+
+// Defaults for Options.
+const (
+	DefaultOperatorNamespace = "custody-system"
+	DefaultRootIssuer        = "custody-root"
+)
+
+// Options configure Start.
+type Options struct {
+	// DataDir, when set, keeps etcd's data and the API server's serving
+	// certificates under it, so that a restart resumes with the same objects.
+	// When empty everything lives in temporary directories removed on Stop.
+	DataDir string
+
+	// OperatorNamespace is the namespace of the Custody manager, where CA
+	// material and CertificateRequests live. Defaults to custody-system.
+	OperatorNamespace string
+
+	// RootIssuer is the name of the self-signed root ClusterIssuer to
+	// bootstrap. Defaults to custody-root.
+	RootIssuer string
+
+	// Log receives the control plane's and cert-manager's log lines.
+	Log logr.Logger
+}
+
+// ControlPlane is a running control plane. Its exported fields are read-only.
+type ControlPlane struct {
+	// Config authenticates as a cluster admin (system:masters).
+	Config *rest.Config
+	// Client is an admin client with Custody's and cert-manager's types.
+	Client client.Client
+	// Scheme knows core Kubernetes, Custody and cert-manager types.
+	Scheme *runtime.Scheme
+	// OperatorNamespace and RootIssuer are the effective Options values.
+	OperatorNamespace string
+	RootIssuer        string
+
+	env  *envtest.Environment
+	cm   *certManager
+	temp string
+}
+
+// NewScheme returns a scheme with the core Kubernetes, Custody and
+// cert-manager types.
+func NewScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	must(clientgoscheme.AddToScheme(s))
+	must(custodyv1alpha1.AddToScheme(s))
+	must(cmapi.AddToScheme(s))
+	return s
+}
+
+func must(err error) {
+	if err != nil {
+		panic(err)
+	}
+}
+
+// Start starts etcd and kube-apiserver, installs the CRDs and the webhook
+// configuration, runs cert-manager and bootstraps the root ClusterIssuer.
+// Call Stop when done, also after an error.
+func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
+	if opts.OperatorNamespace == "" {
+		opts.OperatorNamespace = DefaultOperatorNamespace
+	}
+	if opts.RootIssuer == "" {
+		opts.RootIssuer = DefaultRootIssuer
+	}
+	log := opts.Log
+	if log.GetSink() == nil {
+		log = logr.Discard()
+	}
+
+	assets, err := AssetsDir()
+	if err != nil {
+		return nil, err
+	}
+	crds, err := CRDs()
+	if err != nil {
+		return nil, fmt.Errorf("loading CRDs: %w", err)
+	}
+	webhooks, err := ValidatingWebhooks()
+	if err != nil {
+		return nil, fmt.Errorf("loading webhook configuration: %w", err)
+	}
+
+	cp = &ControlPlane{
+		Scheme:            NewScheme(),
+		OperatorNamespace: opts.OperatorNamespace,
+		RootIssuer:        opts.RootIssuer,
+	}
+	cp.temp, err = os.MkdirTemp("", "custody-controlplane-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, cp.Stop())
+			cp = nil
+		}
+	}()
+
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDInstallOptions: envtest.CRDInstallOptions{
+			CRDs:               crds,
+			ErrorIfPathMissing: true,
+		},
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			ValidatingWebhooks: webhooks,
+			LocalServingHost:   "127.0.0.1",
+		},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                cp.Scheme,
+	}
+	if opts.DataDir != "" {
+		etcdDir := filepath.Join(opts.DataDir, "etcd")
+		certDir := filepath.Join(opts.DataDir, "apiserver")
+		for _, d := range []string{etcdDir, certDir} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return cp, err
+			}
+		}
+		env.ControlPlane.Etcd = &envtest.Etcd{DataDir: etcdDir}
+		env.ControlPlane.GetAPIServer().CertDir = certDir
+	}
+	// Bind everything to loopback only.
+	env.ControlPlane.GetAPIServer().SecureServing.Address = "127.0.0.1"
+	env.ControlPlane.GetAPIServer().Configure().Set("bind-address", "127.0.0.1")
+
+	cp.env = env
+	cp.Config, err = env.Start()
+	if err != nil {
+		return cp, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
+	}
+	cp.Client, err = client.New(cp.Config, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		return cp, err
+	}
+
+	if err := cp.ensureNamespace(ctx, cp.OperatorNamespace); err != nil {
+		return cp, err
+	}
+
+	// cert-manager runs as its own user, as it would in a cluster.
+	cmUser, err := env.AddUser(envtest.User{
+		Name:   "system:serviceaccount:cert-manager:cert-manager",
+		Groups: []string{"system:masters"},
+	}, nil)
+	if err != nil {
+		return cp, err
+	}
+	kubeconfig, err := cmUser.KubeConfig()
+	if err != nil {
+		return cp, err
+	}
+	kubeconfigPath := filepath.Join(cp.temp, "cert-manager.kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
+		return cp, err
+	}
+	cp.cm, err = startCertManager(ctx, log.WithName("cert-manager"), kubeconfigPath, cp.OperatorNamespace)
+	if err != nil {
+		return cp, err
+	}
+
+	if err := cp.bootstrapRootIssuer(ctx); err != nil {
+		return cp, fmt.Errorf("bootstrapping the root ClusterIssuer: %w", err)
+	}
+	return cp, nil
+}
+
+// Stop stops cert-manager, then kube-apiserver and etcd. Persistent data
+// in Options.DataDir is kept.
+func (cp *ControlPlane) Stop() error {
+	if cp == nil {
+		return nil
+	}
+	if cp.cm != nil {
+		cp.cm.stop()
+		cp.cm = nil
+	}
+	var errs []error
+	if cp.env != nil {
+		errs = append(errs, cp.env.Stop())
+		cp.env = nil
+	}
+	if cp.temp != "" {
+		errs = append(errs, os.RemoveAll(cp.temp))
+		cp.temp = ""
+	}
+	return errors.Join(errs...)
+}
+
+// AddUser provisions a client-certificate user with the given groups and
+// returns a rest.Config that authenticates as that user. Nothing is granted:
+// what the user may do comes from RBAC.
+func (cp *ControlPlane) AddUser(name string, groups ...string) (*rest.Config, error) {
+	u, err := cp.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return u.Config(), nil
+}
+
+// Kubeconfig returns a kubeconfig for a user with the given groups.
+func (cp *ControlPlane) Kubeconfig(name string, groups ...string) ([]byte, error) {
+	u, err := cp.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return u.KubeConfig()
+}
+
+// WebhookServer returns a webhook server listening where the installed
+// webhook configuration points, with the serving certificate the API server
+// trusts.
+func (cp *ControlPlane) WebhookServer() webhook.Server {
+	o := cp.env.WebhookInstallOptions
+	return webhook.NewServer(webhook.Options{
+		Host:    o.LocalServingHost,
+		Port:    o.LocalServingPort,
+		CertDir: o.LocalServingCertDir,
+	})
+}
+
+func (cp *ControlPlane) ensureNamespace(ctx context.Context, name string) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := cp.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// bootstrapRootIssuer creates a self-signed ClusterIssuer, a root CA
+// Certificate from it, and the root CA ClusterIssuer backed by that
+// certificate. It approves the root's CertificateRequest itself: this is the
+// platform engineer's bootstrap, not something the Custody manager approves.
+func (cp *ControlPlane) bootstrapRootIssuer(ctx context.Context) error {
+	selfSigned := &cmapi.ClusterIssuer{
+		ObjectMeta: metav1.ObjectMeta{Name: cp.RootIssuer + "-selfsigned"},
+		Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{SelfSigned: &cmapi.SelfSignedIssuer{}}},
+	}
+	secretName := cp.RootIssuer + "-ca"
+	rootCert := &cmapi.Certificate{
+		ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: cp.OperatorNamespace},
+		Spec: cmapi.CertificateSpec{
+			IsCA:       true,
+			CommonName: "Custody root CA (development)",
+			SecretName: secretName,
+			Duration:   &metav1.Duration{Duration: 10 * 365 * 24 * time.Hour},
+			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
+			IssuerRef:  cmmeta.IssuerReference{Name: selfSigned.Name, Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"},
+		},
+	}
+	root := &cmapi.ClusterIssuer{
+		ObjectMeta: metav1.ObjectMeta{Name: cp.RootIssuer},
+		Spec:       cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: secretName}}},
+	}
+	for _, obj := range []client.Object{selfSigned, rootCert, root} {
+		if err := cp.Client.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if err := cp.approveRootRequests(ctx, secretName); err != nil {
+			return false, err
+		}
+		ci := &cmapi.ClusterIssuer{}
+		if err := cp.Client.Get(ctx, client.ObjectKeyFromObject(root), ci); err != nil {
+			return false, err
+		}
+		for _, c := range ci.Status.Conditions {
+			if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+}
+
+// approveRootRequests approves the pending CertificateRequests of the root
+// CA Certificate named certName.
+func (cp *ControlPlane) approveRootRequests(ctx context.Context, certName string) error {
+	var list cmapi.CertificateRequestList
+	if err := cp.Client.List(ctx, &list, client.InNamespace(cp.OperatorNamespace)); err != nil {
+		return err
+	}
+	for i := range list.Items {
+		cr := &list.Items[i]
+		if cr.Annotations[cmapi.CertificateNameKey] != certName || decided(cr) {
+			continue
+		}
+		cr.Status.Conditions = append(cr.Status.Conditions, cmapi.CertificateRequestCondition{
+			Type:               cmapi.CertificateRequestConditionApproved,
+			Status:             cmmeta.ConditionTrue,
+			Reason:             "CustodyDevBootstrap",
+			Message:            "root CA of the development control plane",
+			LastTransitionTime: ptrNow(),
+		})
+		if err := cp.Client.Status().Update(ctx, cr); err != nil && !apierrors.IsConflict(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+func decided(cr *cmapi.CertificateRequest) bool {
+	for _, c := range cr.Status.Conditions {
+		if c.Type == cmapi.CertificateRequestConditionApproved || c.Type == cmapi.CertificateRequestConditionDenied {
+			return true
+		}
+	}
+	return false
+}
+
+func ptrNow() *metav1.Time {
+	t := metav1.Now()
+	return &t
+}

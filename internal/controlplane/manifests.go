@@ -1,0 +1,92 @@
+package controlplane
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/custody-dev/custody/config"
+)
+
+// CRDs returns Custody's CRDs followed by the pinned cert-manager CRDs, as
+// embedded from config/.
+func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	var crds []*apiextensionsv1.CustomResourceDefinition
+	for _, dir := range []string{"crd/bases", "third_party/cert-manager"} {
+		err := eachDocument(dir, func(doc []byte) error {
+			crd := &apiextensionsv1.CustomResourceDefinition{}
+			if err := yaml.UnmarshalStrict(doc, crd); err != nil {
+				return err
+			}
+			crds = append(crds, crd)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return crds, nil
+}
+
+// ValidatingWebhooks returns the admission webhook configuration generated
+// into config/webhook/manifests.yaml.
+func ValidatingWebhooks() ([]*admissionv1.ValidatingWebhookConfiguration, error) {
+	var out []*admissionv1.ValidatingWebhookConfiguration
+	err := eachDocument("webhook", func(doc []byte) error {
+		cfg := &admissionv1.ValidatingWebhookConfiguration{}
+		if err := yaml.Unmarshal(doc, cfg); err != nil {
+			return err
+		}
+		if cfg.Kind != "ValidatingWebhookConfiguration" {
+			return fmt.Errorf("unexpected kind %q in config/webhook", cfg.Kind)
+		}
+		// The generated name is a placeholder that kustomize prefixes.
+		cfg.Name = "custody-validating-webhook-configuration"
+		out = append(out, cfg)
+		return nil
+	})
+	return out, err
+}
+
+// eachDocument calls fn with each YAML document of each embedded file in dir.
+func eachDocument(dir string, fn func([]byte) error) error {
+	entries, err := fs.ReadDir(config.Manifests, dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() || path.Ext(e.Name()) != ".yaml" {
+			continue
+		}
+		data, err := fs.ReadFile(config.Manifests, path.Join(dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+		for {
+			doc, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("reading %s/%s: %w", dir, e.Name(), err)
+			}
+			if len(bytes.TrimSpace(doc)) == 0 || bytes.Equal(bytes.TrimSpace(doc), []byte("---")) {
+				continue
+			}
+			if err := fn(doc); err != nil {
+				return fmt.Errorf("decoding %s/%s: %w", dir, e.Name(), err)
+			}
+		}
+	}
+	return nil
+}
