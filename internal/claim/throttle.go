@@ -1,0 +1,163 @@
+package claim
+
+import (
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+)
+
+// Policy is the effective claim policy for one claim.
+type Policy struct {
+	// MaxFailedAttempts a tenant may make on one device name before the
+	// first lockout.
+	MaxFailedAttempts int32
+	// LockoutBase is the first lockout; each further failure doubles it.
+	LockoutBase time.Duration
+	// LockoutMax caps a lockout.
+	LockoutMax time.Duration
+	// Forget is how long after its last failure an unlocked entry is dropped.
+	Forget time.Duration
+}
+
+// DefaultPolicy is the manager's default claim policy.
+var DefaultPolicy = Policy{MaxFailedAttempts: 5, LockoutBase: 5 * time.Minute, LockoutMax: 24 * time.Hour, Forget: 24 * time.Hour}
+
+// Tighten returns p made stricter by the given policies (nil ones are
+// ignored): a Device or Tenant can lower MaxFailedAttempts, never raise it.
+func (p Policy) Tighten(policies ...*custodyv1alpha1.ClaimPolicy) Policy {
+	for _, o := range policies {
+		if o != nil && o.MaxFailedAttempts != nil && *o.MaxFailedAttempts < p.MaxFailedAttempts {
+			p.MaxFailedAttempts = *o.MaxFailedAttempts
+		}
+	}
+	return p
+}
+
+// Lockout is how long a tenant is locked out after its failures-th failure.
+func (p Policy) Lockout(failures int32) time.Duration {
+	if failures < p.MaxFailedAttempts {
+		return 0
+	}
+	d := p.LockoutBase
+	for i := p.MaxFailedAttempts; i < failures && d < p.LockoutMax; i++ {
+		d *= 2
+	}
+	return min(d, p.LockoutMax)
+}
+
+// findThrottle returns the tenant's entry for deviceName, or nil.
+func findThrottle(s *custodyv1alpha1.TenantStatus, deviceName string) *custodyv1alpha1.ClaimThrottle {
+	for i := range s.ClaimThrottles {
+		if s.ClaimThrottles[i].DeviceName == deviceName {
+			return &s.ClaimThrottles[i]
+		}
+	}
+	return nil
+}
+
+// LockedUntil returns when the tenant's lockout from deviceName ends, or
+// the zero time when it is not locked out at now.
+func LockedUntil(s *custodyv1alpha1.TenantStatus, deviceName string, now time.Time) time.Time {
+	e := findThrottle(s, deviceName)
+	if e == nil || e.LockedUntil == nil || !now.Before(e.LockedUntil.Time) {
+		return time.Time{}
+	}
+	return e.LockedUntil.Time
+}
+
+// Counted reports whether the attempt of claim uid has already been counted
+// as a failure (so that a retried reconcile does not count it again).
+func Counted(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID) bool {
+	e := findThrottle(s, deviceName)
+	return e != nil && e.LastAttempt == string(uid)
+}
+
+// RecordFailure counts a failed attempt of claim uid on deviceName in the
+// tenant's status, locking the tenant out once the policy says so. It is
+// idempotent per uid and reports whether it changed anything.
+func RecordFailure(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID, now time.Time, p Policy) bool {
+	if Counted(s, deviceName, uid) {
+		return false
+	}
+	Prune(s, now, p)
+	e := findThrottle(s, deviceName)
+	if e == nil {
+		s.ClaimThrottles = append(s.ClaimThrottles, custodyv1alpha1.ClaimThrottle{DeviceName: deviceName})
+		e = &s.ClaimThrottles[len(s.ClaimThrottles)-1]
+	}
+	e.Failures++
+	e.LastFailureTime = metav1.NewTime(now)
+	e.LastAttempt = string(uid)
+	if d := p.Lockout(e.Failures); d > 0 {
+		until := metav1.NewTime(now.Add(d))
+		e.LockedUntil = &until
+	}
+	s.FailedClaimAttempts++
+	return true
+}
+
+// RecordSuccess forgets the tenant's failures on deviceName.
+func RecordSuccess(s *custodyv1alpha1.TenantStatus, deviceName string) bool {
+	for i := range s.ClaimThrottles {
+		if s.ClaimThrottles[i].DeviceName == deviceName {
+			s.ClaimThrottles = append(s.ClaimThrottles[:i], s.ClaimThrottles[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// maxThrottles bounds Tenant.status.claimThrottles (the CRD's MaxItems).
+const maxThrottles = 256
+
+// Prune drops entries that are no longer locked and whose last failure is
+// older than p.Forget. If the list is still full, the oldest unlocked entry
+// is dropped; a tenant with every entry locked keeps them all, and the
+// caller must refuse further attempts (see Full).
+func Prune(s *custodyv1alpha1.TenantStatus, now time.Time, p Policy) {
+	kept := s.ClaimThrottles[:0]
+	for _, e := range s.ClaimThrottles {
+		locked := e.LockedUntil != nil && now.Before(e.LockedUntil.Time)
+		if locked || now.Sub(e.LastFailureTime.Time) < p.Forget {
+			kept = append(kept, e)
+		}
+	}
+	s.ClaimThrottles = kept
+	for len(s.ClaimThrottles) >= maxThrottles {
+		oldest := -1
+		for i, e := range s.ClaimThrottles {
+			if e.LockedUntil != nil && now.Before(e.LockedUntil.Time) {
+				continue
+			}
+			if oldest < 0 || e.LastFailureTime.Before(&s.ClaimThrottles[oldest].LastFailureTime) {
+				oldest = i
+			}
+		}
+		if oldest < 0 {
+			return
+		}
+		s.ClaimThrottles = append(s.ClaimThrottles[:oldest], s.ClaimThrottles[oldest+1:]...)
+	}
+}
+
+// Full reports whether the tenant's bookkeeping has no room for a new
+// device name: every entry is an active lockout. New attempts must wait
+// until the earliest lockout ends, which it returns.
+func Full(s *custodyv1alpha1.TenantStatus, deviceName string, now time.Time) (bool, time.Time) {
+	if len(s.ClaimThrottles) < maxThrottles || findThrottle(s, deviceName) != nil {
+		return false, time.Time{}
+	}
+	var earliest time.Time
+	for _, e := range s.ClaimThrottles {
+		if e.LockedUntil == nil || !now.Before(e.LockedUntil.Time) {
+			return false, time.Time{}
+		}
+		if earliest.IsZero() || e.LockedUntil.Time.Before(earliest) {
+			earliest = e.LockedUntil.Time
+		}
+	}
+	return true, earliest
+}
