@@ -25,13 +25,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
-	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/operator"
 )
 
 // Defaults for Options.
@@ -76,22 +75,6 @@ type ControlPlane struct {
 	temp string
 }
 
-// NewScheme returns a scheme with the core Kubernetes, Custody and
-// cert-manager types.
-func NewScheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	must(clientgoscheme.AddToScheme(s))
-	must(custodyv1alpha1.AddToScheme(s))
-	must(cmapi.AddToScheme(s))
-	return s
-}
-
-func must(err error) {
-	if err != nil {
-		panic(err)
-	}
-}
-
 // Start starts etcd and kube-apiserver, installs the CRDs and the webhook
 // configuration, runs cert-manager and bootstraps the root ClusterIssuer.
 // Call Stop when done, also after an error.
@@ -121,7 +104,7 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	}
 
 	cp = &ControlPlane{
-		Scheme:            NewScheme(),
+		Scheme:            operator.NewScheme(),
 		OperatorNamespace: opts.OperatorNamespace,
 		RootIssuer:        opts.RootIssuer,
 	}
@@ -176,6 +159,9 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 
 	if err := cp.ensureNamespace(ctx, cp.OperatorNamespace); err != nil {
 		return cp, err
+	}
+	if err := cp.installRBAC(ctx); err != nil {
+		return cp, fmt.Errorf("installing RBAC: %w", err)
 	}
 
 	// cert-manager runs as its own user, as it would in a cluster.

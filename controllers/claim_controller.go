@@ -1,0 +1,433 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claim"
+	"github.com/custody-dev/custody/internal/claimcode"
+)
+
+// ClaimReconciler verifies Claims and binds Devices to them.
+//
+// Binding is exactly-once: the Device is written with optimistic
+// concurrency (its resourceVersion), so of any number of concurrent valid
+// claims exactly one write succeeds; the others re-read the Device and find
+// it bound. Every step after the binding is idempotent, so a crash or retry
+// anywhere converges to one binding and one history entry.
+type ClaimReconciler struct {
+	Client client.Client
+	// APIReader reads claim-code Secrets straight from the API server, so
+	// that Secret data is never cached in the manager.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Options   Options
+}
+
+// +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=custody.dev,resources=claims/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=custody.dev,resources=claims/finalizers,verbs=update
+
+// Reconcile decides one Claim.
+func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
+	c := &custodyv1alpha1.Claim{}
+	if err := r.Client.Get(ctx, req.NamespacedName, c); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if c.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(c, custodyv1alpha1.FinalizerName) {
+		return reconcile.Result{}, r.Client.Update(ctx, c)
+	}
+	if !c.DeletionTimestamp.IsZero() {
+		return r.reconcileDelete(ctx, c)
+	}
+
+	in, err := r.observe(ctx, c)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	d := claim.Decide(in, r.Options.Verifier)
+
+	if err := r.act(ctx, c, in, d); err != nil {
+		if apierrors.IsConflict(err) {
+			// Someone else wrote the Device or Tenant first: look again.
+			return reconcile.Result{Requeue: true}, nil
+		}
+		return reconcile.Result{}, err
+	}
+	if err := r.writeStatus(ctx, c, d); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
+}
+
+// observe gathers the inputs of claim.Decide.
+func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim) (claim.Input, error) {
+	in := claim.Input{Claim: c, Now: r.Options.Clock.Now()}
+
+	var tenants custodyv1alpha1.TenantList
+	if err := r.Client.List(ctx, &tenants, client.MatchingFields{indexTenantNamespace: c.Namespace}); err != nil {
+		return in, err
+	}
+	if len(tenants.Items) == 1 {
+		in.Tenant = &tenants.Items[0]
+		in.TenantReady = in.Tenant.DeletionTimestamp.IsZero() && meta.IsStatusConditionTrue(in.Tenant.Status.Conditions, custodyv1alpha1.ConditionReady)
+	}
+
+	device := &custodyv1alpha1.Device{}
+	err := r.Client.Get(ctx, client.ObjectKey{Name: c.DeviceName()}, device)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return in, err
+	default:
+		in.Device = device
+	}
+	if in.Device != nil && in.Device.Spec.ClaimRef != nil && in.Device.Spec.ClaimRef.UID != c.UID && in.Device.Spec.ClaimRef.Namespace == c.Namespace {
+		held := &custodyv1alpha1.Claim{}
+		err := r.Client.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: in.Device.Spec.ClaimRef.Name}, held)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return in, err
+		}
+		in.BoundClaimExists = err == nil && held.UID == in.Device.Spec.ClaimRef.UID && held.DeletionTimestamp.IsZero()
+	}
+
+	policies := []*custodyv1alpha1.ClaimPolicy{}
+	if in.Tenant != nil {
+		policies = append(policies, in.Tenant.Spec.ClaimPolicy)
+	}
+	if in.Device != nil {
+		policies = append(policies, in.Device.Spec.ClaimPolicy)
+	}
+	in.Policy = r.Options.ClaimPolicy.Tighten(policies...)
+
+	in.Code, in.CodeErr = r.readCode(ctx, c)
+	if in.CodeErr != nil && !isCodeError(in.CodeErr) {
+		return in, in.CodeErr
+	}
+	return in, nil
+}
+
+func isCodeError(err error) bool {
+	return errors.Is(err, claim.ErrSecretNotFound) || errors.Is(err, claim.ErrSecretKeyMissing) || errors.Is(err, claimcode.ErrMalformed)
+}
+
+// readCode reads and parses the claim code from the Claim's Secret. The code
+// is returned to the caller only; it is never logged or written anywhere.
+func (r *ClaimReconciler) readCode(ctx context.Context, c *custodyv1alpha1.Claim) (claimcode.Code, error) {
+	if c.Spec.ClaimCode == nil {
+		return "", claim.ErrSecretNotFound
+	}
+	ref := c.Spec.ClaimCode.SecretRef
+	secret := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: ref.Name}, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return "", claim.ErrSecretNotFound
+		}
+		return "", fmt.Errorf("reading the claim-code Secret: %w", err)
+	}
+	key := ref.Key
+	if key == "" {
+		key = "code"
+	}
+	raw, ok := secret.Data[key]
+	if !ok {
+		return "", claim.ErrSecretKeyMissing
+	}
+	return claimcode.Parse(string(raw))
+}
+
+// act performs the Decision's side effects, in an order that keeps every
+// crash point safe: the binding is written before anything that depends on
+// it, and failures are counted before the Claim says Denied.
+func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, d claim.Decision) error {
+	switch d.Action {
+	case claim.ActionRecordFailure:
+		return r.recordFailure(ctx, c, in)
+	case claim.ActionBind:
+		if err := r.failPoint("verified"); err != nil {
+			return err
+		}
+		dev := in.Device
+		before := dev.DeepCopy()
+		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier), 16)
+		// The resourceVersion in the patch makes this the exactly-once step.
+		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			return err
+		}
+		if err := r.failPoint("bound"); err != nil {
+			return err
+		}
+		return r.finishBind(ctx, c, in, dev, "ClaimCode", custodyv1alpha1.CustodyEventBound)
+	case claim.ActionReattach:
+		dev := in.Device
+		before := dev.DeepCopy()
+		dev.Spec.ClaimRef.Name, dev.Spec.ClaimRef.UID = c.Name, c.UID
+		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			return err
+		}
+		return r.finishBind(ctx, c, in, dev, "RetainedByTenant", custodyv1alpha1.CustodyEventReattached)
+	case claim.ActionFinishBind:
+		typ := custodyv1alpha1.CustodyEventBound
+		if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound {
+			return nil // steady state: nothing to repair
+		}
+		return r.finishBind(ctx, c, in, in.Device, "ClaimCode", typ)
+	case claim.ActionReportDispute:
+		r.Recorder.Eventf(in.Device, c, corev1.EventTypeWarning, "CompetingClaim", "Claim",
+			"Tenant %s proved the claim code with Claim %s/%s while the device is held by tenant %s: investigate.", in.Tenant.Name, c.Namespace, c.Name, in.Device.Spec.ClaimRef.Tenant)
+	}
+	return nil
+}
+
+// finishBind does everything that follows a binding; each step is
+// idempotent. The history entry and the consumed Secret are repaired if an
+// earlier reconcile stopped after binding.
+func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, dev *custodyv1alpha1.Device, proof string, typ custodyv1alpha1.CustodyEventType) error {
+	now := r.Options.Clock.Now()
+	tenantName := dev.Spec.ClaimRef.Tenant
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		fresh := &custodyv1alpha1.Device{}
+		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(dev), fresh); err != nil {
+			return err
+		}
+		before := fresh.DeepCopy()
+		if !appendHistory(fresh, custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(now), Type: typ, Tenant: tenantName, Claim: c.Namespace + "/" + c.Name, ClaimUID: c.UID, Proof: proof}) {
+			return nil
+		}
+		if err := r.Client.Status().Patch(ctx, fresh, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+			return err
+		}
+		r.Recorder.Eventf(fresh, c, corev1.EventTypeNormal, string(typ), "Bind", "%s to tenant %s by Claim %s/%s (proof: %s).", typ, tenantName, c.Namespace, c.Name, proof)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if in.Tenant != nil {
+		if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+			return claim.RecordSuccess(s, c.DeviceName())
+		}); err != nil {
+			return err
+		}
+	}
+	// The code is good for one binding: remove it from the cluster.
+	if typ == custodyv1alpha1.CustodyEventBound && c.Spec.ClaimCode != nil {
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Spec.ClaimCode.SecretRef.Name}}
+		if err := r.Client.Delete(ctx, secret); client.IgnoreNotFound(err) != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordFailure counts a failed attempt, first on the Tenant (which
+// throttles), then on the Device (which support staff read).
+func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
+	name := c.DeviceName()
+	counted := false
+	if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+		counted = claim.RecordFailure(s, name, c.UID, in.Now, in.Policy)
+		return counted
+	}); err != nil {
+		return err
+	}
+	if !counted || in.Device == nil {
+		return nil
+	}
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		dev := &custodyv1alpha1.Device{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, dev); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		before := dev.DeepCopy()
+		dev.Status.FailedClaimAttempts++
+		t := metav1.NewTime(in.Now)
+		dev.Status.LastFailedClaimTime = &t
+		if err := r.Client.Status().Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+			return err
+		}
+		r.Recorder.Eventf(dev, nil, corev1.EventTypeWarning, "ClaimFailed", "Claim", "A claim by tenant %s failed verification (%d failed attempts on this device).", in.Tenant.Name, dev.Status.FailedClaimAttempts)
+		return nil
+	})
+}
+
+// updateTenantStatus applies mutate to the Tenant's status with optimistic
+// concurrency, retrying on conflict with a fresh read.
+func (r *ClaimReconciler) updateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		t := &custodyv1alpha1.Tenant{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
+			return err
+		}
+		before := t.DeepCopy()
+		if !mutate(&t.Status) {
+			return nil
+		}
+		return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	})
+}
+
+// writeStatus writes the Decision into the Claim's status and records its
+// Event when the outcome changes.
+func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision) error {
+	before := c.DeepCopy()
+	prev := meta.FindStatusCondition(c.Status.Conditions, custodyv1alpha1.ConditionReady)
+	changed := c.Status.Phase != d.Phase || prev == nil || prev.Reason != d.Reason
+
+	c.Status.Phase = d.Phase
+	c.Status.ObservedGeneration = c.Generation
+	c.Status.RetryAfter = nil
+	if !d.RetryAfter.IsZero() {
+		t := metav1.NewTime(d.RetryAfter)
+		c.Status.RetryAfter = &t
+	}
+	switch d.Phase {
+	case custodyv1alpha1.ClaimPhaseBound:
+		c.Status.DeviceName = c.DeviceName()
+		if c.Status.BoundAt == nil {
+			t := metav1.NewTime(r.Options.Clock.Now())
+			c.Status.BoundAt = &t
+		}
+	case custodyv1alpha1.ClaimPhaseLost:
+	default:
+		c.Status.DeviceName = ""
+		c.Status.BoundAt = nil
+	}
+	status := metav1.ConditionFalse
+	if d.Ready {
+		status = metav1.ConditionTrue
+	}
+	cond := metav1.Condition{Type: custodyv1alpha1.ConditionReady, Status: status, Reason: d.Reason, Message: d.Message, ObservedGeneration: c.Generation}
+	if prev == nil || prev.Status != cond.Status || prev.Reason != cond.Reason || prev.Message != cond.Message {
+		cond.LastTransitionTime = metav1.NewTime(r.Options.Clock.Now())
+		meta.RemoveStatusCondition(&c.Status.Conditions, cond.Type)
+		c.Status.Conditions = append(c.Status.Conditions, cond)
+	}
+	if err := r.Client.Status().Patch(ctx, c, client.MergeFrom(before)); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if changed && d.Event != nil {
+		r.Recorder.Eventf(c, nil, d.Event.Type, d.Event.Reason, "Verify", "%s", d.Event.Message)
+	}
+	return nil
+}
+
+// reconcileDelete applies the Claim's release policy, then lets it go.
+func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha1.Claim) (reconcile.Result, error) {
+	dev := &custodyv1alpha1.Device{}
+	err := r.Client.Get(ctx, client.ObjectKey{Name: c.DeviceName()}, dev)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return reconcile.Result{}, err
+	}
+	if err == nil && dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == c.UID {
+		tenantGone, err := r.tenantDeleting(ctx, dev.Spec.ClaimRef.Tenant)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if c.Spec.ReleasePolicy == custodyv1alpha1.ReleasePolicyRelease || tenantGone {
+			if err := releaseDevice(ctx, r.Client, r.Recorder, dev, c, "ClaimDeleted", r.Options.Clock.Now()); err != nil {
+				if apierrors.IsConflict(err) {
+					return reconcile.Result{Requeue: true}, nil
+				}
+				return reconcile.Result{}, err
+			}
+		} else {
+			r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "Retained", "Release",
+				"Claim %s/%s was deleted with policy Retain: the device stays with tenant %s until a new Claim takes it over or it is released.", c.Namespace, c.Name, dev.Spec.ClaimRef.Tenant)
+		}
+	}
+	if controllerutil.RemoveFinalizer(c, custodyv1alpha1.FinalizerName) {
+		if err := r.Client.Update(ctx, c); err != nil {
+			return reconcile.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	return reconcile.Result{}, nil
+}
+
+func (r *ClaimReconciler) tenantDeleting(ctx context.Context, name string) (bool, error) {
+	t := &custodyv1alpha1.Tenant{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
+		return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+	}
+	return !t.DeletionTimestamp.IsZero(), nil
+}
+
+func (r *ClaimReconciler) failPoint(point string) error {
+	if r.Options.FailPoint == nil {
+		return nil
+	}
+	if err := r.Options.FailPoint(point); err != nil {
+		log.Log.Info("fail point triggered", "point", point)
+		return err
+	}
+	return nil
+}
+
+func appendBounded(list []string, v string, max int) []string {
+	for _, x := range list {
+		if x == v {
+			return list
+		}
+	}
+	list = append(list, v)
+	if len(list) > max {
+		list = list[len(list)-max:]
+	}
+	return list
+}
+
+// SetupWithManager registers the controller. Claims are re-examined when
+// their Device, their Tenant or their claim-code Secret changes; Secrets are
+// watched as metadata only, so their data never enters the cache.
+func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
+	claimsFor := func(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
+		var list custodyv1alpha1.ClaimList
+		if err := r.Client.List(ctx, &list, opts...); err != nil {
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(list.Items))
+		for _, c := range list.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&c)})
+		}
+		return reqs
+	}
+	bySecret := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return claimsFor(ctx, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexClaimSecret: o.GetName()})
+	})
+	byDevice := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		d := o.(*custodyv1alpha1.Device)
+		if ref := d.Spec.ClaimRef; ref != nil {
+			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}}}
+		}
+		return nil
+	})
+	byTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return claimsFor(ctx, client.InNamespace(o.(*custodyv1alpha1.Tenant).TargetNamespace()))
+	})
+	return ctrl.ControllerManagedBy(mgr).
+		For(&custodyv1alpha1.Claim{}).
+		Watches(&custodyv1alpha1.Device{}, byDevice).
+		Watches(&custodyv1alpha1.Tenant{}, byTenant).
+		WatchesMetadata(&corev1.Secret{}, bySecret).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentClaims}).
+		Named("claim").
+		Complete(r)
+}

@@ -1,0 +1,116 @@
+// Package controllers holds Custody's reconcilers: Tenant, Device, Claim, and
+// the CertificateRequest approver. Each Reconcile reads top to bottom: get,
+// finalizer, deferred status patch, delete branch, then the work. Decisions
+// that need no I/O live in internal/ packages with their own table tests.
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claim"
+	"github.com/custody-dev/custody/internal/claimcode"
+)
+
+// FieldOwner is the field manager of every write the manager makes.
+const FieldOwner = "custody-manager"
+
+// Options configure the controllers.
+type Options struct {
+	// OperatorNamespace holds CA material and CertificateRequests.
+	OperatorNamespace string
+	// RootIssuer is the ClusterIssuer that signs tenant intermediate CAs.
+	RootIssuer string
+	// Clock is injected so that lockouts are tested without sleeping.
+	Clock clock.PassiveClock
+	// ClaimPolicy is the default claim policy.
+	ClaimPolicy claim.Policy
+	// Verifier checks claim codes; argon2id unless a test injects another.
+	Verifier claim.Verifier
+	// FailPoint, when set, is called at named points of the claim path
+	// ("verified", "bound"); a non-nil error aborts the reconcile there. Tests
+	// use it to stop the manager between verification and binding.
+	FailPoint func(point string) error
+	// MaxConcurrentClaims is the number of claims verified in parallel.
+	MaxConcurrentClaims int
+}
+
+func (o *Options) defaults() {
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.ClaimPolicy == (claim.Policy{}) {
+		o.ClaimPolicy = claim.DefaultPolicy
+	}
+	if o.Verifier == nil {
+		o.Verifier = argon2Verifier{}
+	}
+	if o.MaxConcurrentClaims == 0 {
+		o.MaxConcurrentClaims = 4
+	}
+}
+
+type argon2Verifier struct{}
+
+func (argon2Verifier) Verify(code claimcode.Code, verifier string) bool {
+	ok, err := claimcode.Verify(code, verifier)
+	return err == nil && ok
+}
+
+func (argon2Verifier) VerifyNothing(code claimcode.Code) { claimcode.VerifyNothing(code) }
+
+// Field indexes the controllers share.
+const (
+	indexDeviceTenant    = "spec.claimRef.tenant"
+	indexTenantNamespace = "custody.targetNamespace"
+	indexClaimSecret     = "spec.claimCode.secretRef.name"
+)
+
+// Setup registers the indexes and every controller with mgr.
+func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
+	opts.defaults()
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Device{}, indexDeviceTenant, func(o client.Object) []string {
+		if ref := o.(*custodyv1alpha1.Device).Spec.ClaimRef; ref != nil {
+			return []string{ref.Tenant}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Tenant{}, indexTenantNamespace, func(o client.Object) []string {
+		return []string{o.(*custodyv1alpha1.Tenant).TargetNamespace()}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Claim{}, indexClaimSecret, func(o client.Object) []string {
+		if cc := o.(*custodyv1alpha1.Claim).Spec.ClaimCode; cc != nil {
+			return []string{cc.SecretRef.Name}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	recorder := mgr.GetEventRecorder(FieldOwner)
+	reconcilers := []struct {
+		name  string
+		setup func(ctrl.Manager) error
+	}{
+		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+	}
+	for _, r := range reconcilers {
+		if err := r.setup(mgr); err != nil {
+			return fmt.Errorf("setting up the %s controller: %w", r.name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+// Package factory makes what the manufacturing line makes for one device: an
+// identity keypair, a claim code and its verifier, and the Device manifest
+// the ERP applies. The private key and the claim code are returned to the
+// caller, which writes them to the device and the documentation pack; only
+// the public key and the verifier go into the manifest.
+package factory
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claimcode"
+)
+
+// Record is the output of manufacturing one device.
+type Record struct {
+	// Device is the manifest for the ERP, without sale data.
+	Device *custodyv1alpha1.Device
+	// PrivateKeyPEM stays on the device ("EC PRIVATE KEY" PKCS#8 PEM).
+	PrivateKeyPEM []byte
+	// Code goes under the scratch-off / into the documentation pack.
+	Code claimcode.Code
+	// Fingerprint is the SHA-256 of the public key's DER, printed in the QR
+	// code so that the device can be recognised before it is trusted.
+	Fingerprint string
+}
+
+// Manufacture makes a keypair (ECDSA P-256), a claim code and its verifier.
+func Manufacture(model, serial string) (*Record, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	privDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	code, err := claimcode.Generate()
+	if err != nil {
+		return nil, err
+	}
+	verifier, err := claimcode.NewVerifier(code)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(pubDER)
+	return &Record{
+		Device: &custodyv1alpha1.Device{
+			TypeMeta:   metav1.TypeMeta{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Device"},
+			ObjectMeta: metav1.ObjectMeta{Name: custodyv1alpha1.DeviceName(model, serial)},
+			Spec: custodyv1alpha1.DeviceSpec{
+				SerialNumber: serial,
+				Model:        model,
+				Identity:     custodyv1alpha1.DeviceIdentity{PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))},
+				ClaimCode:    &custodyv1alpha1.DeviceClaimCode{Verifier: verifier},
+			},
+		},
+		PrivateKeyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}),
+		Code:          code,
+		Fingerprint:   "sha256:" + hex.EncodeToString(sum[:]),
+	}, nil
+}

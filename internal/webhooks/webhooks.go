@@ -1,0 +1,218 @@
+// Package webhooks holds Custody's validating admission webhooks: the rules
+// that need the requester's identity or code the CRD schema cannot run.
+// Everything else is validated by the CRDs' CEL rules.
+//
+// Error messages never echo a secret: a plaintext claim code is reported by
+// where it was found, not by what was found.
+package webhooks
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"reflect"
+	"slices"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claimcode"
+)
+
+// Options configure the webhooks.
+type Options struct {
+	// ManagerUsernames are the users allowed to write binding fields
+	// (Device.spec.claimRef and spec.consumedClaimCodes): the manager's
+	// ServiceAccount.
+	ManagerUsernames []string
+}
+
+// Setup registers the webhooks with mgr's webhook server.
+func Setup(mgr ctrl.Manager, opts Options) error {
+	if err := ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Device{}).WithValidator(&DeviceValidator{Options: opts}).Complete(); err != nil {
+		return err
+	}
+	return ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Claim{}).WithValidator(&ClaimValidator{}).Complete()
+}
+
+// +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-device,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=devices,verbs=create;update;delete,versions=v1alpha1,name=vdevice.custody.dev,admissionReviewVersions=v1
+
+// DeviceValidator protects a Device's binding and identity.
+type DeviceValidator struct {
+	Options Options
+}
+
+var deviceGK = custodyv1alpha1.GroupVersion.WithKind("Device").GroupKind()
+
+func (v *DeviceValidator) isManager(ctx context.Context) bool {
+	req, err := admission.RequestFromContext(ctx)
+	return err == nil && slices.Contains(v.Options.ManagerUsernames, req.UserInfo.Username)
+}
+
+// ValidateCreate checks the identity key and that no binding is preset.
+func (v *DeviceValidator) ValidateCreate(ctx context.Context, d *custodyv1alpha1.Device) (admission.Warnings, error) {
+	var errs field.ErrorList
+	if err := validatePublicKey(d.Spec.Identity.PublicKey); err != nil {
+		errs = append(errs, field.Invalid(field.NewPath("spec", "identity", "publicKey"), "(PEM)", err.Error()))
+	}
+	if !v.isManager(ctx) {
+		if d.Spec.ClaimRef != nil {
+			errs = append(errs, field.Forbidden(field.NewPath("spec", "claimRef"), "only the Custody manager binds devices; create the Device without claimRef and let the tenant claim it"))
+		}
+		if len(d.Spec.ConsumedClaimCodes) > 0 {
+			errs = append(errs, field.Forbidden(field.NewPath("spec", "consumedClaimCodes"), "only the Custody manager records consumed claim codes"))
+		}
+	}
+	return nil, invalid(d.Name, errs)
+}
+
+// ValidateUpdate rejects binding changes by anyone but the manager.
+func (v *DeviceValidator) ValidateUpdate(ctx context.Context, oldD, newD *custodyv1alpha1.Device) (admission.Warnings, error) {
+	var errs field.ErrorList
+	if !v.isManager(ctx) {
+		if !reflect.DeepEqual(oldD.Spec.ClaimRef, newD.Spec.ClaimRef) {
+			errs = append(errs, field.Forbidden(field.NewPath("spec", "claimRef"), "only the Custody manager changes a device's binding; to release a device, delete its Claim (policy Release) or ask support staff"))
+		}
+		if !slices.Equal(oldD.Spec.ConsumedClaimCodes, newD.Spec.ConsumedClaimCodes) {
+			errs = append(errs, field.Forbidden(field.NewPath("spec", "consumedClaimCodes"), "only the Custody manager records consumed claim codes; set a new spec.claimCode.verifier to issue a new code"))
+		}
+	}
+	if newD.Spec.Decommissioned && !oldD.Spec.Decommissioned && newD.Spec.ClaimRef != nil {
+		errs = append(errs, field.Forbidden(field.NewPath("spec", "decommissioned"), "the device is bound; it must be released before it is decommissioned"))
+	}
+	return nil, invalid(newD.Name, errs)
+}
+
+// ValidateDelete refuses to delete a bound device: ownership would vanish
+// without a trace.
+func (v *DeviceValidator) ValidateDelete(_ context.Context, d *custodyv1alpha1.Device) (admission.Warnings, error) {
+	if d.Spec.ClaimRef != nil {
+		return nil, invalid(d.Name, field.ErrorList{field.Forbidden(field.NewPath("spec", "claimRef"), "the device is bound to a tenant; release it before deleting it")})
+	}
+	return nil, nil
+}
+
+func invalid(name string, errs field.ErrorList) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	return apierrors.NewInvalid(deviceGK, name, errs)
+}
+
+// validatePublicKey accepts a single PEM "PUBLIC KEY" block holding an
+// ECDSA P-256 or Ed25519 key.
+func validatePublicKey(s string) error {
+	block, rest := pem.Decode([]byte(s))
+	if block == nil || block.Type != "PUBLIC KEY" {
+		return fmt.Errorf("must be one PEM \"PUBLIC KEY\" block (PKIX SubjectPublicKeyInfo)")
+	}
+	if len(rest) > 0 && len(bytesTrim(rest)) > 0 {
+		return fmt.Errorf("must hold exactly one PEM block")
+	}
+	key, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return fmt.Errorf("is not a valid PKIX public key")
+	}
+	switch k := key.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return fmt.Errorf("ECDSA keys must use curve P-256")
+		}
+	case ed25519.PublicKey:
+	default:
+		return fmt.Errorf("must be an ECDSA P-256 or Ed25519 key")
+	}
+	return nil
+}
+
+func bytesTrim(b []byte) []byte {
+	for len(b) > 0 && (b[0] == '\n' || b[0] == '\r' || b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	return b
+}
+
+// +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-claim,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims,verbs=create;update,versions=v1alpha1,name=vclaim.custody.dev,admissionReviewVersions=v1
+
+// ClaimValidator keeps plaintext claim codes out of Claims.
+type ClaimValidator struct{}
+
+var claimGK = custodyv1alpha1.GroupVersion.WithKind("Claim").GroupKind()
+
+// ValidateCreate rejects a Claim holding a claim code anywhere.
+func (ClaimValidator) ValidateCreate(_ context.Context, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
+	return nil, rejectPlaintext(c)
+}
+
+// ValidateUpdate rejects a Claim holding a claim code anywhere.
+func (ClaimValidator) ValidateUpdate(_ context.Context, _, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
+	return nil, rejectPlaintext(c)
+}
+
+// ValidateDelete allows every deletion.
+func (ClaimValidator) ValidateDelete(context.Context, *custodyv1alpha1.Claim) (admission.Warnings, error) {
+	return nil, nil
+}
+
+// PlaintextMessage is the rejection of a Claim holding a claim code. It
+// names where, never what.
+const PlaintextMessage = "appears to contain a claim code in plain text. Remove it, put the code in a Secret in this namespace and reference it with spec.claimCode.secretRef. Treat the code as exposed if this manifest was stored anywhere (for example in Git)."
+
+func rejectPlaintext(c *custodyv1alpha1.Claim) error {
+	obj := c.DeepCopy()
+	obj.ManagedFields = nil
+	data, err := json.Marshal(obj)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	var tree any
+	if err := json.Unmarshal(data, &tree); err != nil {
+		return apierrors.NewInternalError(err)
+	}
+	var errs field.ErrorList
+	walk(tree, nil, func(p *field.Path, s string) {
+		if claimcode.Contains(s) {
+			errs = append(errs, field.Forbidden(p, PlaintextMessage))
+		}
+	})
+	if len(errs) == 0 {
+		return nil
+	}
+	return apierrors.NewInvalid(claimGK, c.Name, errs)
+}
+
+// walk calls fn on every string in v: map keys and values, list items. Paths
+// stop at map keys so that a key holding a secret is not echoed.
+func walk(v any, p *field.Path, fn func(*field.Path, string)) {
+	switch t := v.(type) {
+	case string:
+		fn(p, t)
+	case []any:
+		for i, x := range t {
+			walk(x, p.Index(i), fn)
+		}
+	case map[string]any:
+		free := p != nil && (p.String() == "metadata.annotations" || p.String() == "metadata.labels")
+		for k, x := range t {
+			var child *field.Path
+			switch {
+			case p == nil:
+				child = field.NewPath(k)
+			case free:
+				child = p
+			default:
+				child = p.Child(k)
+			}
+			fn(child, k)
+			walk(x, child, fn)
+		}
+	}
+}
