@@ -99,7 +99,7 @@ type DeviceClaimReference struct {
 // DeviceSpec is the manufacturer's record of one physical device.
 // +kubebuilder:validation:XValidation:rule="self.serialNumber == oldSelf.serialNumber && self.model == oldSelf.model",message="serialNumber and model are immutable: they name the physical device",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="self.identity == oldSelf.identity",message="identity is immutable: a device's factory key never changes; decommission the device and register its replacement instead",fieldPath=".identity",reason=FieldValueForbidden
-// +kubebuilder:validation:XValidation:rule="!has(self.claimRef) || !self.decommissioned",message="a decommissioned device cannot be bound",fieldPath=".claimRef",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="!has(self.claimRef) || !(has(self.decommissioned) && self.decommissioned)",message="a decommissioned device cannot be bound",fieldPath=".claimRef",reason=FieldValueForbidden
 type DeviceSpec struct {
 	// serialNumber is the serial number printed on the device, in upper case.
 	// Immutable.

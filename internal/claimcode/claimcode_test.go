@@ -1,6 +1,7 @@
 package claimcode
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -169,5 +170,20 @@ func BenchmarkVerify(b *testing.B) {
 	v, _ := NewVerifier(c)
 	for b.Loop() {
 		_, _ = Verify(c, v)
+	}
+}
+
+// TestContainsIgnoresUIDs: UIDs are hex in 8-4-4-4-12 groups, which are all
+// alphabet symbols; none may be taken for a code.
+func TestContainsIgnoresUIDs(t *testing.T) {
+	for i := range 5000 {
+		b := make([]byte, 16)
+		for j := range b {
+			b[j] = byte(i*31 + j*17 + i*j)
+		}
+		uid := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+		if Contains(uid) {
+			t.Fatalf("UID %s taken for a claim code", uid)
+		}
 	}
 }

@@ -2,37 +2,49 @@ package claimcode
 
 import "unicode"
 
-// Contains reports whether s appears to contain a claim code in plain text:
-// a run of words (split at anything but letters and digits) that together
-// make a well-formed code, holding at least one digit and one letter as
-// every generated code does. It returns no part of s, so that callers can
-// reject input without echoing a secret.
+// Contains reports whether s appears to contain a claim code in plain text,
+// in the shapes people copy it in: five consecutive words of four symbols
+// (as printed) or one word of twenty, that make a well-formed code holding
+// at least one digit and one letter, as every generated code does. Words
+// are split at anything but ASCII letters and digits. It returns no part of
+// s, so that callers can reject input without echoing a secret.
 func Contains(s string) bool {
 	words := splitWords(s)
-	for i := range words {
-		total, hasDigit, hasLetter := 0, false, false
-		for j := i; j < len(words) && total < Symbols; j++ {
-			w := words[j]
-			total += len(w)
-			for _, r := range w {
-				if unicode.IsDigit(r) {
-					hasDigit = true
-				} else {
-					hasLetter = true
+	for i, w := range words {
+		if len(w) == Symbols && looksLikeCode(w) {
+			return true
+		}
+		if len(w) == 4 && i+5 <= len(words) {
+			joined := ""
+			for _, x := range words[i : i+5] {
+				if len(x) != 4 {
+					joined = ""
+					break
 				}
+				joined += x
 			}
-			if total == Symbols && hasDigit && hasLetter {
-				var joined []byte
-				for _, x := range words[i : j+1] {
-					joined = append(joined, x...)
-				}
-				if _, err := Parse(string(joined)); err == nil {
-					return true
-				}
+			if joined != "" && looksLikeCode(joined) {
+				return true
 			}
 		}
 	}
 	return false
+}
+
+func looksLikeCode(s string) bool {
+	hasDigit, hasLetter := false, false
+	for _, r := range s {
+		if unicode.IsDigit(r) {
+			hasDigit = true
+		} else {
+			hasLetter = true
+		}
+	}
+	if !hasDigit || !hasLetter {
+		return false
+	}
+	_, err := Parse(s)
+	return err == nil
 }
 
 func splitWords(s string) []string {

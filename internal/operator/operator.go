@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -52,6 +53,9 @@ type Config struct {
 	Webhooks    webhooks.Options
 	// Logger is the manager's logger.
 	Logger logr.Logger
+	// SkipNameValidation lets a process build several managers in turn
+	// (integration tests that stop and restart the manager).
+	SkipNameValidation bool
 }
 
 // New builds the manager with every controller and webhook registered.
@@ -65,6 +69,7 @@ func New(cfg Config) (ctrl.Manager, error) {
 		LeaderElection:          cfg.LeaderElection,
 		LeaderElectionID:        "custody-manager.custody.dev",
 		LeaderElectionNamespace: cfg.Controllers.OperatorNamespace,
+		Controller: config.Controller{SkipNameValidation: &cfg.SkipNameValidation},
 		Cache: cache.Options{
 			// Nobody reads managedFields; keep the cache small.
 			DefaultTransform: cache.TransformStripManagedFields(),

@@ -167,8 +167,11 @@ func (ClaimValidator) ValidateDelete(context.Context, *custodyv1alpha1.Claim) (a
 const PlaintextMessage = "appears to contain a claim code in plain text. Remove it, put the code in a Secret in this namespace and reference it with spec.claimCode.secretRef. Treat the code as exposed if this manifest was stored anywhere (for example in Git)."
 
 func rejectPlaintext(c *custodyv1alpha1.Claim) error {
-	obj := c.DeepCopy()
-	obj.ManagedFields = nil
+	// Only what a user writes is scanned: server-set metadata (uid,
+	// resourceVersion, timestamps, managedFields) and status are not.
+	obj := &custodyv1alpha1.Claim{Spec: c.Spec}
+	obj.Name, obj.GenerateName = c.Name, c.GenerateName
+	obj.Labels, obj.Annotations, obj.Finalizers = c.Labels, c.Annotations, c.Finalizers
 	data, err := json.Marshal(obj)
 	if err != nil {
 		return apierrors.NewInternalError(err)

@@ -1,0 +1,251 @@
+// Package integration tests Custody against a real kube-apiserver and etcd,
+// real cert-manager controllers, and the manager running as its own user
+// with the RBAC shipped in config/rbac.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/controlplane"
+	"github.com/custody-dev/custody/internal/factory"
+	"github.com/custody-dev/custody/internal/operator"
+	"github.com/custody-dev/custody/internal/webhooks"
+)
+
+var (
+	cp    *controlplane.ControlPlane
+	admin client.Client
+	// logs collects every line the managers log, so tests can prove that no
+	// claim code is ever logged.
+	logs = &syncBuffer{}
+	seq  atomic.Int64
+)
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testLogger writes every log line of the managers (at the most verbose
+// level) to logs, and to stderr when CUSTODY_TEST_LOGS is set.
+var testLogger = zap.New(zap.WriteTo(io.MultiWriter(logs, logSink())), zap.UseDevMode(true), zap.Level(zapcore.Level(-5)))
+
+func logSink() io.Writer {
+	if os.Getenv("CUSTODY_TEST_LOGS") != "" {
+		return os.Stderr
+	}
+	return io.Discard
+}
+
+func TestMain(m *testing.M) {
+	ctx := context.Background()
+	ctrl.SetLogger(testLogger)
+	var err error
+	cp, err = controlplane.Start(ctx, controlplane.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting the control plane:", err)
+		_ = cp.Stop()
+		os.Exit(1)
+	}
+	admin = cp.Client
+	code := m.Run()
+	if err := cp.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
+	}
+	os.Exit(code)
+}
+
+// epoch is where every fake clock starts.
+var epoch = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+// manager is a running Custody manager.
+type manager struct {
+	Clock  *clocktesting.FakeClock
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startManager runs a manager as the manager's user, with a fake clock,
+// until the test ends or stop is called. Tests run one manager at a time:
+// the webhook server's address is the control plane's.
+func startManager(t *testing.T, mutate ...func(*controllers.Options)) *manager {
+	t.Helper()
+	cfg, err := cp.ManagerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manager{Clock: clocktesting.NewFakeClock(epoch), done: make(chan error, 1)}
+	opts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer, Clock: m.Clock}
+	for _, f := range mutate {
+		f(&opts)
+	}
+	mgr, err := operator.New(operator.Config{
+		RESTConfig:    rest.CopyConfig(cfg),
+		WebhookServer: cp.WebhookServer(),
+		MetricsAddr:   "0",
+		HealthAddr:    "0",
+		Controllers:   opts,
+		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}},
+		Logger:             testLogger,
+		SkipNameValidation: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	go func() { m.done <- mgr.Start(ctx) }()
+	t.Cleanup(m.stop)
+	// Wait for the webhook server: a Claim dry-run goes through it.
+	waitFor(t, "the webhook server", func() bool {
+		c := &custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
+			Spec: custodyv1alpha1.ClaimSpec{SerialNumber: "SN-PROBE", Model: "PROBE", ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: "x"}}}}
+		return admin.Create(context.Background(), c, client.DryRunAll) == nil
+	})
+	return m
+}
+
+func (m *manager) stop() {
+	if m.cancel == nil {
+		return
+	}
+	m.cancel()
+	<-m.done
+	m.cancel = nil
+}
+
+// waitFor polls cond (every 50ms, up to a minute) and fails the test if it
+// never holds. It waits for the system to converge; it never asserts timing.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return cond(), nil
+	})
+	if err != nil {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, seq.Add(1)) }
+
+// newTenant creates a Tenant and waits until it is Ready.
+func newTenant(t *testing.T, members ...custodyv1alpha1.TenantMember) *custodyv1alpha1.Tenant {
+	t.Helper()
+	tn := &custodyv1alpha1.Tenant{
+		ObjectMeta: metav1.ObjectMeta{Name: uniq("tenant")},
+		Spec:       custodyv1alpha1.TenantSpec{DisplayName: "Test tenant", Members: members},
+	}
+	if err := admin.Create(context.Background(), tn); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "tenant "+tn.Name+" to be Ready", func() bool {
+		if err := admin.Get(context.Background(), client.ObjectKeyFromObject(tn), tn); err != nil {
+			return false
+		}
+		return meta.IsStatusConditionTrue(tn.Status.Conditions, custodyv1alpha1.ConditionReady) && tn.Status.ObservedGeneration == tn.Generation
+	})
+	return tn
+}
+
+// newDevice manufactures a device and creates it as the ERP would.
+func newDevice(t *testing.T) *factory.Record {
+	t.Helper()
+	rec, err := factory.Manufacture("XR200", strings.ToUpper(uniq("SN")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Create(context.Background(), rec.Device); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// claimWithCode creates the code Secret and a Claim for serial/model in ns.
+func claimWithCode(t *testing.T, c client.Client, ns, serial, model, code string) *custodyv1alpha1.Claim {
+	t.Helper()
+	name := uniq("claim")
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-code", Namespace: ns}, StringData: map[string]string{"code": code}}
+	if err := c.Create(context.Background(), secret); err != nil {
+		t.Fatal(err)
+	}
+	cl := &custodyv1alpha1.Claim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: serial, Model: model,
+			ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: secret.Name}}},
+	}
+	if err := c.Create(context.Background(), cl); err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// waitPhase waits until the Claim reaches a phase other than Pending (or
+// the given one) and returns it.
+func waitPhase(t *testing.T, cl *custodyv1alpha1.Claim, want custodyv1alpha1.ClaimPhase) *custodyv1alpha1.Claim {
+	t.Helper()
+	got := &custodyv1alpha1.Claim{}
+	waitFor(t, fmt.Sprintf("claim %s to be %s", cl.Name, want), func() bool {
+		if err := admin.Get(context.Background(), client.ObjectKeyFromObject(cl), got); err != nil {
+			return false
+		}
+		return got.Status.Phase == want
+	})
+	return got
+}
+
+func getDevice(t *testing.T, name string) *custodyv1alpha1.Device {
+	t.Helper()
+	d := &custodyv1alpha1.Device{}
+	if err := admin.Get(context.Background(), client.ObjectKey{Name: name}, d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// otherCode returns a well-formed code different from c.
+func otherCode(t *testing.T, c claimcode.Code) claimcode.Code {
+	for {
+		o, err := claimcode.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o != c {
+			return o
+		}
+	}
+}
