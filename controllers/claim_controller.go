@@ -161,7 +161,7 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 	case claim.ActionRecordFailure:
 		return r.recordFailure(ctx, c, in)
 	case claim.ActionBind:
-		if err := r.failPoint("verified"); err != nil {
+		if err := r.failPoint("verified", c); err != nil {
 			return err
 		}
 		dev := in.Device
@@ -172,7 +172,7 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 			return err
 		}
-		if err := r.failPoint("bound"); err != nil {
+		if err := r.failPoint("bound", c); err != nil {
 			return err
 		}
 		return r.finishBind(ctx, c, in, dev, "ClaimCode", custodyv1alpha1.CustodyEventBound)
@@ -370,11 +370,11 @@ func (r *ClaimReconciler) tenantDeleting(ctx context.Context, name string) (bool
 	return !t.DeletionTimestamp.IsZero(), nil
 }
 
-func (r *ClaimReconciler) failPoint(point string) error {
+func (r *ClaimReconciler) failPoint(point string, c *custodyv1alpha1.Claim) error {
 	if r.Options.FailPoint == nil {
 		return nil
 	}
-	if err := r.Options.FailPoint(point); err != nil {
+	if err := r.Options.FailPoint(point, client.ObjectKeyFromObject(c)); err != nil {
 		log.Log.Info("fail point triggered", "point", point)
 		return err
 	}

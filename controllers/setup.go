@@ -33,9 +33,10 @@ type Options struct {
 	// Verifier checks claim codes; argon2id unless a test injects another.
 	Verifier claim.Verifier
 	// FailPoint, when set, is called at named points of the claim path
-	// ("verified", "bound"); a non-nil error aborts the reconcile there. Tests
-	// use it to stop the manager between verification and binding.
-	FailPoint func(point string) error
+	// ("verified", "bound") with the Claim being decided; a non-nil error
+	// aborts the reconcile there. Tests use it to stop the manager between
+	// verification and binding.
+	FailPoint func(point string, claim client.ObjectKey) error
 	// MaxConcurrentClaims is the number of claims verified in parallel.
 	MaxConcurrentClaims int
 }
