@@ -22,9 +22,9 @@ import (
 func main() {
 	var (
 		opNS, rootIssuer, managerUsers, metricsAddr, healthAddr, certDir string
-		webhookPort, maxAttempts                                           int
-		leaderElect                                                        bool
-		lockoutBase                                                        time.Duration
+		webhookPort, maxAttempts                                         int
+		leaderElect                                                      bool
+		lockoutBase                                                      time.Duration
 	)
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")
 	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "ClusterIssuer that signs tenant intermediate CAs.")

@@ -69,7 +69,7 @@ func New(cfg Config) (ctrl.Manager, error) {
 		LeaderElection:          cfg.LeaderElection,
 		LeaderElectionID:        "custody-manager.custody.dev",
 		LeaderElectionNamespace: cfg.Controllers.OperatorNamespace,
-		Controller: config.Controller{SkipNameValidation: &cfg.SkipNameValidation},
+		Controller:              config.Controller{SkipNameValidation: &cfg.SkipNameValidation},
 		Cache: cache.Options{
 			// Nobody reads managedFields; keep the cache small.
 			DefaultTransform: cache.TransformStripManagedFields(),

@@ -115,12 +115,12 @@ func startManager(t *testing.T, mutate ...func(*controllers.Options)) *manager {
 		f(&opts)
 	}
 	mgr, err := operator.New(operator.Config{
-		RESTConfig:    rest.CopyConfig(cfg),
-		WebhookServer: cp.WebhookServer(),
-		MetricsAddr:   "0",
-		HealthAddr:    "0",
-		Controllers:   opts,
-		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}},
+		RESTConfig:         rest.CopyConfig(cfg),
+		WebhookServer:      cp.WebhookServer(),
+		MetricsAddr:        "0",
+		HealthAddr:         "0",
+		Controllers:        opts,
+		Webhooks:           webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}},
 		Logger:             testLogger,
 		SkipNameValidation: true,
 	})
