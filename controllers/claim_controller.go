@@ -41,7 +41,7 @@ type ClaimReconciler struct {
 	Options   Options
 }
 
-// +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch;delete;deletecollection
 // +kubebuilder:rbac:groups=custody.dev,resources=claims/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=custody.dev,resources=claims/finalizers,verbs=update
 
@@ -203,23 +203,11 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, dev *custodyv1alpha1.Device, proof string, typ custodyv1alpha1.CustodyEventType) error {
 	now := r.Options.Clock.Now()
 	tenantName := dev.Spec.ClaimRef.Tenant
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		fresh := &custodyv1alpha1.Device{}
-		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(dev), fresh); err != nil {
-			return err
-		}
-		before := fresh.DeepCopy()
-		if !appendHistory(fresh, custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(now), Type: typ, Tenant: tenantName, Claim: c.Namespace + "/" + c.Name, ClaimUID: c.UID, Proof: proof}) {
-			return nil
-		}
-		if err := r.Client.Status().Patch(ctx, fresh, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-			return err
-		}
-		r.Recorder.Eventf(fresh, c, corev1.EventTypeNormal, string(typ), "Bind", "%s to tenant %s by Claim %s/%s (proof: %s).", typ, tenantName, c.Namespace, c.Name, proof)
-		return nil
-	})
-	if err != nil {
+	if err := recordHistory(ctx, r.Client, dev.Name, custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(now), Type: typ, Tenant: tenantName, Claim: c.Namespace + "/" + c.Name, ClaimUID: c.UID, Proof: proof}); err != nil {
 		return err
+	}
+	if c.Status.Phase != custodyv1alpha1.ClaimPhaseBound {
+		r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, string(typ), "Bind", "%s to tenant %s by Claim %s/%s (proof: %s).", typ, tenantName, c.Namespace, c.Name, proof)
 	}
 	if in.Tenant != nil {
 		if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {

@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -10,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -120,6 +120,23 @@ func appendHistory(d *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord)
 	return true
 }
 
+// recordHistory appends rec to the history of Device name, re-reading the
+// Device on conflict (the device controller writes its status too). It is
+// idempotent: appendHistory ignores an entry that is already there.
+func recordHistory(ctx context.Context, c client.Client, name string, rec custodyv1alpha1.CustodyRecord) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d := &custodyv1alpha1.Device{}
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, d); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		before := d.DeepCopy()
+		if !appendHistory(d, rec) {
+			return nil
+		}
+		return c.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	})
+}
+
 // releaseDevice clears a Device's binding (only if it is still bound to
 // onlyClaim, when given), records why in its history, and emits an Event.
 // The write is optimistic: a conflict is returned for the caller to retry.
@@ -134,15 +151,12 @@ func releaseDevice(ctx context.Context, c client.Client, rec events.EventRecorde
 	if err := c.Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 		return err
 	}
-	before = d.DeepCopy()
-	appendHistory(d, custodyv1alpha1.CustodyRecord{
+	if err := recordHistory(ctx, c, d.Name, custodyv1alpha1.CustodyRecord{
 		Time: metav1.NewTime(now), Type: custodyv1alpha1.CustodyEventReleased, Tenant: released.Tenant,
 		Claim: released.Namespace + "/" + released.Name, ClaimUID: released.UID, Proof: why,
-	})
-	if err := c.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
-		// The binding is already gone; the history entry is best effort and
-		// the Event below records the change as well.
-		rec.Eventf(d, nil, corev1.EventTypeWarning, "HistoryNotRecorded", "Release", "Could not record the release in status.history: %v", errors.Unwrap(err))
+	}); err != nil {
+		// The binding is already gone; the Event below records the change.
+		rec.Eventf(d, nil, corev1.EventTypeWarning, "HistoryNotRecorded", "Release", "Could not record the release in status.history: %v", err)
 	}
 	rec.Eventf(d, nil, corev1.EventTypeNormal, "Released", "Release", "Released from tenant %s (claim %s/%s): %s.", released.Tenant, released.Namespace, released.Name, why)
 	return nil

@@ -91,7 +91,13 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 
 	before := tenant.DeepCopy()
 	defer func() {
-		if err := r.patchStatus(ctx, before, tenant, retErr == nil); err != nil {
+		err := r.patchStatus(ctx, before, tenant, retErr == nil)
+		switch {
+		case apierrors.IsConflict(err):
+			// The claim controller updated the throttles meanwhile; the
+			// status is recomputed from a fresh read.
+			result = reconcile.Result{Requeue: true}
+		case err != nil:
 			retErr = errors.Join(retErr, err)
 		}
 	}()
