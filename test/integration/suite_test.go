@@ -182,13 +182,20 @@ func newTenant(t *testing.T, members ...custodyv1alpha1.TenantMember) *custodyv1
 	return tn
 }
 
-// newDevice manufactures a device and creates it as the ERP would.
-func newDevice(t *testing.T) *factory.Record {
+// newDeviceRecord manufactures a device with a unique serial number.
+func newDeviceRecord(t *testing.T) *factory.Record {
 	t.Helper()
 	rec, err := factory.Manufacture("XR200", strings.ToUpper(uniq("SN")))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rec
+}
+
+// newDevice manufactures a device and creates it as the ERP would.
+func newDevice(t *testing.T) *factory.Record {
+	t.Helper()
+	rec := newDeviceRecord(t)
 	if err := admin.Create(context.Background(), rec.Device); err != nil {
 		t.Fatal(err)
 	}

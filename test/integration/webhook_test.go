@@ -1,0 +1,118 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/factory"
+)
+
+// TestDeviceWebhook: identity is immutable, the binding is the manager's
+// alone (even for a cluster admin), and only real P-256/Ed25519 keys are
+// accepted.
+func TestDeviceWebhook(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	rec := newDevice(t)
+	other, err := factory.Manufacture("XR200", "SN-OTHER")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for name, tc := range map[string]struct {
+		mutate func(*custodyv1alpha1.Device)
+		want   string
+	}{
+		"identity key": {func(d *custodyv1alpha1.Device) { d.Spec.Identity.PublicKey = other.Device.Spec.Identity.PublicKey }, "identity is immutable"},
+		"serial":       {func(d *custodyv1alpha1.Device) { d.Spec.SerialNumber = "SN-NEW" }, "serialNumber and model are immutable"},
+		"binding": {func(d *custodyv1alpha1.Device) {
+			d.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "t", Namespace: "t", Name: "c", UID: "u"}
+		}, "only the Custody manager changes a device's binding"},
+		"consumed codes": {func(d *custodyv1alpha1.Device) { d.Spec.ConsumedClaimCodes = []string{"sha256:00"} }, "only the Custody manager records consumed claim codes"},
+	} {
+		d := getDevice(t, rec.Device.Name)
+		tc.mutate(d)
+		err := admin.Update(ctx, d)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: admin update error = %v, want it to say %q", name, err, tc.want)
+		}
+	}
+
+	// Creating a pre-bound device, or one with a bad key, is refused.
+	bad := newDeviceRecord(t).Device
+	bad.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "t", Namespace: "t", Name: "c", UID: "u"}
+	if err := admin.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "only the Custody manager binds devices") {
+		t.Errorf("pre-bound device: %v", err)
+	}
+	rsa := newDeviceRecord(t).Device
+	rsa.Spec.Identity.PublicKey = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n"
+	if err := admin.Create(ctx, rsa); err == nil || !apierrors.IsInvalid(err) {
+		t.Errorf("garbled key accepted: %v", err)
+	}
+
+	// A bound device cannot be deleted.
+	tn := newTenant(t)
+	cl := claimWithCode(t, admin, tn.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String())
+	waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	if err := admin.Delete(ctx, getDevice(t, rec.Device.Name)); err == nil || !strings.Contains(err.Error(), "release it before deleting it") {
+		t.Errorf("deleting a bound device: %v", err)
+	}
+}
+
+// TestClaimWebhookRejectsPlaintextCodes: a claim code anywhere in a Claim is
+// rejected, and the rejection does not echo it.
+func TestClaimWebhookRejectsPlaintextCodes(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	tn := newTenant(t)
+	rec := newDeviceRecord(t)
+	code := rec.Code
+	base := func() *custodyv1alpha1.Claim {
+		return &custodyv1alpha1.Claim{
+			ObjectMeta: metav1.ObjectMeta{Name: uniq("plain"), Namespace: tn.Status.Namespace},
+			Spec: custodyv1alpha1.ClaimSpec{SerialNumber: rec.Device.Spec.SerialNumber, Model: "XR200",
+				ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: "code"}}},
+		}
+	}
+	for name, mutate := range map[string]func(*custodyv1alpha1.Claim){
+		"annotation value":      func(c *custodyv1alpha1.Claim) { c.Annotations = map[string]string{"note": "code is " + code.String()} },
+		"annotation key":        func(c *custodyv1alpha1.Claim) { c.Annotations = map[string]string{"example.com/" + string(code): "x"} },
+		"label value":           func(c *custodyv1alpha1.Claim) { c.Labels = map[string]string{"code": string(code)} },
+		"secret name":           func(c *custodyv1alpha1.Claim) { c.Spec.ClaimCode.SecretRef.Name = strings.ToLower(string(code)) },
+		"secret key lowercased": func(c *custodyv1alpha1.Claim) { c.Spec.ClaimCode.SecretRef.Key = strings.ToLower(code.String()) },
+	} {
+		c := base()
+		mutate(c)
+		err := admin.Create(ctx, c)
+		if err == nil {
+			t.Errorf("%s: a Claim holding a claim code was accepted", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), "appears to contain a claim code in plain text") {
+			t.Errorf("%s: unexpected error %v", name, err)
+		}
+		for _, form := range []string{string(code), code.String(), strings.ToLower(string(code)), strings.ToLower(code.String())} {
+			if strings.Contains(err.Error(), form) {
+				t.Errorf("%s: the rejection echoes the code", name)
+			}
+		}
+	}
+	// Updates are checked too.
+	c := base()
+	if err := admin.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	c.Annotations = map[string]string{"note": code.String()}
+	if err := admin.Update(ctx, c); err == nil {
+		t.Error("an update adding a claim code was accepted")
+	}
+	if err := admin.Get(ctx, client.ObjectKeyFromObject(c), c); err != nil || c.Annotations["note"] != "" {
+		t.Errorf("the rejected update changed the Claim: %v", err)
+	}
+}
