@@ -61,7 +61,7 @@ func (r *ApproverReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	cr.Status.Conditions = append(cr.Status.Conditions, cond)
 	if err := r.Client.Status().Patch(ctx, cr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsConflict(err) {
-			return reconcile.Result{Requeue: true}, nil
+			return reconcile.Result{RequeueAfter: conflictRetry}, nil
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}

@@ -67,7 +67,7 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	if err := r.act(ctx, c, in, d); err != nil {
 		if apierrors.IsConflict(err) {
 			// Someone else wrote the Device or Tenant first: look again.
-			return reconcile.Result{Requeue: true}, nil
+			return reconcile.Result{RequeueAfter: conflictRetry}, nil
 		}
 		return reconcile.Result{}, err
 	}
@@ -333,7 +333,7 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 		if c.Spec.ReleasePolicy == custodyv1alpha1.ReleasePolicyRelease || tenantGone {
 			if err := releaseDevice(ctx, r.Client, r.Recorder, dev, c, "ClaimDeleted", r.Options.Clock.Now()); err != nil {
 				if apierrors.IsConflict(err) {
-					return reconcile.Result{Requeue: true}, nil
+					return reconcile.Result{RequeueAfter: conflictRetry}, nil
 				}
 				return reconcile.Result{}, err
 			}

@@ -7,6 +7,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -65,11 +66,15 @@ func (argon2Verifier) Verify(code claimcode.Code, verifier string) bool {
 
 func (argon2Verifier) VerifyNothing(code claimcode.Code) { claimcode.VerifyNothing(code) }
 
+// conflictRetry is how soon a reconcile that lost an optimistic-concurrency
+// race looks again; conflicts are expected contention, not errors.
+const conflictRetry = 100 * time.Millisecond
+
 // Field indexes the controllers share.
 const (
 	indexDeviceTenant    = "spec.claimRef.tenant"
 	indexTenantNamespace = "custody.targetNamespace"
-	indexClaimSecret     = "spec.claimCode.secretRef.name"
+	indexClaimSecret     = "spec.claimCode.secretRef.name" //nolint:gosec // a field path, not a credential
 )
 
 // Setup registers the indexes and every controller with mgr.

@@ -96,7 +96,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		case apierrors.IsConflict(err):
 			// The claim controller updated the throttles meanwhile; the
 			// status is recomputed from a fresh read.
-			result = reconcile.Result{Requeue: true}
+			result = reconcile.Result{RequeueAfter: conflictRetry}
 		case err != nil:
 			retErr = errors.Join(retErr, err)
 		}

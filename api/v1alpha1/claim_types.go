@@ -216,7 +216,3 @@ type ClaimList struct {
 func (c *Claim) DeviceName() string {
 	return DeviceName(c.Spec.Model, c.Spec.SerialNumber)
 }
-
-func init() {
-	SchemeBuilder.Register(&Claim{}, &ClaimList{})
-}

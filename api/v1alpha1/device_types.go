@@ -344,7 +344,3 @@ func lowerASCII(s string) string {
 	}
 	return string(b)
 }
-
-func init() {
-	SchemeBuilder.Register(&Device{}, &DeviceList{})
-}

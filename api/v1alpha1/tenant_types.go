@@ -283,7 +283,3 @@ func (t *Tenant) TargetNamespace() string {
 	}
 	return t.Name
 }
-
-func init() {
-	SchemeBuilder.Register(&Tenant{}, &TenantList{})
-}

@@ -23,16 +23,24 @@ Makes one device's identity keypair, claim code and verifier, and writes to DIR:
   label.txt     the claim code and key fingerprint for the label and documentation pack (mode 0600)
 `
 
+// errUsage asks main to print the usage.
+var errUsage = errors.New("usage")
+
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "custody-device:", err)
+	err := run(os.Args[1:], os.Stdout)
+	if errors.Is(err, errUsage) {
+		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "custody-device:", err)
+		os.Exit(1)
 	}
 }
 
 func run(args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "factory" {
-		return errors.New(usage)
+		return errUsage
 	}
 	fs := flag.NewFlagSet("factory", flag.ContinueOnError)
 	model := fs.String("model", "", "product model, upper case (e.g. XR200)")
@@ -42,7 +50,8 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *model == "" || *serial == "" {
-		return errors.New("--model and --serial are required\n" + usage)
+		fmt.Fprintln(os.Stderr, "custody-device: --model and --serial are required")
+		return errUsage
 	}
 	rec, err := factory.Manufacture(*model, *serial)
 	if err != nil {
@@ -52,7 +61,7 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(*out, 0o755); err != nil {
+	if err := os.MkdirAll(*out, 0o750); err != nil {
 		return err
 	}
 	label := fmt.Sprintf("Model:       %s\nSerial:      %s\nKey:         %s\nClaim code:  %s\n", *model, *serial, rec.Fingerprint, rec.Code)

@@ -41,8 +41,8 @@ const (
 
 // Options configure Start.
 type Options struct {
-	// DataDir, when set, keeps etcd's data and the API server's serving
-	// certificates under it, so that a restart resumes with the same objects.
+	// DataDir, when set, keeps etcd's data under it, so that a restart
+	// resumes with the same objects.
 	// When empty everything lives in temporary directories removed on Stop.
 	DataDir string
 
@@ -133,22 +133,20 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		Scheme:                cp.Scheme,
 	}
 	if opts.DataDir != "" {
+		// Only etcd's data persists: the API server's certificates (and so
+		// every kubeconfig) are made afresh on each start.
 		etcdDir := filepath.Join(opts.DataDir, "etcd")
-		certDir := filepath.Join(opts.DataDir, "apiserver")
-		for _, d := range []string{etcdDir, certDir} {
-			if err := os.MkdirAll(d, 0o700); err != nil {
-				return cp, err
-			}
+		if err := os.MkdirAll(etcdDir, 0o700); err != nil {
+			return cp, err
 		}
 		env.ControlPlane.Etcd = &envtest.Etcd{DataDir: etcdDir}
-		env.ControlPlane.GetAPIServer().CertDir = certDir
 	}
 	// Bind everything to loopback only.
-	env.ControlPlane.GetAPIServer().SecureServing.Address = "127.0.0.1"
+	env.ControlPlane.GetAPIServer().Address = "127.0.0.1"
 	env.ControlPlane.GetAPIServer().Configure().Set("bind-address", "127.0.0.1")
 
 	cp.env = env
-	cp.Config, err = env.Start()
+	cp.Config, err = startEnv(env)
 	if err != nil {
 		return cp, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
 	}
@@ -189,6 +187,17 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		return cp, fmt.Errorf("bootstrapping the root ClusterIssuer: %w", err)
 	}
 	return cp, nil
+}
+
+// startEnv starts envtest, turning its panics (it panics on some start-up
+// failures) into errors so that the caller's cleanup stops what did start.
+func startEnv(env *envtest.Environment) (cfg *rest.Config, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("starting the control plane: %v", r)
+		}
+	}()
+	return env.Start()
 }
 
 // Stop stops cert-manager, then kube-apiserver and etcd. Persistent data

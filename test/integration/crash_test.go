@@ -30,8 +30,7 @@ func TestCrashBetweenVerificationAndBinding(t *testing.T) {
 			var target atomic.Pointer[client.ObjectKey]
 			var hit atomic.Bool
 			crashed := make(chan struct{})
-			var m *manager
-			m = startManager(t, func(o *controllers.Options) {
+			m := startManager(t, func(o *controllers.Options) {
 				o.FailPoint = func(p string, c client.ObjectKey) error {
 					if tk := target.Load(); p != point || tk == nil || c != *tk {
 						return nil

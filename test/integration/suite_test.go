@@ -145,7 +145,9 @@ func (m *manager) stop() {
 		return
 	}
 	m.cancel()
-	<-m.done
+	if err := <-m.done; err != nil {
+		fmt.Fprintln(os.Stderr, "manager stopped with:", err)
+	}
 	m.cancel = nil
 }
 

@@ -1,0 +1,166 @@
+// Command custody-dev runs the whole Custody control plane on one machine,
+// with no cluster and no Docker: etcd and kube-apiserver (built from pinned
+// modules by `make envtest-assets`), cert-manager's controllers, and the
+// Custody manager with its webhooks, running as its own user with the RBAC
+// from config/rbac. State lives in a data directory, so a restart resumes.
+//
+// It is for development and evaluation only: the API server trusts any
+// client certificate its throwaway CA signed, and the root CA is self-signed.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	uberzap "go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/controlplane"
+	"github.com/custody-dev/custody/internal/operator"
+	"github.com/custody-dev/custody/internal/webhooks"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "custody-dev:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	dataDir := flag.String("data-dir", ".custody-dev", "Directory for etcd data, certificates, logs and the kubeconfig; kept across restarts.")
+	verbose := flag.Bool("v", false, "Print the manager's logs here too (they always go to <data-dir>/logs/manager.log).")
+	flag.Parse()
+
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o700); err != nil {
+		return err
+	}
+	unlock, err := lockDataDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// cert-manager and client-go log through klog: keep them in a file.
+	cmLog, err := os.OpenFile( //nolint:gosec // a fixed name under the data directory the user chose
+		filepath.Join(dir, "logs", "cert-manager.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer cmLog.Close()
+	managerLog, err := os.OpenFile( //nolint:gosec // a fixed name under the data directory the user chose
+		filepath.Join(dir, "logs", "manager.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer managerLog.Close()
+	klog.SetLogger(zap.New(zap.WriteTo(cmLog)))
+	// The terminal shows errors only, unless -v; the file has everything.
+	terminal := zapcore.AddSync(os.Stderr)
+	terminalLevel := zapcore.ErrorLevel
+	if *verbose {
+		terminalLevel = zapcore.DebugLevel
+	}
+	logger := zap.New(zap.RawZapOpts(uberzap.WrapCore(func(zapcore.Core) zapcore.Core {
+		enc := zapcore.NewConsoleEncoder(uberzap.NewDevelopmentEncoderConfig())
+		return zapcore.NewTee(
+			zapcore.NewCore(enc, zapcore.AddSync(managerLog), zapcore.DebugLevel),
+			zapcore.NewCore(enc, terminal, terminalLevel),
+		)
+	})))
+	ctrl.SetLogger(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Fprintf(os.Stderr, "custody-dev: starting etcd, kube-apiserver and cert-manager (state in %s) ...\n", dir)
+	cp, err := controlplane.Start(ctx, controlplane.Options{DataDir: dir, Log: zap.New(zap.WriteTo(cmLog))})
+	if err != nil {
+		return errors.Join(err, cp.Stop())
+	}
+	defer func() {
+		fmt.Fprintln(os.Stderr, "custody-dev: stopping ...")
+		if err := cp.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "custody-dev: stopping the control plane:", err)
+		}
+	}()
+
+	kubeconfig, err := cp.Kubeconfig("custody-dev-admin", "system:masters")
+	if err != nil {
+		return err
+	}
+	kubeconfigPath := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
+		return err
+	}
+
+	cfg, err := cp.ManagerConfig()
+	if err != nil {
+		return err
+	}
+	mgr, err := operator.New(operator.Config{
+		RESTConfig:    cfg,
+		WebhookServer: cp.WebhookServer(),
+		MetricsAddr:   "127.0.0.1:8080",
+		HealthAddr:    "127.0.0.1:8081",
+		Controllers:   controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer},
+		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}},
+		Logger:        logger,
+	})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	select {
+	case <-mgr.Elected():
+	case err := <-done:
+		return err
+	}
+
+	fmt.Printf(`
+Custody is running. In another terminal:
+
+  export KUBECONFIG=%s
+  kubectl get tenants,devices,claims -A
+  kubectl apply -f config/samples/tenant.yaml
+
+Then follow the walk-through in README.md. Logs: %s.
+Metrics: http://127.0.0.1:8080/metrics. Press Ctrl-C to stop; state is kept in %s.
+
+`, kubeconfigPath, filepath.Join(dir, "logs"), dir)
+
+	err = <-done
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// lockDataDir takes an exclusive lock on dir so that two custody-dev
+// processes never share one etcd data directory.
+func lockDataDir(dir string) (func(), error) {
+	f, err := os.OpenFile( //nolint:gosec // a fixed name under the data directory the user chose
+		filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("another custody-dev is running with data directory %s; stop it first (Ctrl-C in its terminal), or use --data-dir", dir)
+	}
+	return func() { _ = f.Close() }, nil
+}
