@@ -11,6 +11,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -86,19 +87,17 @@ func TestRBACMatrix(t *testing.T) {
 		return c
 	}
 	rebind := func(c client.Client) error {
-		d := device(free.Name)
-		d.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: b.Name, Namespace: nsB, Name: "x", UID: "x"}
-		return c.Update(ctx, d, dry)
+		return updateDevice(c, free.Name, func(d *custodyv1alpha1.Device) {
+			d.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: b.Name, Namespace: nsB, Name: "x", UID: "x"}
+		}, dry)
 	}
 	unbind := func(c client.Client) error {
-		d := device(rec.Device.Name)
-		d.Spec.ClaimRef = nil
-		return c.Update(ctx, d, dry)
+		return updateDevice(c, rec.Device.Name, func(d *custodyv1alpha1.Device) { d.Spec.ClaimRef = nil }, dry)
 	}
 	editSale := func(c client.Client) error {
-		d := device(free.Name)
-		d.Spec.Sale = &custodyv1alpha1.SaleRecord{OrderReference: "PO-1", Buyer: custodyv1alpha1.Buyer{Name: "Acme"}}
-		return c.Update(ctx, d, dry)
+		return updateDevice(c, free.Name, func(d *custodyv1alpha1.Device) {
+			d.Spec.Sale = &custodyv1alpha1.SaleRecord{OrderReference: "PO-1", Buyer: custodyv1alpha1.Buyer{Name: "Acme"}}
+		}, dry)
 	}
 	getTrust := func(ns string) func(client.Client) error {
 		return func(c client.Client) error {
@@ -119,9 +118,11 @@ func TestRBACMatrix(t *testing.T) {
 	}
 	deleteClaim := func(c client.Client) error { return c.Delete(ctx, claimA(), dry) }
 	writeClaimStatus := func(c client.Client) error {
-		cl := claimA()
-		cl.Status.Phase = custodyv1alpha1.ClaimPhaseBound
-		return c.Status().Update(ctx, cl, client.DryRunAll)
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cl := claimA()
+			cl.Status.Phase = custodyv1alpha1.ClaimPhaseBound
+			return c.Status().Update(ctx, cl, client.DryRunAll)
+		})
 	}
 	createCR := func(ns string) func(client.Client) error {
 		return func(c client.Client) error { return c.Create(ctx, newCR(ns), dry) }
@@ -145,17 +146,21 @@ func TestRBACMatrix(t *testing.T) {
 	}
 	deleteDevice := func(c client.Client) error { return c.Delete(ctx, device(free.Name), dry) }
 	writeDeviceStatus := func(c client.Client) error {
-		d := device(free.Name)
-		d.Status.Phase = custodyv1alpha1.DevicePhaseBound
-		return c.Status().Update(ctx, d, client.DryRunAll)
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			d := device(free.Name)
+			d.Status.Phase = custodyv1alpha1.DevicePhaseBound
+			return c.Status().Update(ctx, d, client.DryRunAll)
+		})
 	}
 	editTenant := func(c client.Client) error {
-		tn := &custodyv1alpha1.Tenant{}
-		if err := admin.Get(ctx, clientKey(a), tn); err != nil {
-			return err
-		}
-		tn.Spec.Members = append(tn.Spec.Members, member("mallory", custodyv1alpha1.TenantRoleAdmin))
-		return c.Update(ctx, tn, dry)
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			tn := &custodyv1alpha1.Tenant{}
+			if err := admin.Get(ctx, clientKey(a), tn); err != nil {
+				return err
+			}
+			tn.Spec.Members = append(tn.Spec.Members, member("mallory", custodyv1alpha1.TenantRoleAdmin))
+			return c.Update(ctx, tn, dry)
+		})
 	}
 	bindRole := func(ns string) func(client.Client) error {
 		return func(c client.Client) error {

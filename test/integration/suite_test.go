@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -257,4 +258,17 @@ func otherCode(t *testing.T, c claimcode.Code) claimcode.Code {
 			return o
 		}
 	}
+}
+
+// updateDevice applies mutate to a fresh copy of Device name and updates it
+// as c, retrying when the manager wrote the Device in between.
+func updateDevice(c client.Client, name string, mutate func(*custodyv1alpha1.Device), opts ...client.UpdateOption) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d := &custodyv1alpha1.Device{}
+		if err := admin.Get(context.Background(), client.ObjectKey{Name: name}, d); err != nil {
+			return err
+		}
+		mutate(d)
+		return c.Update(context.Background(), d, opts...)
+	})
 }

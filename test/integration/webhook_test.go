@@ -36,9 +36,7 @@ func TestDeviceWebhook(t *testing.T) {
 		}, "only the Custody manager changes a device's binding"},
 		"consumed codes": {func(d *custodyv1alpha1.Device) { d.Spec.ConsumedClaimCodes = []string{"sha256:00"} }, "only the Custody manager records consumed claim codes"},
 	} {
-		d := getDevice(t, rec.Device.Name)
-		tc.mutate(d)
-		err := admin.Update(ctx, d)
+		err := updateDevice(admin, rec.Device.Name, tc.mutate)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: admin update error = %v, want it to say %q", name, err, tc.want)
 		}
