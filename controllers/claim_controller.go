@@ -237,6 +237,9 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.
 	}); err != nil {
 		return err
 	}
+	if counted {
+		claimFailures.WithLabelValues(in.Tenant.Name).Inc()
+	}
 	if !counted || in.Device == nil {
 		return nil
 	}
@@ -312,8 +315,11 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	if err := r.Client.Status().Patch(ctx, c, client.MergeFrom(before)); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	if changed && d.Event != nil {
-		r.Recorder.Eventf(c, nil, d.Event.Type, d.Event.Reason, "Verify", "%s", d.Event.Message)
+	if changed {
+		claimDecisions.WithLabelValues(string(d.Phase), d.Reason).Inc()
+		if d.Event != nil {
+			r.Recorder.Eventf(c, nil, d.Event.Type, d.Event.Reason, "Verify", "%s", d.Event.Message)
+		}
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"fmt"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,12 +21,18 @@ const ManagerUsername = "system:serviceaccount:custody-system:custody-manager"
 func (cp *ControlPlane) installRBAC(ctx context.Context) error {
 	var objs []client.Object
 	err := eachDocument("rbac", func(doc []byte) error {
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(doc, &tm); err != nil {
+			return err
+		}
+		if tm.Kind != "ClusterRole" {
+			// Bindings and the ServiceAccount are for in-cluster installs;
+			// here the manager's user is bound below.
+			return nil
+		}
 		role := &rbacv1.ClusterRole{}
 		if err := yaml.UnmarshalStrict(doc, role); err != nil {
 			return err
-		}
-		if role.Kind != "ClusterRole" {
-			return fmt.Errorf("unexpected kind %q in config/rbac", role.Kind)
 		}
 		objs = append(objs, role)
 		return nil
