@@ -3,7 +3,7 @@
 // A claim code is 19 random symbols of Crockford's base32 alphabet (95 bits)
 // and one check symbol, printed as five groups of four:
 //
-//	7KQ2-M9TD-4XH3-PZC8-WJ6R
+//	9G01-8BC1-MY21-P614-FY40
 //
 // Reading is forgiving: case, spaces and dashes are ignored, and the look-alike
 // letters I and L read as 1, O as 0. The check symbol (Luhn mod 32) catches

@@ -71,7 +71,7 @@ func TestCRDValidation(t *testing.T) {
 			d.Name = "xr200." + d.Spec.SerialNumber
 		}), "spec.serialNumber"},
 		{"public key not PEM", device(func(d *custodyv1alpha1.Device) { d.Spec.Identity.PublicKey = strings.Repeat("A", 120) }), "publicKey must be a PEM block"},
-		{"claim code instead of verifier", device(func(d *custodyv1alpha1.Device) { d.Spec.ClaimCode.Verifier = "7KQ2-M9TD-4XH3-PZC8-WJ6R" }), "verifier must be an argon2id PHC string"},
+		{"claim code instead of verifier", device(func(d *custodyv1alpha1.Device) { d.Spec.ClaimCode.Verifier = "9G01-8BC1-MY21-P614-FY40" }), "verifier must be an argon2id PHC string"},
 		{"bound and decommissioned", device(func(d *custodyv1alpha1.Device) {
 			d.Spec.Decommissioned = true
 			d.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "t", Namespace: "t", Name: "c", UID: "u"}
