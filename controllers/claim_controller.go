@@ -46,7 +46,7 @@ type ClaimReconciler struct {
 // +kubebuilder:rbac:groups=custody.dev,resources=claims/finalizers,verbs=update
 
 // Reconcile decides one Claim.
-func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
+func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	c := &custodyv1alpha1.Claim{}
 	if err := r.Client.Get(ctx, req.NamespacedName, c); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
@@ -72,6 +72,11 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, err
 	}
 	if err := r.writeStatus(ctx, c, d); err != nil {
+		if apierrors.IsConflict(err) {
+			// Decided from a stale read: decide again from a fresh one, so
+			// that each outcome is recorded (Event, metric) exactly once.
+			return reconcile.Result{RequeueAfter: conflictRetry}, nil
+		}
 		return reconcile.Result{}, err
 	}
 	return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
@@ -117,11 +122,24 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 	}
 	in.Policy = r.Options.ClaimPolicy.Tighten(policies...)
 
+	// A decided Claim needs no code: do not read Secrets for it.
+	if claimDecided(c) {
+		return in, nil
+	}
 	in.Code, in.CodeErr = r.readCode(ctx, c)
 	if in.CodeErr != nil && !isCodeError(in.CodeErr) {
 		return in, in.CodeErr
 	}
 	return in, nil
+}
+
+// claimDecided reports whether the Claim's outcome no longer depends on a code.
+func claimDecided(c *custodyv1alpha1.Claim) bool {
+	switch c.Status.Phase {
+	case custodyv1alpha1.ClaimPhaseBound, custodyv1alpha1.ClaimPhaseLost, custodyv1alpha1.ClaimPhaseDenied, custodyv1alpha1.ClaimPhaseDisputed:
+		return true
+	}
+	return false
 }
 
 func isCodeError(err error) bool {
@@ -312,7 +330,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 		meta.RemoveStatusCondition(&c.Status.Conditions, cond.Type)
 		c.Status.Conditions = append(c.Status.Conditions, cond)
 	}
-	if err := r.Client.Status().Patch(ctx, c, client.MergeFrom(before)); err != nil {
+	if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		return client.IgnoreNotFound(err)
 	}
 	if changed {

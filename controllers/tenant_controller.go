@@ -21,9 +21,11 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -411,11 +413,18 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 		}
 		return nil
 	})
+	// Only binding changes matter to a Tenant (its bound-device count).
+	bindingChanged := predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld.(*custodyv1alpha1.Device).Spec.ClaimRef, e.ObjectNew.(*custodyv1alpha1.Device).Spec.ClaimRef
+			return (o == nil) != (n == nil) || (o != nil && o.Tenant != n.Tenant)
+		},
+	}
 	return ctrl.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Tenant{}).
 		Watches(&cmapi.Certificate{}, byTenantLabel).
 		Watches(&cmapi.Issuer{}, byTenantLabel).
-		Watches(&custodyv1alpha1.Device{}, byBoundTenant).
+		Watches(&custodyv1alpha1.Device{}, byBoundTenant, ctrl.WithPredicates(bindingChanged)).
 		Named("tenant").
 		Complete(r)
 }

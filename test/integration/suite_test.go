@@ -104,7 +104,7 @@ type manager struct {
 // startManager runs a manager as the manager's user, with a fake clock,
 // until the test ends or stop is called. Tests run one manager at a time:
 // the webhook server's address is the control plane's.
-func startManager(t *testing.T, mutate ...func(*controllers.Options)) *manager {
+func startManager(t testing.TB, mutate ...func(*controllers.Options)) *manager {
 	t.Helper()
 	cfg, err := cp.ManagerConfig()
 	if err != nil {
@@ -154,7 +154,7 @@ func (m *manager) stop() {
 
 // waitFor polls cond (every 50ms, up to a minute) and fails the test if it
 // never holds. It waits for the system to converge; it never asserts timing.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		return cond(), nil
@@ -167,7 +167,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, seq.Add(1)) }
 
 // newTenant creates a Tenant and waits until it is Ready.
-func newTenant(t *testing.T, members ...custodyv1alpha1.TenantMember) *custodyv1alpha1.Tenant {
+func newTenant(t testing.TB, members ...custodyv1alpha1.TenantMember) *custodyv1alpha1.Tenant {
 	t.Helper()
 	tn := &custodyv1alpha1.Tenant{
 		ObjectMeta: metav1.ObjectMeta{Name: uniq("tenant")},
@@ -186,7 +186,7 @@ func newTenant(t *testing.T, members ...custodyv1alpha1.TenantMember) *custodyv1
 }
 
 // newDeviceRecord manufactures a device with a unique serial number.
-func newDeviceRecord(t *testing.T) *factory.Record {
+func newDeviceRecord(t testing.TB) *factory.Record {
 	t.Helper()
 	rec, err := factory.Manufacture("XR200", strings.ToUpper(uniq("SN")))
 	if err != nil {
@@ -196,7 +196,7 @@ func newDeviceRecord(t *testing.T) *factory.Record {
 }
 
 // newDevice manufactures a device and creates it as the ERP would.
-func newDevice(t *testing.T) *factory.Record {
+func newDevice(t testing.TB) *factory.Record {
 	t.Helper()
 	rec := newDeviceRecord(t)
 	if err := admin.Create(context.Background(), rec.Device); err != nil {
@@ -206,7 +206,7 @@ func newDevice(t *testing.T) *factory.Record {
 }
 
 // claimWithCode creates the code Secret and a Claim for serial/model in ns.
-func claimWithCode(t *testing.T, c client.Client, ns, serial, model, code string) *custodyv1alpha1.Claim {
+func claimWithCode(t testing.TB, c client.Client, ns, serial, model, code string) *custodyv1alpha1.Claim {
 	t.Helper()
 	name := uniq("claim")
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-code", Namespace: ns}, StringData: map[string]string{"code": code}}
@@ -226,7 +226,7 @@ func claimWithCode(t *testing.T, c client.Client, ns, serial, model, code string
 
 // waitPhase waits until the Claim reaches a phase other than Pending (or
 // the given one) and returns it.
-func waitPhase(t *testing.T, cl *custodyv1alpha1.Claim, want custodyv1alpha1.ClaimPhase) *custodyv1alpha1.Claim {
+func waitPhase(t testing.TB, cl *custodyv1alpha1.Claim, want custodyv1alpha1.ClaimPhase) *custodyv1alpha1.Claim {
 	t.Helper()
 	got := &custodyv1alpha1.Claim{}
 	waitFor(t, fmt.Sprintf("claim %s to be %s", cl.Name, want), func() bool {
@@ -238,7 +238,7 @@ func waitPhase(t *testing.T, cl *custodyv1alpha1.Claim, want custodyv1alpha1.Cla
 	return got
 }
 
-func getDevice(t *testing.T, name string) *custodyv1alpha1.Device {
+func getDevice(t testing.TB, name string) *custodyv1alpha1.Device {
 	t.Helper()
 	d := &custodyv1alpha1.Device{}
 	if err := admin.Get(context.Background(), client.ObjectKey{Name: name}, d); err != nil {
@@ -248,7 +248,7 @@ func getDevice(t *testing.T, name string) *custodyv1alpha1.Device {
 }
 
 // otherCode returns a well-formed code different from c.
-func otherCode(t *testing.T, c claimcode.Code) claimcode.Code {
+func otherCode(t testing.TB, c claimcode.Code) claimcode.Code {
 	for {
 		o, err := claimcode.Generate()
 		if err != nil {
