@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,9 +16,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -92,7 +95,7 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 	}
 	if len(tenants.Items) == 1 {
 		in.Tenant = &tenants.Items[0]
-		in.TenantReady = in.Tenant.DeletionTimestamp.IsZero() && meta.IsStatusConditionTrue(in.Tenant.Status.Conditions, custodyv1alpha1.ConditionReady)
+		in.TenantReady = tenantUsable(in.Tenant)
 	}
 
 	device := &custodyv1alpha1.Device{}
@@ -140,6 +143,12 @@ func claimDecided(c *custodyv1alpha1.Claim) bool {
 		return true
 	}
 	return false
+}
+
+// tenantUsable reports whether a Tenant's Claims may bind: it is Ready and
+// not being deleted.
+func tenantUsable(t *custodyv1alpha1.Tenant) bool {
+	return t.DeletionTimestamp.IsZero() && meta.IsStatusConditionTrue(t.Status.Conditions, custodyv1alpha1.ConditionReady)
 }
 
 func isCodeError(err error) bool {
@@ -330,6 +339,9 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 		meta.RemoveStatusCondition(&c.Status.Conditions, cond.Type)
 		c.Status.Conditions = append(c.Status.Conditions, cond)
 	}
+	if equality.Semantic.DeepEqual(before.Status, c.Status) {
+		return nil
+	}
 	if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		return client.IgnoreNotFound(err)
 	}
@@ -434,10 +446,19 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 	byTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		return claimsFor(ctx, client.InNamespace(o.(*custodyv1alpha1.Tenant).TargetNamespace()))
 	})
+	// Claims wait for their Tenant to become ready; other Tenant changes
+	// (its throttle bookkeeping, written on every attempt) do not concern
+	// the tenant's other Claims.
+	readinessChanged := predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld.(*custodyv1alpha1.Tenant), e.ObjectNew.(*custodyv1alpha1.Tenant)
+			return tenantUsable(o) != tenantUsable(n)
+		},
+	}
 	return ctrl.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Claim{}).
 		Watches(&custodyv1alpha1.Device{}, byDevice).
-		Watches(&custodyv1alpha1.Tenant{}, byTenant).
+		Watches(&custodyv1alpha1.Tenant{}, byTenant, ctrl.WithPredicates(readinessChanged)).
 		WatchesMetadata(&corev1.Secret{}, bySecret).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentClaims}).
 		Named("claim").

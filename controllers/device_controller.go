@@ -5,6 +5,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -53,6 +54,9 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	}
 	DeviceStatus(device, tenant)
 	device.Status.ObservedGeneration = device.Generation
+	if equality.Semantic.DeepEqual(before.Status, device.Status) {
+		return reconcile.Result{}, nil
+	}
 	if err := r.Client.Status().Patch(ctx, device, client.MergeFrom(before)); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}

@@ -12,6 +12,7 @@ import (
 	cmmetaac "github.com/cert-manager/cert-manager/pkg/client/applyconfigurations/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -115,6 +116,9 @@ func (r *TenantReconciler) patchStatus(ctx context.Context, before, tenant *cust
 		tenant.Status.ObservedGeneration = tenant.Generation
 	}
 	claim.Prune(&tenant.Status, r.Options.Clock.Now(), r.Options.ClaimPolicy)
+	if equality.Semantic.DeepEqual(before.Status, tenant.Status) {
+		return nil
+	}
 	if err := r.Client.Status().Patch(ctx, tenant, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
@@ -420,8 +424,16 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 			return (o == nil) != (n == nil) || (o != nil && o.Tenant != n.Tenant)
 		},
 	}
+	// The Tenant's status is written on every claim attempt (throttles);
+	// only changes to what the Tenant asks for need a reconcile.
+	specChanged := predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return !e.ObjectNew.GetDeletionTimestamp().Equal(e.ObjectOld.GetDeletionTimestamp()) ||
+				len(e.ObjectNew.GetFinalizers()) != len(e.ObjectOld.GetFinalizers())
+		},
+	})
 	return ctrl.ControllerManagedBy(mgr).
-		For(&custodyv1alpha1.Tenant{}).
+		For(&custodyv1alpha1.Tenant{}, ctrl.WithPredicates(specChanged)).
 		Watches(&cmapi.Certificate{}, byTenantLabel).
 		Watches(&cmapi.Issuer{}, byTenantLabel).
 		Watches(&custodyv1alpha1.Device{}, byBoundTenant, ctrl.WithPredicates(bindingChanged)).

@@ -60,7 +60,13 @@ type Config struct {
 
 // New builds the manager with every controller and webhook registered.
 func New(cfg Config) (ctrl.Manager, error) {
-	mgr, err := ctrl.NewManager(cfg.RESTConfig, ctrl.Options{
+	restConfig := rest.CopyConfig(cfg.RESTConfig)
+	if restConfig.QPS == 0 {
+		// A claim costs about eight requests; the client-side defaults (20
+		// QPS) would cap the manager far below what verification allows.
+		restConfig.QPS, restConfig.Burst = 200, 400
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  NewScheme(),
 		Logger:                  cfg.Logger,
 		WebhookServer:           cfg.WebhookServer,
