@@ -212,11 +212,10 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		}
 		return r.finishBind(ctx, c, in, dev, "RetainedByTenant", custodyv1alpha1.CustodyEventReattached)
 	case claim.ActionFinishBind:
-		typ := custodyv1alpha1.CustodyEventBound
 		if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound {
 			return nil // steady state: nothing to repair
 		}
-		return r.finishBind(ctx, c, in, in.Device, "ClaimCode", typ)
+		return r.finishBind(ctx, c, in, in.Device, "ClaimCode", custodyv1alpha1.CustodyEventBound)
 	case claim.ActionReportDispute:
 		r.Recorder.Eventf(in.Device, c, corev1.EventTypeWarning, "CompetingClaim", "Claim",
 			"Tenant %s proved the claim code with Claim %s/%s while the device is held by tenant %s: investigate.", in.Tenant.Name, c.Namespace, c.Name, in.Device.Spec.ClaimRef.Tenant)

@@ -201,10 +201,7 @@ func (r *TenantReconciler) ensureNamespace(ctx context.Context, t *custodyv1alph
 	case !existing.DeletionTimestamp.IsZero():
 		return false, custodyv1alpha1.TenantReasonNamespaceConflict, fmt.Sprintf("Namespace %q is being deleted; wait for it to go, then the Tenant recreates it.", name), nil
 	}
-	nsApply := corev1ac.Namespace(name).WithLabels(map[string]string{
-		custodyv1alpha1.LabelTenant:    t.Name,
-		custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue,
-	})
+	nsApply := corev1ac.Namespace(name).WithLabels(tenantLabels(t))
 	if err := r.Client.Apply(ctx, nsApply, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return false, "", "", err
 	}
@@ -236,7 +233,7 @@ func (r *TenantReconciler) ensureRoleBindings(ctx context.Context, t *custodyv1a
 			continue
 		}
 		rb := rbacv1ac.RoleBinding(name, ns).
-			WithLabels(map[string]string{custodyv1alpha1.LabelTenant: t.Name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}).
+			WithLabels(tenantLabels(t)).
 			WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("ClusterRole").WithName(tr.clusterRole)).
 			WithSubjects(subjects...)
 		if err := r.Client.Apply(ctx, rb, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {

@@ -89,7 +89,8 @@ type Decision struct {
 	Ready bool
 	// RetryAfter is set while the tenant is locked out.
 	RetryAfter time.Time
-	// Event, when set, is recorded on the Claim.
+	// Event, when set, is recorded on the Claim when its outcome (phase or
+	// reason) changes; the controller does not repeat it otherwise.
 	Event *Event
 	// RequeueAfter asks for another look after this long.
 	RequeueAfter time.Duration
@@ -125,7 +126,7 @@ func Decide(in Input, v Verifier) Decision {
 			return bound(ActionFinishBind)
 		}
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseLost, Reason: custodyv1alpha1.ClaimReasonDeviceReleased, Message: MsgDeviceReleased,
-			Event: eventIf(c.Status.Phase != custodyv1alpha1.ClaimPhaseLost, "Warning", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased)}
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased}}
 	}
 	// Denied and Disputed are final: a new attempt is a new Claim.
 	if c.Status.Phase == custodyv1alpha1.ClaimPhaseDenied || c.Status.Phase == custodyv1alpha1.ClaimPhaseDisputed {
@@ -169,7 +170,7 @@ func Decide(in Input, v Verifier) Decision {
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretKeyMissing}
 	case in.CodeErr != nil:
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
-			Event: eventIf(readyReason(c) != custodyv1alpha1.ClaimReasonClaimCodeMalformed, "Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed)}
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
 	}
 
 	// Verify. Every path spends one argon2id computation, so that an unknown
@@ -218,13 +219,6 @@ func notVerified(a Action) Decision {
 func throttled(until, now time.Time, msg string) Decision {
 	return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonThrottled, Message: msg,
 		RetryAfter: until, RequeueAfter: until.Sub(now)}
-}
-
-func eventIf(cond bool, typ, reason, msg string) *Event {
-	if !cond {
-		return nil
-	}
-	return &Event{typ, reason, msg}
 }
 
 func readyReason(c *custodyv1alpha1.Claim) string {

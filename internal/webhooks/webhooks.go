@@ -7,6 +7,7 @@
 package webhooks
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -114,7 +115,7 @@ func validatePublicKey(s string) error {
 	if block == nil || block.Type != "PUBLIC KEY" {
 		return fmt.Errorf("must be one PEM \"PUBLIC KEY\" block (PKIX SubjectPublicKeyInfo)")
 	}
-	if len(rest) > 0 && len(bytesTrim(rest)) > 0 {
+	if len(bytes.TrimSpace(rest)) > 0 {
 		return fmt.Errorf("must hold exactly one PEM block")
 	}
 	key, err := x509.ParsePKIXPublicKey(block.Bytes)
@@ -131,13 +132,6 @@ func validatePublicKey(s string) error {
 		return fmt.Errorf("must be an ECDSA P-256 or Ed25519 key")
 	}
 	return nil
-}
-
-func bytesTrim(b []byte) []byte {
-	for len(b) > 0 && (b[0] == '\n' || b[0] == '\r' || b[0] == ' ' || b[0] == '\t') {
-		b = b[1:]
-	}
-	return b
 }
 
 // +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-claim,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims,verbs=create;update,versions=v1alpha1,name=vclaim.custody.dev,admissionReviewVersions=v1
