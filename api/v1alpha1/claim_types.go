@@ -33,6 +33,10 @@ type ClaimCodeProof struct {
 	SecretRef SecretKeyReference `json:"secretRef"`
 }
 
+// PossessionProof asks for a live proof of possession of the device. It has
+// no fields today; its presence is the request.
+type PossessionProof struct{}
+
 // ReleasePolicy says what happens to a bound Device when its Claim is deleted.
 // +kubebuilder:validation:Enum=Retain;Release
 type ReleasePolicy string
@@ -48,9 +52,10 @@ const (
 )
 
 // ClaimSpec is a tenant's request for one device.
-// +kubebuilder:validation:XValidation:rule="has(self.claimCode)",message="a Claim must offer a proof of ownership: set claimCode.secretRef to the Secret holding the claim code",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="has(self.claimCode) || has(self.possession)",message="a Claim must offer a proof of ownership: set claimCode.secretRef to the Secret holding the claim code, and/or possession: {} to pair with the device",reason=FieldValueRequired
 // +kubebuilder:validation:XValidation:rule="self.serialNumber == oldSelf.serialNumber && self.model == oldSelf.model",message="serialNumber and model are immutable: create a new Claim for another device",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="has(self.claimCode) == has(oldSelf.claimCode) && (!has(self.claimCode) || self.claimCode == oldSelf.claimCode)",message="the proof of a Claim cannot be changed once made: create a new Claim",fieldPath=".claimCode",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="has(self.possession) == has(oldSelf.possession)",message="the proof of a Claim cannot be changed once made: create a new Claim",fieldPath=".possession",reason=FieldValueForbidden
 type ClaimSpec struct {
 	// serialNumber of the device, in upper case as printed on its label.
 	// Immutable.
@@ -71,6 +76,14 @@ type ClaimSpec struct {
 	// +optional
 	ClaimCode *ClaimCodeProof `json:"claimCode,omitempty"`
 
+	// possession asks for live proof that the claimant has the device: the
+	// manager shows a pairing code in status.pairing, someone enters it into
+	// the device during set-up, and the device signs it together with a fresh
+	// challenge from the gateway. Only the device whose factory key the
+	// Device records can confirm it, and it confirms only this Claim.
+	// +optional
+	Possession *PossessionProof `json:"possession,omitempty"`
+
 	// releasePolicy says what happens to the device when this Claim is
 	// deleted: Retain (the default) keeps it bound to the tenant so that a new
 	// Claim can take it over; Release ends the binding at once.
@@ -88,7 +101,7 @@ const (
 	// Secret is missing, or the tenant must wait after failed attempts).
 	ClaimPhasePending ClaimPhase = "Pending"
 	// ClaimPhaseAwaitingDevice: waiting for the device to prove possession
-	// (reserved for the possession journey).
+	// with the pairing code in status.pairing.
 	ClaimPhaseAwaitingDevice ClaimPhase = "AwaitingDevice"
 	// ClaimPhaseCoolingOff: proven, waiting out the cooling-off period
 	// (reserved for the cooling-off journey).
@@ -105,6 +118,43 @@ const (
 	ClaimPhaseLost ClaimPhase = "Lost"
 )
 
+// Pairing is the pairing code of a Claim that asked for possession proof.
+type Pairing struct {
+	// code is the pairing code to enter into the device during set-up
+	// (`custody-device pair --code ...`). It is good for this Claim only and
+	// until expiresAt. Anyone who can read this Claim can read it.
+	// +required
+	// +kubebuilder:validation:MaxLength=32
+	Code string `json:"code"`
+
+	// expiresAt is when the pairing code stops being accepted; a Claim whose
+	// device has not proved possession by then is Denied.
+	// +required
+	ExpiresAt metav1.Time `json:"expiresAt"`
+
+	// confirmedAt is when the device proved possession with this code.
+	// +optional
+	ConfirmedAt *metav1.Time `json:"confirmedAt,omitempty"`
+}
+
+// ClaimCertificate is the public part of the bound device's current
+// certificate.
+type ClaimCertificate struct {
+	// certificate is the PEM certificate chain (leaf first).
+	// +required
+	// +kubebuilder:validation:MaxLength=16384
+	Certificate string `json:"certificate"`
+
+	// fingerprint is "sha256:<hex>" of the leaf's DER.
+	// +required
+	// +kubebuilder:validation:MaxLength=71
+	Fingerprint string `json:"fingerprint"`
+
+	// notAfter is when the leaf expires; the device renews before then.
+	// +required
+	NotAfter metav1.Time `json:"notAfter"`
+}
+
 // ClaimStatus is the observed state of a Claim.
 type ClaimStatus struct {
 	// phase says where the claim stands: Pending, Bound, Denied, Disputed,
@@ -119,6 +169,14 @@ type ClaimStatus struct {
 	// boundAt is when the device was bound to this Claim.
 	// +optional
 	BoundAt *metav1.Time `json:"boundAt,omitempty"`
+
+	// pairing holds the pairing code when spec.possession is set.
+	// +optional
+	Pairing *Pairing `json:"pairing,omitempty"`
+
+	// certificate is the bound device's current certificate (public part).
+	// +optional
+	Certificate *ClaimCertificate `json:"certificate,omitempty"`
 
 	// retryAfter is set while claims of this tenant for this serial number are
 	// throttled after failed attempts; the claim is verified after it.
@@ -169,6 +227,13 @@ const (
 	ClaimReasonTenantNotReady = "TenantNotReady"
 	// ClaimReasonDeviceReleased: the device is no longer bound to this Claim.
 	ClaimReasonDeviceReleased = "DeviceReleased"
+	// ClaimReasonAwaitingDevice: enter the pairing code from status.pairing
+	// into the device; the claim proceeds when the device proves possession.
+	ClaimReasonAwaitingDevice = "AwaitingDevice"
+	// ClaimReasonProofRequired: the proof offered is right but the device's
+	// claim policy needs another one (see the message): create a new Claim
+	// offering it.
+	ClaimReasonProofRequired = "AdditionalProofRequired"
 	// ClaimReasonDeleting: the Claim is being deleted.
 	ClaimReasonDeleting = "Deleting"
 )
@@ -180,6 +245,7 @@ const (
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Cert Expiry",type=string,JSONPath=`.status.certificate.notAfter`
 // +kubebuilder:printcolumn:name="Device",type=string,JSONPath=`.status.deviceName`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 

@@ -225,6 +225,49 @@ type CustodyRecord struct {
 	Proof string `json:"proof,omitempty"`
 }
 
+// DeviceCertificate summarises one certificate issued to the device.
+type DeviceCertificate struct {
+	// fingerprint is "sha256:<hex>" of the certificate's DER. The gateway
+	// accepts a client certificate only if its fingerprint is listed here for
+	// the device's current binding.
+	// +required
+	// +kubebuilder:validation:MaxLength=71
+	Fingerprint string `json:"fingerprint"`
+
+	// serialNumber is the certificate's serial number in hex.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	SerialNumber string `json:"serialNumber,omitempty"`
+
+	// notAfter is when the certificate expires.
+	// +required
+	NotAfter metav1.Time `json:"notAfter"`
+
+	// tenant the certificate was issued under.
+	// +required
+	// +kubebuilder:validation:MaxLength=50
+	Tenant string `json:"tenant"`
+
+	// claimUID is the UID of the Claim the device was bound to when the
+	// certificate was issued. A certificate of an earlier binding is refused
+	// at the gateway even before it expires.
+	// +required
+	ClaimUID types.UID `json:"claimUID"`
+}
+
+// DeviceReport is what the device last reported in its heartbeat.
+type DeviceReport struct {
+	// firmwareVersion the device runs.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	FirmwareVersion string `json:"firmwareVersion,omitempty"`
+
+	// state is a short free-form health summary from the device.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	State string `json:"state,omitempty"`
+}
+
 // DeviceStatus is the observed state of a Device.
 type DeviceStatus struct {
 	// phase summarises the device's life cycle: Available, Pending, Bound,
@@ -247,6 +290,23 @@ type DeviceStatus struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
 	History []CustodyRecord `json:"history,omitempty"`
+
+	// certificates are the device's certificates that may still be valid,
+	// newest last (at most 4). Written by the manager.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=4
+	Certificates []DeviceCertificate `json:"certificates,omitempty"`
+
+	// lastSeen is when the device last sent a heartbeat through the gateway
+	// (coalesced: at most one write per device per heartbeat interval).
+	// +optional
+	LastSeen *metav1.Time `json:"lastSeen,omitempty"`
+
+	// reported is what the device said in its last heartbeat. Written by the
+	// gateway, which may write nothing else.
+	// +optional
+	Reported *DeviceReport `json:"reported,omitempty"`
 
 	// observedGeneration is the generation the manager last reconciled.
 	// +optional
@@ -294,6 +354,8 @@ const (
 // +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.spec.model`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.claimRef.tenant`
+// +kubebuilder:printcolumn:name="Last Seen",type=date,JSONPath=`.status.lastSeen`
+// +kubebuilder:printcolumn:name="Cert Expiry",type=string,JSONPath=`.status.certificates[-1:].notAfter`,priority=1
 // +kubebuilder:printcolumn:name="Buyer",type=string,JSONPath=`.spec.sale.buyer.name`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 

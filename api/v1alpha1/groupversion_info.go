@@ -32,6 +32,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&Tenant{}, &TenantList{},
 		&Device{}, &DeviceList{},
 		&Claim{}, &ClaimList{},
+		&DeviceProof{}, &DeviceProofList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

@@ -87,7 +87,30 @@ type ClaimPolicy struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=20
 	MaxFailedAttempts *int32 `json:"maxFailedAttempts,omitempty"`
+
+	// requiredProof is which proofs a claim must offer: CodeOrPossession
+	// (either the claim code or a live possession proof), Code, Possession,
+	// or CodeAndPossession. When unset the manager's default applies
+	// (CodeOrPossession unless configured). Policies combine to the
+	// strictest: Code with Possession is CodeAndPossession.
+	// +optional
+	RequiredProof RequiredProof `json:"requiredProof,omitempty"`
 }
+
+// RequiredProof is which proofs of ownership a claim must offer.
+// +kubebuilder:validation:Enum=CodeOrPossession;Code;Possession;CodeAndPossession
+type RequiredProof string
+
+const (
+	// RequiredProofCodeOrPossession: the claim code or a possession proof.
+	RequiredProofCodeOrPossession RequiredProof = "CodeOrPossession"
+	// RequiredProofCode: the claim code.
+	RequiredProofCode RequiredProof = "Code"
+	// RequiredProofPossession: a possession proof.
+	RequiredProofPossession RequiredProof = "Possession"
+	// RequiredProofCodeAndPossession: both.
+	RequiredProofCodeAndPossession RequiredProof = "CodeAndPossession"
+)
 
 // TenantSpec is the desired state of a Tenant.
 // +kubebuilder:validation:XValidation:rule="has(self.__namespace__) == has(oldSelf.__namespace__) && (!has(self.__namespace__) || self.__namespace__ == oldSelf.__namespace__)",message="namespace cannot be changed after creation: create a new Tenant instead",fieldPath=".namespace",reason=FieldValueForbidden

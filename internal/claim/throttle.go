@@ -20,20 +20,54 @@ type Policy struct {
 	LockoutMax time.Duration
 	// Forget is how long after its last failure an unlocked entry is dropped.
 	Forget time.Duration
+	// RequiredProof is which proofs a claim must offer; empty means
+	// CodeOrPossession.
+	RequiredProof custodyv1alpha1.RequiredProof
 }
 
 // DefaultPolicy is the manager's default claim policy.
-var DefaultPolicy = Policy{MaxFailedAttempts: 5, LockoutBase: 5 * time.Minute, LockoutMax: 24 * time.Hour, Forget: 24 * time.Hour}
+var DefaultPolicy = Policy{MaxFailedAttempts: 5, LockoutBase: 5 * time.Minute, LockoutMax: 24 * time.Hour, Forget: 24 * time.Hour,
+	RequiredProof: custodyv1alpha1.RequiredProofCodeOrPossession}
 
 // Tighten returns p made stricter by the given policies (nil ones are
-// ignored): a Device or Tenant can lower MaxFailedAttempts, never raise it.
+// ignored): a Device or Tenant can lower MaxFailedAttempts, never raise it,
+// and can require more proofs, never fewer.
 func (p Policy) Tighten(policies ...*custodyv1alpha1.ClaimPolicy) Policy {
 	for _, o := range policies {
-		if o != nil && o.MaxFailedAttempts != nil && *o.MaxFailedAttempts < p.MaxFailedAttempts {
+		if o == nil {
+			continue
+		}
+		if o.MaxFailedAttempts != nil && *o.MaxFailedAttempts < p.MaxFailedAttempts {
 			p.MaxFailedAttempts = *o.MaxFailedAttempts
 		}
+		p.RequiredProof = StricterProof(p.RequiredProof, o.RequiredProof)
 	}
 	return p
+}
+
+// StricterProof combines two proof requirements into the strictest one.
+func StricterProof(a, b custodyv1alpha1.RequiredProof) custodyv1alpha1.RequiredProof {
+	code := NeedsCode(a) || NeedsCode(b)
+	possession := NeedsPossession(a) || NeedsPossession(b)
+	switch {
+	case code && possession:
+		return custodyv1alpha1.RequiredProofCodeAndPossession
+	case code:
+		return custodyv1alpha1.RequiredProofCode
+	case possession:
+		return custodyv1alpha1.RequiredProofPossession
+	}
+	return custodyv1alpha1.RequiredProofCodeOrPossession
+}
+
+// NeedsCode reports whether r requires the claim code.
+func NeedsCode(r custodyv1alpha1.RequiredProof) bool {
+	return r == custodyv1alpha1.RequiredProofCode || r == custodyv1alpha1.RequiredProofCodeAndPossession
+}
+
+// NeedsPossession reports whether r requires a possession proof.
+func NeedsPossession(r custodyv1alpha1.RequiredProof) bool {
+	return r == custodyv1alpha1.RequiredProofPossession || r == custodyv1alpha1.RequiredProofCodeAndPossession
 }
 
 // Lockout is how long a tenant is locked out after its failures-th failure.
