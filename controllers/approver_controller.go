@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -15,17 +17,21 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // ApproverReconciler is the only approver of CertificateRequests that target
 // a custody issuer: the root ClusterIssuer and the tenants' Issuers in the
-// operator namespace. It approves a request only if the manager made it
-// (today: a tenant's intermediate CA, requested through the Certificate the
-// Tenant controller owns) and denies every other request to those issuers.
+// operator namespace. It approves a request only if the manager made it (a
+// tenant's intermediate CA, requested through the Certificate the Tenant
+// controller owns; or a device certificate, requested by the enrollment
+// controller for a verified DeviceProof) and denies every other request to
+// those issuers.
 // Approved and Denied are final; a decided request is never looked at again.
 type ApproverReconciler struct {
 	Client   client.Client
@@ -47,6 +53,11 @@ func (r *ApproverReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		return reconcile.Result{}, nil
 	}
 	approve, reason, msg, err := r.decide(ctx, cr)
+	if errors.Is(err, errUndecided) {
+		// The manager has created the request but not yet recorded it on
+		// its proof; the proof's update brings this request back.
+		return reconcile.Result{RequeueAfter: time.Second}, nil
+	}
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -104,9 +115,10 @@ const (
 func (r *ApproverReconciler) decide(ctx context.Context, cr *cmapi.CertificateRequest) (bool, string, string, error) {
 	deny := func(msg string) (bool, string, string, error) { return false, ApproverReasonDenied, msg, nil }
 	ref := cr.Spec.IssuerRef
+	if ref.Kind != cmapi.ClusterIssuerKind && cr.Namespace == r.Options.OperatorNamespace {
+		return r.decideDevice(ctx, cr)
+	}
 	if ref.Kind != cmapi.ClusterIssuerKind || ref.Name != r.Options.RootIssuer || cr.Namespace != r.Options.OperatorNamespace {
-		// Device certificates are requested by the manager itself and
-		// approved on that path; nobody else may use a tenant issuer.
 		return deny("Only the Custody manager may request certificates from custody issuers.")
 	}
 	certName := cr.Annotations[cmapi.CertificateNameKey]
@@ -138,6 +150,65 @@ func (r *ApproverReconciler) decide(ctx context.Context, cr *cmapi.CertificateRe
 	return true, ApproverReasonApproved, fmt.Sprintf("Intermediate CA for tenant %s, requested by the Custody manager.", tenantName), nil
 }
 
+// errUndecided: the request cannot be decided yet.
+var errUndecided = errors.New("not decidable yet")
+
+// decideDevice approves a device certificate request only if the manager
+// made it for a verified DeviceProof of a device bound to the issuer's
+// tenant, with exactly the CSR the device proved and the identity derived
+// from the Device.
+func (r *ApproverReconciler) decideDevice(ctx context.Context, cr *cmapi.CertificateRequest) (bool, string, string, error) {
+	deny := func(msg string) (bool, string, string, error) { return false, ApproverReasonDenied, msg, nil }
+	owner := metav1.GetControllerOf(cr)
+	if owner == nil || owner.Kind != "DeviceProof" || owner.APIVersion != custodyv1alpha1.GroupVersion.String() {
+		return deny("Only the Custody manager may request certificates from custody issuers.")
+	}
+	proof := &custodyv1alpha1.DeviceProof{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: cr.Namespace, Name: owner.Name}, proof); err != nil {
+		if apierrors.IsNotFound(err) {
+			return deny("The request does not belong to a device proof.")
+		}
+		return false, "", "", err
+	}
+	if proof.UID != owner.UID {
+		return deny("The request does not belong to a device proof.")
+	}
+	rec := proof.Status.CertificateRequest
+	if rec == nil {
+		if proof.Status.Phase == "" || proof.Status.Phase == custodyv1alpha1.DeviceProofPhasePending {
+			return false, "", "", errUndecided
+		}
+		return deny("The device proof did not lead to this request.")
+	}
+	if rec.Name != cr.Name || rec.UID != cr.UID {
+		return deny("The device proof names another request: this one was not made by the Custody manager.")
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: proof.Spec.DeviceName}, dev); err != nil {
+		if apierrors.IsNotFound(err) {
+			return deny("The device no longer exists.")
+		}
+		return false, "", "", err
+	}
+	bound := dev.Spec.ClaimRef
+	if bound == nil || dev.Spec.Decommissioned || bound.UID != proof.Status.ClaimUID || TenantIssuerName(bound.Tenant) != cr.Spec.IssuerRef.Name {
+		return deny("The device is not bound to this issuer's tenant (any more).")
+	}
+	if string(cr.Spec.Request) != proof.Spec.CSR || cr.Spec.IsCA {
+		return deny("The request is not the one the device proved.")
+	}
+	csr, err := protocol.ParseCSRPEM(cr.Spec.Request)
+	if err != nil || !protocol.CheckIdentity(csr, protocol.DeriveIdentity(r.Options.TrustDomain, bound.Tenant, dev.Name, dev.Spec.SerialNumber)) {
+		return deny("The request asks for another identity than the one derived from the Device.")
+	}
+	for _, u := range cr.Spec.Usages {
+		if u != cmapi.UsageDigitalSignature && u != cmapi.UsageClientAuth {
+			return deny("The request asks for key usages a device certificate does not have.")
+		}
+	}
+	return true, ApproverReasonApproved, fmt.Sprintf("Certificate for device %s of tenant %s, proven through the Custody gateway.", dev.Name, bound.Tenant), nil
+}
+
 func ownedByController(cr *cmapi.CertificateRequest, cert *cmapi.Certificate) bool {
 	for _, o := range cr.OwnerReferences {
 		if o.UID == cert.UID && o.Controller != nil && *o.Controller {
@@ -161,8 +232,17 @@ func parseCSR(der []byte) (*x509.CertificateRequest, error) {
 
 // SetupWithManager registers the controller.
 func (r *ApproverReconciler) SetupWithManager(mgr manager.Manager) error {
+	// A device request waits for its proof to record it: the proof's
+	// update brings the request back.
+	byProof := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		if ref := o.(*custodyv1alpha1.DeviceProof).Status.CertificateRequest; ref != nil {
+			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: ref.Name}}}
+		}
+		return nil
+	})
 	return ctrl.ControllerManagedBy(mgr).
 		For(&cmapi.CertificateRequest{}).
+		Watches(&custodyv1alpha1.DeviceProof{}, byProof).
 		Named("certificaterequest-approver").
 		Complete(r)
 }

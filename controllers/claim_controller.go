@@ -82,6 +82,10 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		}
 		return reconcile.Result{}, err
 	}
+	if d.IssuePairing {
+		// Another look when the new pairing code expires.
+		d.RequeueAfter = r.Options.PairingTTL
+	}
 	return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
 }
 
@@ -194,7 +198,9 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		dev := in.Device
 		before := dev.DeepCopy()
 		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
-		dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier), 16)
+		if d.ConsumeCode {
+			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier), 16)
+		}
 		// The resourceVersion in the patch makes this the exactly-once step.
 		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 			return err
@@ -202,7 +208,7 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		if err := r.failPoint("bound", c); err != nil {
 			return err
 		}
-		return r.finishBind(ctx, c, in, dev, "ClaimCode", custodyv1alpha1.CustodyEventBound)
+		return r.finishBind(ctx, c, in, dev, d.Proof, custodyv1alpha1.CustodyEventBound)
 	case claim.ActionReattach:
 		dev := in.Device
 		before := dev.DeepCopy()
@@ -215,12 +221,26 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound {
 			return nil // steady state: nothing to repair
 		}
-		return r.finishBind(ctx, c, in, in.Device, "ClaimCode", custodyv1alpha1.CustodyEventBound)
+		return r.finishBind(ctx, c, in, in.Device, boundProof(in.Device, c), custodyv1alpha1.CustodyEventBound)
 	case claim.ActionReportDispute:
 		r.Recorder.Eventf(in.Device, c, corev1.EventTypeWarning, "CompetingClaim", "Claim",
-			"Tenant %s proved the claim code with Claim %s/%s while the device is held by tenant %s: investigate.", in.Tenant.Name, c.Namespace, c.Name, in.Device.Spec.ClaimRef.Tenant)
+			"Tenant %s proved ownership (%s) with Claim %s/%s while the device is held by tenant %s: investigate.", in.Tenant.Name, d.Proof, c.Namespace, c.Name, in.Device.Spec.ClaimRef.Tenant)
 	}
 	return nil
+}
+
+// boundProof is the proof that bound c, as recorded in the device's
+// history, for repairing an interrupted binding.
+func boundProof(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim) string {
+	for _, h := range dev.Status.History {
+		if h.ClaimUID == c.UID && h.Type == custodyv1alpha1.CustodyEventBound {
+			return h.Proof
+		}
+	}
+	if c.Spec.ClaimCode == nil {
+		return claim.ProofPossession
+	}
+	return claim.ProofCode
 }
 
 // finishBind does everything that follows a binding; each step is
@@ -311,6 +331,20 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 
 	c.Status.Phase = d.Phase
 	c.Status.ObservedGeneration = c.Generation
+	switch {
+	case d.IssuePairing && c.Status.Pairing == nil:
+		code, err := claimcode.GeneratePairingCode()
+		if err != nil {
+			return err
+		}
+		c.Status.Pairing = &custodyv1alpha1.Pairing{Code: code, ExpiresAt: metav1.NewTime(r.Options.Clock.Now().Add(r.Options.PairingTTL))}
+	case d.Phase != custodyv1alpha1.ClaimPhaseAwaitingDevice && d.Phase != custodyv1alpha1.ClaimPhasePending:
+		// Decided: the pairing code has done its work or expired.
+		c.Status.Pairing = nil
+	}
+	if d.Phase != custodyv1alpha1.ClaimPhaseBound {
+		c.Status.Certificate = nil
+	}
 	c.Status.RetryAfter = nil
 	if !d.RetryAfter.IsZero() {
 		t := metav1.NewTime(d.RetryAfter)

@@ -40,7 +40,23 @@ type Options struct {
 	FailPoint func(point string, claim client.ObjectKey) error
 	// MaxConcurrentClaims is the number of claims verified in parallel.
 	MaxConcurrentClaims int
+	// TrustDomain is the SPIFFE trust domain of device identities.
+	TrustDomain string
+	// CertificateDuration is the default lifetime of device certificates.
+	CertificateDuration time.Duration
+	// PairingTTL is how long a Claim's pairing code is accepted.
+	PairingTTL time.Duration
+	// ProofRetention is how long finished DeviceProofs are kept.
+	ProofRetention time.Duration
 }
+
+// Defaults of Options.
+const (
+	DefaultTrustDomain         = "custody.dev"
+	DefaultCertificateDuration = 24 * time.Hour
+	DefaultPairingTTL          = 24 * time.Hour
+	DefaultProofRetention      = time.Hour
+)
 
 func (o *Options) defaults() {
 	if o.Clock == nil {
@@ -54,6 +70,18 @@ func (o *Options) defaults() {
 	}
 	if o.MaxConcurrentClaims == 0 {
 		o.MaxConcurrentClaims = 4
+	}
+	if o.TrustDomain == "" {
+		o.TrustDomain = DefaultTrustDomain
+	}
+	if o.CertificateDuration == 0 {
+		o.CertificateDuration = DefaultCertificateDuration
+	}
+	if o.PairingTTL == 0 {
+		o.PairingTTL = DefaultPairingTTL
+	}
+	if o.ProofRetention == 0 {
+		o.ProofRetention = DefaultProofRetention
 	}
 }
 
@@ -75,6 +103,7 @@ const (
 	indexDeviceTenant    = "spec.claimRef.tenant"
 	indexTenantNamespace = "custody.targetNamespace"
 	indexClaimSecret     = "spec.claimCode.secretRef.name" //nolint:gosec // a field path, not a credential
+	indexClaimDevice     = "custody.deviceName"
 )
 
 // Setup registers the indexes and every controller with mgr.
@@ -103,6 +132,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Claim{}, indexClaimDevice, func(o client.Object) []string {
+		return []string{o.(*custodyv1alpha1.Claim).DeviceName()}
+	}); err != nil {
+		return err
+	}
+
 	recorder := mgr.GetEventRecorder(FieldOwner)
 	reconcilers := []struct {
 		name  string
@@ -111,6 +146,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 	}
 	for _, r := range reconcilers {

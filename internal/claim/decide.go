@@ -94,6 +94,13 @@ type Decision struct {
 	Event *Event
 	// RequeueAfter asks for another look after this long.
 	RequeueAfter time.Duration
+	// Proof is what proved ownership (ProofCode, ProofPossession or
+	// ProofCodeAndPossession) when the Claim binds or disputes.
+	Proof string
+	// ConsumeCode: the claim code bound the device and is used up.
+	ConsumeCode bool
+	// IssuePairing: give the Claim a pairing code to enter into the device.
+	IssuePairing bool
 }
 
 // Messages shown to tenant users. They never name the device's state unless
@@ -111,6 +118,7 @@ const (
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
 	MsgVerifying          = "The claim is being verified."
+	MsgAwaitingDevice     = "Enter the pairing code from status.pairing.code into the device (custody-device pair); the claim proceeds when the device proves possession through the gateway, until status.pairing.expiresAt."
 	MsgTenantLimitReached = "Too many failed claim attempts from this tenant. The claim is verified automatically after status.retryAfter."
 )
 
@@ -163,36 +171,102 @@ func Decide(in Input, v Verifier) Decision {
 		return throttled(until, in.Now, MsgTenantLimitReached)
 	}
 
+	// The claim code, when offered, is verified first: a wrong code is a
+	// failed attempt whatever else the Claim offers.
+	codeOK := false
+	if c.Spec.ClaimCode != nil {
+		switch {
+		case errors.Is(in.CodeErr, ErrSecretNotFound):
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretNotFound}
+		case errors.Is(in.CodeErr, ErrSecretKeyMissing):
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretKeyMissing}
+		case in.CodeErr != nil:
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
+				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
+		}
+		// Every path spends one argon2id computation, so that an unknown
+		// serial answers like a wrong code.
+		if d == nil || d.Spec.ClaimCode == nil || d.Spec.Decommissioned {
+			v.VerifyNothing(in.Code)
+			return notVerified(ActionRecordFailure)
+		}
+		if !v.Verify(in.Code, d.Spec.ClaimCode.Verifier) {
+			return notVerified(ActionRecordFailure)
+		}
+		codeOK = true
+	}
+	// Possession is proven when the device signed this Claim's pairing code
+	// (the enrollment controller checked the signature and the code).
+	possessionOK := c.Spec.Possession != nil && c.Status.Pairing != nil && c.Status.Pairing.ConfirmedAt != nil &&
+		d != nil && !d.Spec.Decommissioned
+
+	need := in.Policy.RequiredProof
+	satisfied := (codeOK || possessionOK) && (!NeedsCode(need) || codeOK) && (!NeedsPossession(need) || possessionOK)
+	if !satisfied {
+		if c.Spec.Possession != nil && !possessionOK {
+			return awaitDevice(c, in.Now)
+		}
+		msg := MsgProofRequired(need)
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonProofRequired, Message: msg,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonProofRequired, msg}}
+	}
+
+	proof := ProofCode
 	switch {
-	case errors.Is(in.CodeErr, ErrSecretNotFound):
-		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretNotFound}
-	case errors.Is(in.CodeErr, ErrSecretKeyMissing):
-		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretKeyMissing}
-	case in.CodeErr != nil:
-		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
-			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
+	case codeOK && possessionOK:
+		proof = ProofCodeAndPossession
+	case possessionOK:
+		proof = ProofPossession
 	}
-
-	// Verify. Every path spends one argon2id computation, so that an unknown
-	// serial answers like a wrong code.
-	if d == nil || d.Spec.ClaimCode == nil || d.Spec.Decommissioned {
-		v.VerifyNothing(in.Code)
-		return notVerified(ActionRecordFailure)
-	}
-	if !v.Verify(in.Code, d.Spec.ClaimCode.Verifier) {
-		return notVerified(ActionRecordFailure)
-	}
-
-	// The code is right.
+	// Ownership is proven.
 	if d.Spec.ClaimRef != nil {
 		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgHeldByOther,
-			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgHeldByOther}}
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgHeldByOther}, Proof: proof}
 	}
-	if Consumed(d, d.Spec.ClaimCode.Verifier) {
+	if codeOK && !possessionOK && Consumed(d, d.Spec.ClaimCode.Verifier) {
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonClaimCodeUsed, Message: MsgCodeUsed,
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeUsed, MsgCodeUsed}}
 	}
-	return bound(ActionBind)
+	b := bound(ActionBind)
+	b.Proof, b.ConsumeCode = proof, codeOK
+	return b
+}
+
+// Proofs recorded in the custody history.
+const (
+	ProofCode              = "ClaimCode"
+	ProofPossession        = "Possession"
+	ProofCodeAndPossession = "ClaimCode+Possession"
+)
+
+// awaitDevice waits for the device to prove possession with the Claim's
+// pairing code, until the code expires. An expired wait is answered like a
+// wrong code, so that waiting on an unknown serial number tells nothing.
+func awaitDevice(c *custodyv1alpha1.Claim, now time.Time) Decision {
+	pr := c.Status.Pairing
+	if pr != nil && !now.Before(pr.ExpiresAt.Time) {
+		return notVerified(ActionNone)
+	}
+	d := Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseAwaitingDevice, Reason: custodyv1alpha1.ClaimReasonAwaitingDevice, Message: MsgAwaitingDevice,
+		Event: &Event{"Normal", custodyv1alpha1.ClaimReasonAwaitingDevice, MsgAwaitingDevice}}
+	if pr == nil {
+		d.IssuePairing = true
+	} else {
+		d.RequeueAfter = pr.ExpiresAt.Sub(now)
+	}
+	return d
+}
+
+// MsgProofRequired tells a claimant who proved ownership one way which
+// proofs the device's policy wants.
+func MsgProofRequired(need custodyv1alpha1.RequiredProof) string {
+	switch need {
+	case custodyv1alpha1.RequiredProofCode:
+		return "The device's claim policy requires the claim code. Create a new Claim with spec.claimCode."
+	case custodyv1alpha1.RequiredProofPossession:
+		return "The device's claim policy requires a possession proof. Create a new Claim with spec.possession and pair the device."
+	}
+	return "The device's claim policy requires both the claim code and a possession proof. Create a new Claim with spec.claimCode and spec.possession."
 }
 
 // Consumed reports whether verifier's code has already bound the device.

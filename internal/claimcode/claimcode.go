@@ -281,3 +281,22 @@ func Digest(verifier string) string {
 	sum := sha256.Sum256([]byte(verifier))
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
+
+// GeneratePairingCode returns a random pairing code: 16 symbols of the
+// alphabet (80 bits) in four groups of four. A pairing code is shown in a
+// Claim's status and typed into a device; it is good for one Claim and
+// expires, so it needs no check symbol.
+func GeneratePairingCode() (string, error) {
+	buf := make([]byte, 16)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for i, x := range buf {
+		if i > 0 && i%4 == 0 {
+			b.WriteByte('-')
+		}
+		b.WriteByte(alphabet[x&31])
+	}
+	return b.String(), nil
+}

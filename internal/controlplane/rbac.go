@@ -15,6 +15,9 @@ import (
 // cluster (its ServiceAccount).
 const ManagerUsername = "system:serviceaccount:custody-system:custody-manager"
 
+// GatewayUsername is the identity the Custody gateway runs as.
+const GatewayUsername = "system:serviceaccount:custody-system:custody-gateway"
+
 // installRBAC creates the ClusterRoles shipped in config/rbac and binds the
 // manager's ClusterRole to ManagerUsername, so that the manager runs with
 // exactly the permissions it would have in a cluster.
@@ -25,26 +28,45 @@ func (cp *ControlPlane) installRBAC(ctx context.Context) error {
 		if err := yaml.Unmarshal(doc, &tm); err != nil {
 			return err
 		}
-		if tm.Kind != "ClusterRole" {
-			// Bindings and the ServiceAccount are for in-cluster installs;
-			// here the manager's user is bound below.
-			return nil
+		switch tm.Kind {
+		case "ClusterRole":
+			role := &rbacv1.ClusterRole{}
+			if err := yaml.UnmarshalStrict(doc, role); err != nil {
+				return err
+			}
+			objs = append(objs, role)
+		case "Role":
+			role := &rbacv1.Role{}
+			if err := yaml.UnmarshalStrict(doc, role); err != nil {
+				return err
+			}
+			if role.Namespace == "custody-system" {
+				role.Namespace = cp.OperatorNamespace
+			}
+			objs = append(objs, role)
 		}
-		role := &rbacv1.ClusterRole{}
-		if err := yaml.UnmarshalStrict(doc, role); err != nil {
-			return err
-		}
-		objs = append(objs, role)
+		// Bindings and ServiceAccounts are for in-cluster installs; here
+		// the manager's and the gateway's users are bound below.
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	objs = append(objs, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "custody-manager"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "custody-manager"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: ManagerUsername}},
-	})
+	for user, role := range map[string]string{ManagerUsername: "custody-manager", GatewayUsername: "custody-gateway"} {
+		subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
+		objs = append(objs, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: role},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+			Subjects:   subjects,
+		})
+		if role == "custody-gateway" {
+			objs = append(objs, &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: cp.OperatorNamespace},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role},
+				Subjects:   subjects,
+			})
+		}
+	}
 	for _, o := range objs {
 		if err := cp.Client.Create(ctx, o); apierrors.IsAlreadyExists(err) {
 			existing := o.DeepCopyObject().(client.Object)
@@ -61,6 +83,11 @@ func (cp *ControlPlane) installRBAC(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// GatewayConfig returns a rest.Config that authenticates as the gateway.
+func (cp *ControlPlane) GatewayConfig() (*rest.Config, error) {
+	return cp.AddUser(GatewayUsername, "system:serviceaccounts", "system:serviceaccounts:custody-system", "system:authenticated")
 }
 
 // ManagerConfig returns a rest.Config that authenticates as the manager.

@@ -34,6 +34,9 @@ type Options struct {
 	// (Device.spec.claimRef and spec.consumedClaimCodes): the manager's
 	// ServiceAccount.
 	ManagerUsernames []string
+	// GatewayUsernames are the gateway's users: on Devices they may change
+	// status.lastSeen and status.reported, and nothing else.
+	GatewayUsernames []string
 }
 
 // Setup registers the webhooks with mgr's webhook server.
@@ -44,7 +47,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	return ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Claim{}).WithValidator(&ClaimValidator{}).Complete()
 }
 
-// +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-device,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=devices,verbs=create;update;delete,versions=v1alpha1,name=vdevice.custody.dev,admissionReviewVersions=v1
+// +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-device,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=devices;devices/status,verbs=create;update;delete,versions=v1alpha1,name=vdevice.custody.dev,admissionReviewVersions=v1
 
 // DeviceValidator protects a Device's binding and identity.
 type DeviceValidator struct {
@@ -75,9 +78,18 @@ func (v *DeviceValidator) ValidateCreate(ctx context.Context, d *custodyv1alpha1
 	return nil, invalid(d.Name, errs)
 }
 
-// ValidateUpdate rejects binding changes by anyone but the manager.
+// ValidateUpdate rejects binding changes by anyone but the manager, and any
+// change by the gateway but a heartbeat.
 func (v *DeviceValidator) ValidateUpdate(ctx context.Context, oldD, newD *custodyv1alpha1.Device) (admission.Warnings, error) {
 	var errs field.ErrorList
+	if req, err := admission.RequestFromContext(ctx); err == nil && slices.Contains(v.Options.GatewayUsernames, req.UserInfo.Username) {
+		o, n := oldD.DeepCopy(), newD.DeepCopy()
+		o.Status.LastSeen, o.Status.Reported, n.Status.LastSeen, n.Status.Reported = nil, nil, nil, nil
+		if req.SubResource != "status" || !reflect.DeepEqual(o.Spec, n.Spec) || !reflect.DeepEqual(o.Status, n.Status) || !reflect.DeepEqual(o.Labels, n.Labels) || !reflect.DeepEqual(o.Annotations, n.Annotations) {
+			errs = append(errs, field.Forbidden(field.NewPath("status"), "the gateway may only record heartbeats (status.lastSeen, status.reported)"))
+		}
+		return nil, invalid(newD.Name, errs)
+	}
 	if !v.isManager(ctx) {
 		if !reflect.DeepEqual(oldD.Spec.ClaimRef, newD.Spec.ClaimRef) {
 			errs = append(errs, field.Forbidden(field.NewPath("spec", "claimRef"), "only the Custody manager changes a device's binding; to release a device, delete its Claim (policy Release) or ask support staff"))

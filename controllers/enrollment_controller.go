@@ -1,0 +1,434 @@
+package controllers
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/pkg/protocol"
+)
+
+// LabelDevice names the Device a CertificateRequest or proof is for.
+const LabelDevice = "custody.dev/device"
+
+// ProofName is the name of the DeviceProof made with a challenge nonce: the
+// API server's name uniqueness makes each challenge single-use across every
+// gateway replica.
+func ProofName(nonce string) string { return "proof-" + nonce }
+
+// maxDeviceCertificates bounds Device.status.certificates (CRD MaxItems).
+const maxDeviceCertificates = 4
+
+// EnrollmentReconciler acts on DeviceProofs the gateway records. It trusts
+// nothing the gateway checked: it verifies the device's signature against the
+// Device's factory key, the challenge's binding to the serial number, the
+// binding of the device to a tenant, and the identity the CSR asks for, then
+// requests the certificate from the tenant's Issuer and publishes it.
+// For possession proofs it confirms the one Claim whose pairing code the
+// device signed.
+type EnrollmentReconciler struct {
+	Client   client.Client
+	Recorder events.EventRecorder
+	Options  Options
+}
+
+// +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=cert-manager.io,resources=certificaterequests,verbs=create
+
+// Reconcile verifies one proof and moves it on.
+func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
+	p := &custodyv1alpha1.DeviceProof{}
+	if err := r.Client.Get(ctx, req.NamespacedName, p); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	now := r.Options.Clock.Now()
+	if p.Status.CompletionTime != nil {
+		// Finished: keep it an hour for support staff, then delete it.
+		if left := p.Status.CompletionTime.Add(r.Options.ProofRetention).Sub(now); left > 0 {
+			return reconcile.Result{RequeueAfter: left}, nil
+		}
+		return reconcile.Result{}, client.IgnoreNotFound(r.Client.Delete(ctx, p))
+	}
+
+	before := p.DeepCopy()
+	defer func() {
+		if p.Status.Phase != custodyv1alpha1.DeviceProofPhasePending && p.Status.Phase != "" && p.Status.CompletionTime == nil {
+			t := metav1.NewTime(now)
+			p.Status.CompletionTime = &t
+			result.RequeueAfter = r.Options.ProofRetention
+		}
+		if equality.Semantic.DeepEqual(before.Status, p.Status) {
+			return
+		}
+		if err := r.Client.Status().Patch(ctx, p, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+			if apierrors.IsConflict(err) {
+				result = reconcile.Result{RequeueAfter: conflictRetry}
+				return
+			}
+			retErr = errors.Join(retErr, client.IgnoreNotFound(err))
+		}
+	}()
+
+	dev, err := r.verify(ctx, p, now)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if dev == nil {
+		return reconcile.Result{}, nil // rejected; the status says why
+	}
+	if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
+		return reconcile.Result{}, r.confirmPossession(ctx, p, dev, now)
+	}
+	return r.issue(ctx, p, dev)
+}
+
+func reject(p *custodyv1alpha1.DeviceProof, reason, msg string) {
+	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseRejected, reason, msg
+}
+
+// verify checks the proof against the Device. It returns the Device when
+// the proof holds, nil after rejecting it.
+func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.DeviceProof, now time.Time) (*custodyv1alpha1.Device, error) {
+	if p.Status.Phase == "" {
+		p.Status.Phase = custodyv1alpha1.DeviceProofPhasePending
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: p.Spec.DeviceName}, dev); err != nil {
+		if apierrors.IsNotFound(err) {
+			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "No such device.")
+			return nil, nil
+		}
+		return nil, err
+	}
+	identityKey, err := protocol.ParsePublicKeyPEM([]byte(dev.Spec.Identity.PublicKey))
+	if err != nil {
+		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The device's identity key cannot be parsed.")
+		return nil, nil
+	}
+	switch p.Spec.Purpose {
+	case custodyv1alpha1.DeviceProofEnroll, custodyv1alpha1.DeviceProofPossession:
+		claims, _, _, err := challenge.Parse(p.Spec.Challenge)
+		want := protocol.PurposeEnroll
+		if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
+			want = protocol.PurposePossession
+		}
+		if err != nil || claims.Purpose != want || claims.SerialNumber != dev.Spec.SerialNumber || claims.Model != dev.Spec.Model ||
+			p.Name != ProofName(claims.Nonce) || !p.CreationTimestamp.Time.Before(claims.ExpiresAt.Add(time.Second)) {
+			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The challenge was not issued for this device and purpose, or had expired.")
+			return nil, nil
+		}
+		var payload []byte
+		if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
+			payload = protocol.PossessionPayload(p.Spec.Challenge, p.Spec.PairingDigest)
+		} else {
+			csr, err := protocol.ParseCSRPEM([]byte(p.Spec.CSR))
+			if err != nil {
+				reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The CSR is not valid.")
+				return nil, nil
+			}
+			payload = protocol.EnrollPayload(p.Spec.Challenge, csr.Raw)
+		}
+		if !protocol.Verify(identityKey, payload, p.Spec.Signature) {
+			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The signature does not verify under the device's identity key.")
+			return nil, nil
+		}
+	case custodyv1alpha1.DeviceProofRenew:
+		certs, err := protocol.ParseCertificatesPEM([]byte(p.Spec.ClientCertificate))
+		csr, cerr := protocol.ParseCSRPEM([]byte(p.Spec.CSR))
+		if err != nil || cerr != nil || !currentCertificate(dev, protocol.CertFingerprint(certs[0].Raw)) {
+			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding.")
+			return nil, nil
+		}
+		if !protocol.SameKey(csr.PublicKey, certs[0].PublicKey) {
+			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A renewal must keep the certificate's key; enroll with a fresh challenge to change keys.")
+			return nil, nil
+		}
+	default:
+		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "Unknown purpose.")
+		return nil, nil
+	}
+	return dev, nil
+}
+
+// currentCertificate reports whether fingerprint is a certificate issued
+// under the device's current binding.
+func currentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
+	ref := dev.Spec.ClaimRef
+	if ref == nil || dev.Spec.Decommissioned {
+		return false
+	}
+	for _, c := range dev.Status.Certificates {
+		if c.ClaimUID == ref.UID && c.Tenant == ref.Tenant && subtle.ConstantTimeCompare([]byte(c.Fingerprint), []byte(fingerprint)) == 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// issue requests the certificate for a verified Enroll or Renew proof and
+// publishes it once cert-manager has signed it.
+func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device) (reconcile.Result, error) {
+	ref := dev.Spec.ClaimRef
+	if ref == nil || dev.Spec.Decommissioned {
+		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device is not bound to a tenant.")
+		return reconcile.Result{}, nil
+	}
+	if p.Status.ClaimUID != "" && p.Status.ClaimUID != ref.UID {
+		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device's binding changed while its certificate was being issued.")
+		return reconcile.Result{}, nil
+	}
+	csr, err := protocol.ParseCSRPEM([]byte(p.Spec.CSR))
+	if err != nil {
+		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The CSR is not valid.")
+		return reconcile.Result{}, nil
+	}
+	if !protocol.CheckIdentity(csr, protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)) {
+		reject(p, custodyv1alpha1.DeviceProofReasonIdentityMismatch, "The CSR asks for another identity than the one derived from the Device.")
+		return reconcile.Result{}, nil
+	}
+
+	if p.Status.CertificateRequest == nil {
+		cr, err := r.createRequest(ctx, p, dev)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if cr == nil {
+			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A CertificateRequest of this name exists and was not made for this proof.")
+			return reconcile.Result{}, nil
+		}
+		p.Status.Tenant, p.Status.ClaimUID = ref.Tenant, ref.UID
+		p.Status.CertificateRequest = &custodyv1alpha1.ObjectReference{Name: cr.Name, UID: cr.UID}
+		p.Status.Reason, p.Status.Message = "Issuing", "The certificate is being issued by the tenant's CA."
+		return reconcile.Result{}, nil
+	}
+
+	cr := &cmapi.CertificateRequest{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: p.Status.CertificateRequest.Name}, cr); err != nil {
+		if apierrors.IsNotFound(err) {
+			reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest disappeared.")
+			return reconcile.Result{}, nil
+		}
+		return reconcile.Result{}, err
+	}
+	if cr.UID != p.Status.CertificateRequest.UID || requestFailed(cr) {
+		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest was denied or failed.")
+		return reconcile.Result{}, nil
+	}
+	if len(cr.Status.Certificate) == 0 {
+		return reconcile.Result{}, nil // cert-manager's progress is watched
+	}
+	chain, err := protocol.ParseCertificatesPEM(cr.Status.Certificate)
+	if err != nil {
+		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "cert-manager returned an unparsable certificate.")
+		return reconcile.Result{}, nil
+	}
+	if err := r.publish(ctx, dev, chain[0], string(cr.Status.Certificate)); err != nil {
+		return reconcile.Result{}, err
+	}
+	p.Status.Certificate = string(cr.Status.Certificate)
+	p.Status.CA = caBundle(chain, cr.Status.CA)
+	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseIssued, custodyv1alpha1.DeviceProofReasonIssued,
+		fmt.Sprintf("Certificate %x issued, valid until %s.", chain[0].SerialNumber, chain[0].NotAfter.UTC().Format(time.RFC3339))
+	r.Recorder.Eventf(dev, p, corev1.EventTypeNormal, "CertificateIssued", "Enroll", "Certificate %s issued to the device under tenant %s, valid until %s (%s).",
+		protocol.CertFingerprint(chain[0].Raw), ref.Tenant, chain[0].NotAfter.UTC().Format(time.RFC3339), p.Spec.Purpose)
+	return reconcile.Result{}, nil
+}
+
+// caBundle is the issuing tenant CA: the chain above the leaf, or cert-manager's
+// CA field when the chain holds the leaf only.
+func caBundle(chain []*x509.Certificate, ca []byte) string {
+	if len(chain) < 2 {
+		return string(ca)
+	}
+	var out []byte
+	for _, c := range chain[1:] {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return string(out)
+}
+
+func requestFailed(cr *cmapi.CertificateRequest) bool {
+	for _, c := range cr.Status.Conditions {
+		switch {
+		case c.Type == cmapi.CertificateRequestConditionDenied && c.Status == cmmeta.ConditionTrue,
+			c.Type == cmapi.CertificateRequestConditionInvalidRequest && c.Status == cmmeta.ConditionTrue,
+			c.Type == cmapi.CertificateRequestConditionReady && c.Status == cmmeta.ConditionFalse && c.Reason == cmapi.CertificateRequestReasonFailed:
+			return true
+		}
+	}
+	return false
+}
+
+// createRequest creates the CertificateRequest for p, named after it and
+// owned by it. It returns nil if a request of that name exists that p does
+// not own (someone tried to pre-empt it).
+func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device) (*cmapi.CertificateRequest, error) {
+	ref := dev.Spec.ClaimRef
+	duration := r.Options.CertificateDuration
+	tenant := &custodyv1alpha1.Tenant{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: ref.Tenant}, tenant); err != nil {
+		return nil, err
+	}
+	if c := tenant.Spec.Certificates; c != nil && c.Duration != nil {
+		duration = c.Duration.Duration
+	}
+	cr := &cmapi.CertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      p.Name,
+			Namespace: p.Namespace,
+			Labels: map[string]string{custodyv1alpha1.LabelTenant: ref.Tenant, LabelDevice: dev.Name,
+				custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
+		},
+		Spec: cmapi.CertificateRequestSpec{
+			Request:   []byte(p.Spec.CSR),
+			IssuerRef: cmmeta.IssuerReference{Name: TenantIssuerName(ref.Tenant), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+			Duration:  &metav1.Duration{Duration: duration},
+			Usages:    []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth},
+		},
+	}
+	if err := controllerutil.SetControllerReference(p, cr, r.Client.Scheme()); err != nil {
+		return nil, err
+	}
+	err := r.Client.Create(ctx, cr)
+	if apierrors.IsAlreadyExists(err) {
+		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(cr), cr); err != nil {
+			return nil, err
+		}
+		if !metav1.IsControlledBy(cr, p) {
+			return nil, nil
+		}
+		return cr, nil
+	}
+	return cr, err
+}
+
+// publish records the issued leaf on the Device (so that the gateway accepts
+// it) and on the bound Claim (so that the tenant sees it).
+func (r *EnrollmentReconciler) publish(ctx context.Context, dev *custodyv1alpha1.Device, leaf *x509.Certificate, chainPEM string) error {
+	fp := protocol.CertFingerprint(leaf.Raw)
+	ref := *dev.Spec.ClaimRef
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d := &custodyv1alpha1.Device{}
+		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(dev), d); err != nil {
+			return err
+		}
+		if d.Spec.ClaimRef == nil || d.Spec.ClaimRef.UID != ref.UID {
+			return nil // unbound meanwhile: the certificate is never accepted
+		}
+		before := d.DeepCopy()
+		d.Status.Certificates = addCertificate(d.Status.Certificates, custodyv1alpha1.DeviceCertificate{
+			Fingerprint: fp, SerialNumber: fmt.Sprintf("%x", leaf.SerialNumber), NotAfter: metav1.NewTime(leaf.NotAfter),
+			Tenant: ref.Tenant, ClaimUID: ref.UID,
+		}, r.Options.Clock.Now())
+		if equality.Semantic.DeepEqual(before.Status, d.Status) {
+			return nil
+		}
+		return r.Client.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	})
+	if err != nil {
+		return err
+	}
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		c := &custodyv1alpha1.Claim{}
+		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, c); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if c.UID != ref.UID {
+			return nil
+		}
+		if cur := c.Status.Certificate; cur != nil && !leaf.NotAfter.After(cur.NotAfter.Time) {
+			return nil // a newer certificate is already shown
+		}
+		before := c.DeepCopy()
+		c.Status.Certificate = &custodyv1alpha1.ClaimCertificate{Certificate: chainPEM, Fingerprint: fp, NotAfter: metav1.NewTime(leaf.NotAfter)}
+		return r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	})
+}
+
+// addCertificate adds c to list, dropping expired entries and entries of
+// other bindings, and keeps the newest maxDeviceCertificates.
+func addCertificate(list []custodyv1alpha1.DeviceCertificate, c custodyv1alpha1.DeviceCertificate, now time.Time) []custodyv1alpha1.DeviceCertificate {
+	out := make([]custodyv1alpha1.DeviceCertificate, 0, len(list)+1)
+	for _, e := range list {
+		if e.Fingerprint == c.Fingerprint {
+			return list
+		}
+		if e.ClaimUID == c.ClaimUID && e.NotAfter.After(now) {
+			out = append(out, e)
+		}
+	}
+	out = append(out, c)
+	if len(out) > maxDeviceCertificates {
+		out = out[len(out)-maxDeviceCertificates:]
+	}
+	return out
+}
+
+// confirmPossession confirms the Claim, among those waiting for this
+// device, whose pairing code the device signed. A device never confirms a
+// Claim it was not paired with.
+func (r *EnrollmentReconciler) confirmPossession(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, now time.Time) error {
+	var claims custodyv1alpha1.ClaimList
+	if err := r.Client.List(ctx, &claims, client.MatchingFields{indexClaimDevice: dev.Name}); err != nil {
+		return err
+	}
+	for i := range claims.Items {
+		c := &claims.Items[i]
+		pr := c.Status.Pairing
+		if pr == nil || !c.DeletionTimestamp.IsZero() || !now.Before(pr.ExpiresAt.Time) {
+			continue
+		}
+		want := protocol.PairingDigest(dev.Name, pr.Code)
+		if subtle.ConstantTimeCompare([]byte(want), []byte(p.Spec.PairingDigest)) != 1 {
+			continue
+		}
+		if pr.ConfirmedAt == nil {
+			before := c.DeepCopy()
+			t := metav1.NewTime(now)
+			c.Status.Pairing.ConfirmedAt = &t
+			if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+				return err
+			}
+			r.Recorder.Eventf(c, p, corev1.EventTypeNormal, "PossessionProven", "Pair", "The device proved possession with this Claim's pairing code.")
+		}
+		p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseConfirmed, custodyv1alpha1.DeviceProofReasonConfirmed,
+			fmt.Sprintf("Confirmed Claim %s/%s.", c.Namespace, c.Name)
+		p.Status.ClaimUID = c.UID
+		return nil
+	}
+	reject(p, custodyv1alpha1.DeviceProofReasonNoMatchingClaim, "No Claim of this device waits for this pairing code.")
+	return nil
+}
+
+// SetupWithManager registers the controller: DeviceProofs in the operator
+// namespace, and the CertificateRequests they own.
+func (r *EnrollmentReconciler) SetupWithManager(mgr manager.Manager) error {
+	inOperatorNamespace := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == r.Options.OperatorNamespace })
+	return ctrl.ControllerManagedBy(mgr).
+		For(&custodyv1alpha1.DeviceProof{}, ctrl.WithPredicates(inOperatorNamespace)).
+		Owns(&cmapi.CertificateRequest{}).
+		Named("enrollment").
+		Complete(r)
+}
