@@ -33,7 +33,9 @@ func claimFor(uid string) *custodyv1alpha1.Claim {
 }
 
 // Claim shapes for the possession cases.
-func possessionOnly(c *custodyv1alpha1.Claim) { c.Spec.ClaimCode, c.Spec.Possession = nil, &custodyv1alpha1.PossessionProof{} }
+func possessionOnly(c *custodyv1alpha1.Claim) {
+	c.Spec.ClaimCode, c.Spec.Possession = nil, &custodyv1alpha1.PossessionProof{}
+}
 func withPossession(c *custodyv1alpha1.Claim) { c.Spec.Possession = &custodyv1alpha1.PossessionProof{} }
 func paired(confirmed bool, expiresIn time.Duration) func(*custodyv1alpha1.Claim) {
 	return func(c *custodyv1alpha1.Claim) {

@@ -1,0 +1,633 @@
+// Package gateway is custody-gateway: the only Custody component devices
+// talk to, over HTTPS from the internet.
+//
+// It is stateless, so it runs as N replicas: challenges are HMAC tokens any
+// replica checks, and a challenge's single use is enforced by the API server
+// (each proof is a DeviceProof named after the challenge's nonce). It holds
+// no power worth stealing: it reads Devices and public trust bundles, records
+// DeviceProofs and heartbeats, and never approves or signs; the manager
+// verifies every proof again before anything is issued.
+//
+// What it must never do: tell a caller that has not proved a device's key
+// whether a serial number exists (every failed proof gets the same answer),
+// log a request body, or accept a certificate whose device is no longer bound
+// to the tenant in it.
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/pkg/est"
+	"github.com/custody-dev/custody/pkg/protocol"
+)
+
+// FieldOwner is the field manager of the gateway's writes.
+const FieldOwner = "custody-gateway"
+
+// Options configure a Gateway.
+type Options struct {
+	// Client talks to the API server as the gateway's ServiceAccount. It
+	// must read from the API server, not a cache: the binding checked on
+	// every mutual-TLS request must be the current one.
+	Client client.Client
+	// Challenges issues and checks challenge tokens.
+	Challenges *challenge.Issuer
+	// Namespace is the operator namespace, where DeviceProofs are recorded.
+	Namespace string
+	// TrustDomain is the SPIFFE trust domain of device identities.
+	TrustDomain string
+	// Clock is injected for rate limits and heartbeat coalescing.
+	Clock clock.PassiveClock
+	// Wait is how long an enrollment waits for its certificate before
+	// answering 202 with a ticket. Default 10s.
+	Wait time.Duration
+	// HeartbeatInterval: at most one heartbeat write per device per
+	// interval. Default 1m.
+	HeartbeatInterval time.Duration
+	// PerClientRate and PerSerialRate are requests per minute (burst the
+	// same). Defaults 120 and 30.
+	PerClientRate, PerSerialRate int
+	// Log receives one line per request, without bodies.
+	Log logr.Logger
+	// Registerer receives the gateway's metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Gateway serves the device protocol.
+type Gateway struct {
+	opts       Options
+	mux        *http.ServeMux
+	perClient  *limiter
+	perSerial  *limiter
+	heartbeats sync.Map // device name -> time.Time of the last write
+	metrics    *metrics
+}
+
+// New returns a Gateway.
+func New(opts Options) (*Gateway, error) {
+	if opts.Client == nil || opts.Challenges == nil || opts.Namespace == "" {
+		return nil, errors.New("gateway: Client, Challenges and Namespace are required")
+	}
+	if opts.TrustDomain == "" {
+		opts.TrustDomain = controllers.DefaultTrustDomain
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.Wait == 0 {
+		opts.Wait = 10 * time.Second
+	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = time.Minute
+	}
+	if opts.PerClientRate == 0 {
+		opts.PerClientRate = 120
+	}
+	if opts.PerSerialRate == 0 {
+		opts.PerSerialRate = 30
+	}
+	if opts.Log.GetSink() == nil {
+		opts.Log = logr.Discard()
+	}
+	g := &Gateway{
+		opts:      opts,
+		mux:       http.NewServeMux(),
+		perClient: newLimiter(opts.PerClientRate, time.Minute, opts.Clock),
+		perSerial: newLimiter(opts.PerSerialRate, time.Minute, opts.Clock),
+		metrics:   newMetrics(opts.Registerer),
+	}
+	g.handle("POST "+protocol.PathChallenge, "challenge", g.challenge)
+	g.handle("POST "+protocol.PathEnroll, "enroll", g.enroll)
+	g.handle("GET "+protocol.PathEnrollments+"{ticket}", "enrollment", g.enrollment)
+	g.handle("POST "+protocol.PathPossession, "possession", g.possession)
+	g.handle("POST "+protocol.PathHeartbeat, "heartbeat", g.heartbeat)
+	g.handle("GET "+protocol.PathESTCACerts, "est-cacerts", g.estCACerts)
+	g.handle("POST "+protocol.PathESTSimpleEnroll, "est-simpleenroll", g.estReenroll)
+	g.handle("POST "+protocol.PathESTSimpleReenroll, "est-simplereenroll", g.estReenroll)
+	return g, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.mux.ServeHTTP(w, r) }
+
+// response is what a handler answers; the wrapper writes and logs it.
+type response struct {
+	status      int
+	body        []byte
+	contentType string
+	retryAfter  int
+	// outcome is a short word for the log and metrics (never a secret).
+	outcome string
+	device  string
+}
+
+type handlerFunc func(r *http.Request, body []byte) response
+
+func (g *Gateway) handle(pattern, name string, h handlerFunc) {
+	g.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		var resp response
+		if !g.perClient.allow(clientKey(r)) {
+			resp = rateLimited(60)
+		} else if body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, protocol.MaxBodyBytes)); err != nil {
+			resp = errorResponse(http.StatusRequestEntityTooLarge, protocol.ErrBadRequest, "The request body is too large or unreadable.")
+		} else {
+			resp = h(r, body)
+		}
+		if resp.contentType == "" {
+			resp.contentType = "application/json"
+		}
+		w.Header().Set("Content-Type", resp.contentType)
+		w.Header().Set("Cache-Control", "no-store")
+		if resp.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(resp.retryAfter))
+		}
+		w.WriteHeader(resp.status)
+		_, _ = w.Write(resp.body)
+		elapsed := time.Since(start)
+		g.metrics.observe(name, resp.status, elapsed)
+		g.opts.Log.Info("request", "endpoint", name, "status", resp.status, "outcome", resp.outcome, "device", resp.device,
+			"client", clientKey(r), "mtls", r.TLS != nil && len(r.TLS.PeerCertificates) > 0, "durationMs", elapsed.Milliseconds())
+	})
+}
+
+func clientKey(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func jsonResponse(status int, v any, outcome string) response {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return errorResponse(http.StatusInternalServerError, protocol.ErrUnavailable, "Internal error.")
+	}
+	return response{status: status, body: b, outcome: outcome}
+}
+
+func errorResponse(status int, code, msg string) response {
+	b, _ := json.Marshal(protocol.Error{Code: code, Message: msg})
+	return response{status: status, body: b, outcome: code}
+}
+
+// notAccepted is the one answer to every failed proof, whether the serial
+// number exists or not.
+func notAccepted() response {
+	return errorResponse(http.StatusForbidden, protocol.ErrProofNotAccepted, "The proof was not accepted.")
+}
+
+func badRequest(msg string) response {
+	return errorResponse(http.StatusBadRequest, protocol.ErrBadRequest, msg)
+}
+
+func unavailable() response {
+	r := errorResponse(http.StatusServiceUnavailable, protocol.ErrUnavailable, "Try again later.")
+	r.retryAfter = 5
+	return r
+}
+
+func rateLimited(after int) response {
+	r := errorResponse(http.StatusTooManyRequests, protocol.ErrRateLimited, "Too many requests; retry after the Retry-After delay.")
+	r.retryAfter = after
+	return r
+}
+
+func decode(body []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// validName checks a serial number or model the way the CRDs do, so that
+// garbage never reaches the API server.
+func validName(s string, maxLen int) bool {
+	if len(s) < 2 || len(s) > maxLen {
+		return false
+	}
+	for i, c := range s {
+		ok := (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c == '-' && i > 0 && i < len(s)-1)
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseChallengeRequest parses and checks a challenge request.
+func ParseChallengeRequest(body []byte) (protocol.ChallengeRequest, error) {
+	var req protocol.ChallengeRequest
+	if err := decode(body, &req); err != nil {
+		return req, errors.New("malformed JSON")
+	}
+	if !validName(req.SerialNumber, 64) || !validName(req.Model, 32) {
+		return req, errors.New("serialNumber and model must be upper-case letters, digits and '-'")
+	}
+	if req.Purpose != protocol.PurposeEnroll && req.Purpose != protocol.PurposePossession {
+		return req, errors.New("purpose must be enroll or possession")
+	}
+	return req, nil
+}
+
+// challenge issues a challenge for any well-formed serial number: whether
+// the device exists is not looked up, so the answer tells nothing.
+func (g *Gateway) challenge(_ *http.Request, body []byte) response {
+	req, err := ParseChallengeRequest(body)
+	if err != nil {
+		return badRequest(err.Error())
+	}
+	if !g.perSerial.allow(req.Model + "/" + req.SerialNumber) {
+		return rateLimited(60)
+	}
+	tok, exp, err := g.opts.Challenges.Issue(req.Purpose, req.SerialNumber, req.Model)
+	if err != nil {
+		return unavailable()
+	}
+	return jsonResponse(http.StatusOK, protocol.ChallengeResponse{Challenge: tok, ExpiresAt: exp.UTC().Format(time.RFC3339)}, "issued")
+}
+
+// ParseEnrollRequest parses an enrollment and its CSR.
+func ParseEnrollRequest(body []byte) (protocol.EnrollRequest, *x509.CertificateRequest, challenge.Claims, error) {
+	var req protocol.EnrollRequest
+	if err := decode(body, &req); err != nil {
+		return req, nil, challenge.Claims{}, errors.New("malformed JSON")
+	}
+	csr, err := protocol.ParseCSRPEM([]byte(req.CSR))
+	if err != nil {
+		return req, nil, challenge.Claims{}, err
+	}
+	c, _, _, err := challenge.Parse(req.Challenge)
+	if err != nil || len(req.Signature) == 0 || len(req.Signature) > 512 {
+		return req, nil, challenge.Claims{}, errors.New("malformed challenge or signature")
+	}
+	return req, csr, c, nil
+}
+
+// proveDevice checks a challenge and the device's signature over payload.
+// It returns the Device only when both hold; every failure looks alike.
+func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protocol.Purpose, c challenge.Claims, payload, sig []byte) (*custodyv1alpha1.Device, bool, error) {
+	if !g.perSerial.allow(c.Model + "/" + c.SerialNumber) {
+		return nil, false, errRateLimited
+	}
+	if _, err := g.opts.Challenges.Check(token, purpose, c.SerialNumber, c.Model); err != nil {
+		return nil, false, nil
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err := g.opts.Client.Get(ctx, client.ObjectKey{Name: custodyv1alpha1.DeviceName(c.Model, c.SerialNumber)}, dev); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	key, err := protocol.ParsePublicKeyPEM([]byte(dev.Spec.Identity.PublicKey))
+	if err != nil || dev.Spec.SerialNumber != c.SerialNumber || !protocol.Verify(key, payload, sig) {
+		return nil, false, nil
+	}
+	return dev, true, nil
+}
+
+var errRateLimited = errors.New("rate limited")
+
+func (g *Gateway) enroll(r *http.Request, body []byte) response {
+	req, csr, c, err := ParseEnrollRequest(body)
+	if err != nil {
+		return badRequest("Malformed enrollment: " + err.Error())
+	}
+	dev, ok, err := g.proveDevice(r.Context(), req.Challenge, protocol.PurposeEnroll, c, protocol.EnrollPayload(req.Challenge, csr.Raw), req.Signature)
+	switch {
+	case errors.Is(err, errRateLimited):
+		return rateLimited(60)
+	case err != nil:
+		return unavailable()
+	case !ok:
+		return notAccepted()
+	}
+	// From here on the caller has proved the device's key.
+	ref := dev.Spec.ClaimRef
+	if ref == nil || dev.Spec.Decommissioned {
+		resp := errorResponse(http.StatusConflict, protocol.ErrNotBound, "The device is not bound to a tenant yet; retry later.")
+		resp.retryAfter, resp.device = 60, dev.Name
+		return resp
+	}
+	id := protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)
+	if !protocol.CheckIdentity(csr, id) {
+		b, _ := json.Marshal(protocol.Error{Code: protocol.ErrIdentityMismatch, Message: "The CSR must ask for exactly this identity.", Identity: &id})
+		return response{status: http.StatusConflict, body: b, outcome: protocol.ErrIdentityMismatch, device: dev.Name}
+	}
+	proof := &custodyv1alpha1.DeviceProof{
+		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
+		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: dev.Name, Challenge: req.Challenge,
+			Signature: req.Signature, CSR: req.CSR},
+	}
+	return g.record(r.Context(), proof, false)
+}
+
+// record creates a proof and waits for its outcome. A proof that exists
+// already is a replayed challenge (refused) unless idempotent is set (a
+// renewal retried with the same certificate and CSR).
+func (g *Gateway) record(ctx context.Context, proof *custodyv1alpha1.DeviceProof, idempotent bool) response {
+	err := g.opts.Client.Create(ctx, proof, client.FieldOwner(FieldOwner))
+	switch {
+	case apierrors.IsAlreadyExists(err) && !idempotent:
+		return notAccepted()
+	case err != nil && !apierrors.IsAlreadyExists(err):
+		return unavailable()
+	}
+	return g.await(ctx, proof.Name, g.opts.Wait)
+}
+
+// await polls a proof until it is decided or wait has passed.
+func (g *Gateway) await(ctx context.Context, name string, wait time.Duration) response {
+	deadline := time.Now().Add(wait)
+	for {
+		p := &custodyv1alpha1.DeviceProof{}
+		if err := g.opts.Client.Get(ctx, client.ObjectKey{Namespace: g.opts.Namespace, Name: name}, p); err != nil {
+			if apierrors.IsNotFound(err) {
+				return notAccepted()
+			}
+			return unavailable()
+		}
+		switch p.Status.Phase {
+		case custodyv1alpha1.DeviceProofPhaseIssued:
+			r := jsonResponse(http.StatusOK, protocol.EnrollResponse{Certificate: p.Status.Certificate, CA: p.Status.CA}, "issued")
+			r.device = p.Spec.DeviceName
+			return r
+		case custodyv1alpha1.DeviceProofPhaseRejected:
+			r := errorResponse(http.StatusForbidden, protocol.ErrProofNotAccepted, "The proof was not accepted.")
+			if p.Status.Reason == custodyv1alpha1.DeviceProofReasonNotBound {
+				r = errorResponse(http.StatusConflict, protocol.ErrNotBound, "The device is not bound to a tenant; retry later.")
+			}
+			r.device = p.Spec.DeviceName
+			return r
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			r := jsonResponse(http.StatusAccepted, protocol.EnrollResponse{Ticket: name, RetryAfterSeconds: 2}, "pending")
+			r.retryAfter, r.device = 2, p.Spec.DeviceName
+			return r
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// enrollment answers a ticket: the proof's name, as unguessable as the
+// challenge nonce it came from. The certificate it returns is public.
+func (g *Gateway) enrollment(r *http.Request, _ []byte) response {
+	ticket := r.PathValue("ticket")
+	if !strings.HasPrefix(ticket, "proof-") || len(ticket) > 80 {
+		return notAccepted()
+	}
+	return g.await(r.Context(), ticket, 0)
+}
+
+// ParsePossessionRequest parses a possession proof.
+func ParsePossessionRequest(body []byte) (protocol.PossessionRequest, challenge.Claims, error) {
+	var req protocol.PossessionRequest
+	if err := decode(body, &req); err != nil {
+		return req, challenge.Claims{}, errors.New("malformed JSON")
+	}
+	if d, err := hex.DecodeString(req.PairingDigest); err != nil || len(d) != sha256.Size || strings.ToLower(req.PairingDigest) != req.PairingDigest {
+		return req, challenge.Claims{}, errors.New("pairingDigest must be 64 lower-case hex digits")
+	}
+	c, _, _, err := challenge.Parse(req.Challenge)
+	if err != nil || len(req.Signature) == 0 || len(req.Signature) > 512 {
+		return req, challenge.Claims{}, errors.New("malformed challenge or signature")
+	}
+	return req, c, nil
+}
+
+// possession records a possession proof. The answer is the same whether or
+// not a Claim waits for the pairing code: the device learns nothing about
+// claims, and a claimant sees the outcome on its own Claim.
+func (g *Gateway) possession(r *http.Request, body []byte) response {
+	req, c, err := ParsePossessionRequest(body)
+	if err != nil {
+		return badRequest("Malformed possession proof: " + err.Error())
+	}
+	dev, ok, err := g.proveDevice(r.Context(), req.Challenge, protocol.PurposePossession, c, protocol.PossessionPayload(req.Challenge, req.PairingDigest), req.Signature)
+	switch {
+	case errors.Is(err, errRateLimited):
+		return rateLimited(60)
+	case err != nil:
+		return unavailable()
+	case !ok:
+		return notAccepted()
+	}
+	proof := &custodyv1alpha1.DeviceProof{
+		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
+		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofPossession, DeviceName: dev.Name, Challenge: req.Challenge,
+			Signature: req.Signature, PairingDigest: req.PairingDigest},
+	}
+	if err := g.opts.Client.Create(r.Context(), proof, client.FieldOwner(FieldOwner)); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return notAccepted()
+		}
+		return unavailable()
+	}
+	resp := jsonResponse(http.StatusAccepted, map[string]string{"status": "recorded"}, "recorded")
+	resp.device = dev.Name
+	return resp
+}
+
+// authenticate accepts a client certificate only if it is a current
+// certificate of a device bound to the tenant it names: issued by that
+// tenant's CA, and listed on the Device for the current binding. The Device
+// is read from the API server on every request, so a release, transfer or
+// decommission cuts the device off at its next request.
+func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1alpha1.Device, *x509.Certificate, []*x509.Certificate, response, bool) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, nil, nil, errorResponse(http.StatusUnauthorized, protocol.ErrCertificateRefused, "A client certificate is required."), false
+	}
+	refused := errorResponse(http.StatusForbidden, protocol.ErrCertificateRefused, "The client certificate is not a current certificate of a bound device.")
+	leaf := r.TLS.PeerCertificates[0]
+	if len(leaf.URIs) != 1 {
+		return nil, nil, nil, refused, false
+	}
+	tenant, name, ok := protocol.ParseSPIFFEID(g.opts.TrustDomain, leaf.URIs[0])
+	if !ok {
+		return nil, nil, nil, refused, false
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err := g.opts.Client.Get(ctx, client.ObjectKey{Name: name}, dev); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil, nil, refused, false
+		}
+		return nil, nil, nil, unavailable(), false
+	}
+	ref := dev.Spec.ClaimRef
+	if ref == nil || ref.Tenant != tenant || dev.Spec.Decommissioned || !bindingHasCertificate(dev, protocol.CertFingerprint(leaf.Raw)) {
+		refused.device = dev.Name
+		return nil, nil, nil, refused, false
+	}
+	bundle := &corev1.ConfigMap{}
+	if err := g.opts.Client.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: controllers.TrustBundleName}, bundle); err != nil {
+		return nil, nil, nil, unavailable(), false
+	}
+	cas, err := protocol.ParseCertificatesPEM([]byte(bundle.Data[controllers.TrustBundleKey]))
+	if err != nil {
+		return nil, nil, nil, unavailable(), false
+	}
+	roots := x509.NewCertPool()
+	for _, c := range cas {
+		roots.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: g.opts.Clock.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		refused.device = dev.Name
+		return nil, nil, nil, refused, false
+	}
+	return dev, leaf, cas, response{}, true
+}
+
+func bindingHasCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
+	for _, c := range dev.Status.Certificates {
+		if c.ClaimUID == dev.Spec.ClaimRef.UID && c.Tenant == dev.Spec.ClaimRef.Tenant && c.Fingerprint == fingerprint {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseHeartbeat parses a heartbeat.
+func ParseHeartbeat(body []byte) (protocol.HeartbeatRequest, error) {
+	var hb protocol.HeartbeatRequest
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return hb, nil
+	}
+	if err := decode(body, &hb); err != nil {
+		return hb, errors.New("malformed JSON")
+	}
+	if len(hb.FirmwareVersion) > 64 || len(hb.State) > 64 {
+		return hb, errors.New("firmwareVersion and state are at most 64 characters")
+	}
+	return hb, nil
+}
+
+// heartbeat records lastSeen and what the device reports, at most once per
+// device per HeartbeatInterval (per replica).
+func (g *Gateway) heartbeat(r *http.Request, body []byte) response {
+	dev, _, _, resp, ok := g.authenticate(r.Context(), r)
+	if !ok {
+		return resp
+	}
+	hb, err := ParseHeartbeat(body)
+	if err != nil {
+		return badRequest(err.Error())
+	}
+	now := g.opts.Clock.Now()
+	report := &custodyv1alpha1.DeviceReport{FirmwareVersion: hb.FirmwareVersion, State: hb.State}
+	last, seen := g.heartbeats.Load(dev.Name)
+	unchanged := dev.Status.Reported != nil && *dev.Status.Reported == *report
+	if seen && now.Sub(last.(time.Time)) < g.opts.HeartbeatInterval && unchanged {
+		return response{status: http.StatusNoContent, outcome: "coalesced", device: dev.Name}
+	}
+	patch := map[string]any{"status": map[string]any{"lastSeen": metav1.NewTime(now), "reported": report}}
+	raw, err := json.Marshal(patch)
+	if err != nil {
+		return unavailable()
+	}
+	if err := g.opts.Client.Status().Patch(r.Context(), dev, client.RawPatch("application/merge-patch+json", raw), client.FieldOwner(FieldOwner)); err != nil {
+		return unavailable()
+	}
+	g.heartbeats.Store(dev.Name, now)
+	return response{status: http.StatusNoContent, outcome: "recorded", device: dev.Name}
+}
+
+// estCACerts returns the device's tenant CA as certs-only PKCS#7.
+func (g *Gateway) estCACerts(r *http.Request, _ []byte) response {
+	dev, _, cas, resp, ok := g.authenticate(r.Context(), r)
+	if !ok {
+		return resp
+	}
+	der, err := est.EncodeCertsOnly(cas)
+	if err != nil {
+		return unavailable()
+	}
+	return response{status: http.StatusOK, body: est.EncodeBase64(der), contentType: est.ContentTypeCertsOnly, outcome: "cacerts", device: dev.Name}
+}
+
+// ParseESTCSR parses an EST enrollment body: a base64 DER PKCS#10.
+func ParseESTCSR(body []byte) (*x509.CertificateRequest, error) {
+	der, err := est.DecodeBase64(body)
+	if err != nil {
+		return nil, errors.New("the body must be a base64 DER PKCS#10 CSR")
+	}
+	return protocol.ParseCSRDER(der)
+}
+
+// estReenroll renews the certificate the device authenticated with, for a
+// CSR of the same key and identity. Retries of the same request are
+// idempotent; a pending one answers 202 with Retry-After (RFC 7030 §4.2.3).
+func (g *Gateway) estReenroll(r *http.Request, body []byte) response {
+	dev, leaf, _, resp, ok := g.authenticate(r.Context(), r)
+	if !ok {
+		return resp
+	}
+	csr, err := ParseESTCSR(body)
+	if err != nil {
+		return badRequest(err.Error())
+	}
+	ref := dev.Spec.ClaimRef
+	if !protocol.SameKey(csr.PublicKey, leaf.PublicKey) || !protocol.CheckIdentity(csr, protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)) {
+		return errorResponse(http.StatusBadRequest, protocol.ErrIdentityMismatch, "A renewal keeps the certificate's key and identity; enroll with a fresh challenge to change keys.")
+	}
+	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})
+	sum := sha256.Sum256(append(append([]byte{}, leaf.Raw...), csr.Raw...))
+	proof := &custodyv1alpha1.DeviceProof{
+		ObjectMeta: metav1.ObjectMeta{Name: "renew-" + hex.EncodeToString(sum[:16]), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
+		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofRenew, DeviceName: dev.Name, CSR: string(csrPEM),
+			ClientCertificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw}))},
+	}
+	out := g.record(r.Context(), proof, true)
+	if out.status != http.StatusOK {
+		if out.status == http.StatusAccepted {
+			out.body, out.contentType = nil, "text/plain"
+		}
+		return out
+	}
+	var er protocol.EnrollResponse
+	if err := json.Unmarshal(out.body, &er); err != nil {
+		return unavailable()
+	}
+	chain, err := protocol.ParseCertificatesPEM([]byte(er.Certificate))
+	if err != nil {
+		return unavailable()
+	}
+	der, err := est.EncodeCertsOnly(chain[:1])
+	if err != nil {
+		return unavailable()
+	}
+	return response{status: http.StatusOK, body: est.EncodeBase64(der), contentType: est.ContentTypeCertsOnly, outcome: "issued", device: dev.Name}
+}
