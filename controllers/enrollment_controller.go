@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -150,7 +151,8 @@ func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.De
 			}
 			payload = protocol.EnrollPayload(p.Spec.Challenge, csr.Raw)
 		}
-		if !protocol.Verify(identityKey, payload, p.Spec.Signature) {
+		sig, err := base64.StdEncoding.DecodeString(p.Spec.Signature)
+		if err != nil || !protocol.Verify(identityKey, payload, sig) {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The signature does not verify under the device's identity key.")
 			return nil, nil
 		}

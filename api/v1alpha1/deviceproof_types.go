@@ -45,11 +45,11 @@ type DeviceProofSpec struct {
 	// +kubebuilder:validation:MaxLength=512
 	Challenge string `json:"challenge,omitempty"`
 
-	// signature is the device identity key's signature over the purpose,
-	// the challenge and the digest of what the device sent (base64 in JSON).
+	// signature is the device identity key's signature (standard base64)
+	// over the purpose, the challenge and the digest of what the device sent.
 	// +optional
-	// +kubebuilder:validation:MaxLength=512
-	Signature []byte `json:"signature,omitempty"`
+	// +kubebuilder:validation:MaxLength=700
+	Signature string `json:"signature,omitempty"`
 
 	// csr is the PEM certificate signing request the device sent.
 	// +optional

@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -348,7 +349,7 @@ func (g *Gateway) enroll(r *http.Request, body []byte) response {
 	proof := &custodyv1alpha1.DeviceProof{
 		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: dev.Name, Challenge: req.Challenge,
-			Signature: req.Signature, CSR: req.CSR},
+			Signature: base64.StdEncoding.EncodeToString(req.Signature), CSR: req.CSR},
 	}
 	return g.record(r.Context(), proof, false)
 }
@@ -362,6 +363,7 @@ func (g *Gateway) record(ctx context.Context, proof *custodyv1alpha1.DeviceProof
 	case apierrors.IsAlreadyExists(err) && !idempotent:
 		return notAccepted()
 	case err != nil && !apierrors.IsAlreadyExists(err):
+		g.opts.Log.Error(err, "recording a device proof", "device", proof.Spec.DeviceName)
 		return unavailable()
 	}
 	return g.await(ctx, proof.Name, g.opts.Wait)
@@ -449,7 +451,7 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 	proof := &custodyv1alpha1.DeviceProof{
 		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofPossession, DeviceName: dev.Name, Challenge: req.Challenge,
-			Signature: req.Signature, PairingDigest: req.PairingDigest},
+			Signature: base64.StdEncoding.EncodeToString(req.Signature), PairingDigest: req.PairingDigest},
 	}
 	if err := g.opts.Client.Create(r.Context(), proof, client.FieldOwner(FieldOwner)); err != nil {
 		if apierrors.IsAlreadyExists(err) {

@@ -1,0 +1,197 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/internal/factory"
+	"github.com/custody-dev/custody/internal/gateway"
+	"github.com/custody-dev/custody/pkg/device"
+	"github.com/custody-dev/custody/pkg/protocol"
+)
+
+// gw is a running custody-gateway, serving TLS on 127.0.0.1 as the
+// gateway's own user with the RBAC shipped in config/rbac.
+type gw struct {
+	URL   string
+	Clock *offsetClock
+	srv   *httptest.Server
+	// Challenges is the gateway's issuer, so that tests can mint tokens as
+	// a replica would.
+	Challenges *challenge.Issuer
+}
+
+func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
+	t.Helper()
+	cfg, err := cp.GatewayConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The gateway's clock follows real time, because the API server stamps
+	// proofs and cert-manager dates certificates with it; tests move it
+	// forward to expire challenges without sleeping.
+	clk := &offsetClock{}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	iss, err := challenge.NewIssuer([][]byte{key}, 5*time.Minute, clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := gateway.Options{Client: c, Challenges: iss, Namespace: cp.OperatorNamespace, Clock: clk, Log: testLogger.WithName("gateway"),
+		PerClientRate: 100000, PerSerialRate: 100000}
+	for _, f := range mutate {
+		f(&opts)
+	}
+	g, err := gateway.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(g)
+	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return &gw{URL: srv.URL, Clock: clk, srv: srv, Challenges: iss}
+}
+
+// offsetClock is real time plus an offset that tests advance.
+type offsetClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *offsetClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *offsetClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// Step moves the clock forward by d.
+func (c *offsetClock) Step(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
+}
+
+// client returns a device client that trusts the gateway's certificate.
+func (g *gw) client() *device.Client {
+	return &device.Client{BaseURL: g.URL, HTTP: g.srv.Client()}
+}
+
+// post sends a raw JSON body and returns the status and body, for tests
+// that compare answers byte for byte.
+func (g *gw) post(t testing.TB, path string, v any) (int, []byte) {
+	t.Helper()
+	body, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := g.srv.Client().Post(g.URL+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+// newAgent writes a manufactured device's key and identity into a device
+// directory and returns its agent.
+func newAgent(t testing.TB, g *gw, rec *factory.Record) *device.Agent {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, device.FilePrivateKey), rec.PrivateKeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := json.Marshal(device.IdentityFile{SerialNumber: rec.Device.Spec.SerialNumber, Model: rec.Device.Spec.Model})
+	if err := os.WriteFile(filepath.Join(dir, device.FileIdentity), id, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := device.LoadAgent(dir, g.client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Firmware = "1.0.0"
+	a.Log = testLogger.WithName("device")
+	return a
+}
+
+// enrollAgent steps the agent until it holds a certificate.
+func enrollAgent(t testing.TB, a *device.Agent) {
+	t.Helper()
+	for i := 0; i < 10; i++ {
+		if _, err := a.Step(context.Background()); err != nil {
+			t.Fatalf("agent step: %v", err)
+		}
+		if c, _ := a.Certificate(); c != nil {
+			return
+		}
+	}
+	t.Fatal("the agent did not enroll")
+}
+
+// trustBundle returns the tenant's published CA bundle.
+func trustBundle(t testing.TB, tn *custodyv1alpha1.Tenant) string {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	if err := admin.Get(context.Background(), client.ObjectKey{Namespace: tn.Status.Namespace, Name: controllers.TrustBundleName}, cm); err != nil {
+		t.Fatal(err)
+	}
+	return cm.Data[controllers.TrustBundleKey]
+}
+
+// releaseClaim deletes a Claim with policy Release and waits until the
+// device is unbound.
+func releaseClaim(t testing.TB, cl *custodyv1alpha1.Claim) {
+	t.Helper()
+	ctx := context.Background()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur := &custodyv1alpha1.Claim{}
+		if err := admin.Get(ctx, client.ObjectKeyFromObject(cl), cur); err != nil {
+			return err
+		}
+		cur.Spec.ReleasePolicy = custodyv1alpha1.ReleasePolicyRelease
+		return admin.Update(ctx, cur)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Delete(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the device to be released", func() bool {
+		return getDevice(t, cl.DeviceName()).Spec.ClaimRef == nil
+	})
+}
+
+// identityOf is the identity a device certificate must carry.
+func identityOf(serial, tenant, deviceName string) protocol.Identity {
+	return protocol.DeriveIdentity(controllers.DefaultTrustDomain, tenant, deviceName, serial)
+}
