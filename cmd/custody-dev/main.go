@@ -117,7 +117,7 @@ func run() error {
 		MetricsAddr:   "127.0.0.1:8080",
 		HealthAddr:    "127.0.0.1:8081",
 		Controllers:   controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer},
-		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}},
+		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}},
 		Logger:        logger,
 	})
 	if err != nil {

@@ -21,14 +21,18 @@ import (
 
 func main() {
 	var (
-		opNS, rootIssuer, managerUsers, metricsAddr, healthAddr, certDir string
-		webhookPort, maxAttempts                                         int
-		leaderElect                                                      bool
-		lockoutBase                                                      time.Duration
+		opNS, rootIssuer, managerUsers, gatewayUsers, metricsAddr, healthAddr, certDir, trustDomain, webhookHost string
+		webhookPort, maxAttempts                                                                                 int
+		leaderElect                                                                                              bool
+		lockoutBase, certDuration                                                                                time.Duration
 	)
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")
 	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "ClusterIssuer that signs tenant intermediate CAs.")
 	flag.StringVar(&managerUsers, "manager-usernames", "system:serviceaccount:custody-system:custody-manager", "Comma-separated users allowed to write Device bindings (the manager's ServiceAccount).")
+	flag.StringVar(&gatewayUsers, "gateway-usernames", "system:serviceaccount:custody-system:custody-gateway", "Comma-separated users of the gateway: on Devices they may record heartbeats only.")
+	flag.StringVar(&trustDomain, "trust-domain", controllers.DefaultTrustDomain, "SPIFFE trust domain of device identities.")
+	flag.DurationVar(&certDuration, "certificate-duration", controllers.DefaultCertificateDuration, "Default lifetime of device certificates (a Tenant may set its own).")
+	flag.StringVar(&webhookHost, "webhook-host", "", "Address the webhook server binds to (all interfaces when empty).")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Metrics address; 0 disables.")
 	flag.StringVar(&healthAddr, "health-probe-bind-address", ":8081", "Health probe address.")
 	flag.StringVar(&certDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory with the webhook serving certificate (tls.crt, tls.key).")
@@ -51,13 +55,14 @@ func main() {
 
 	mgr, err := operator.New(operator.Config{
 		RESTConfig:     ctrl.GetConfigOrDie(),
-		WebhookServer:  webhook.NewServer(webhook.Options{Port: webhookPort, CertDir: certDir}),
+		WebhookServer:  webhook.NewServer(webhook.Options{Host: webhookHost, Port: webhookPort, CertDir: certDir}),
 		MetricsAddr:    metricsAddr,
 		HealthAddr:     healthAddr,
 		LeaderElection: leaderElect,
-		Controllers:    controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, ClaimPolicy: policy},
-		Webhooks:       webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ",")},
-		Logger:         logger,
+		Controllers: controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, ClaimPolicy: policy,
+			TrustDomain: trustDomain, CertificateDuration: certDuration},
+		Webhooks: webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ","), GatewayUsernames: strings.Split(gatewayUsers, ",")},
+		Logger:   logger,
 	})
 	if err != nil {
 		log.Error(err, "unable to set up the manager")

@@ -125,7 +125,7 @@ func startManager(t testing.TB, mutate ...func(*controllers.Options)) *manager {
 		MetricsAddr:        "0",
 		HealthAddr:         "0",
 		Controllers:        opts,
-		Webhooks:           webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}},
+		Webhooks:           webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}},
 		Logger:             testLogger,
 		SkipNameValidation: true,
 	})
