@@ -40,6 +40,7 @@ func main() {
 func run() error {
 	dataDir := flag.String("data-dir", ".custody-dev", "Directory for etcd data, certificates, logs and the kubeconfig; kept across restarts.")
 	verbose := flag.Bool("v", false, "Print the manager's logs here too (they always go to <data-dir>/logs/manager.log).")
+	gatewayAddr := flag.String("gateway-addr", "127.0.0.1:8443", "Where the device gateway listens (HTTPS).")
 	flag.Parse()
 
 	dir, err := filepath.Abs(*dataDir)
@@ -131,6 +132,11 @@ func run() error {
 		return err
 	}
 
+	gatewayURL, err := startGateway(ctx, cp, dir, *gatewayAddr, logger.WithName("gateway"), done)
+	if err != nil {
+		return err
+	}
+
 	fmt.Printf(`
 Custody is running. In another terminal:
 
@@ -138,10 +144,11 @@ Custody is running. In another terminal:
   kubectl get tenants,devices,claims -A
   kubectl apply -f config/samples/tenant.yaml
 
+Devices reach the gateway at %s (CA: %s).
 Then follow the walk-through in README.md. Logs: %s.
 Metrics: http://127.0.0.1:8080/metrics. Press Ctrl-C to stop; state is kept in %s.
 
-`, kubeconfigPath, filepath.Join(dir, "logs"), dir)
+`, kubeconfigPath, gatewayURL, filepath.Join(dir, "gateway-ca.crt"), filepath.Join(dir, "logs"), dir)
 
 	err = <-done
 	if errors.Is(err, context.Canceled) {

@@ -1,33 +1,62 @@
-// Command custody-device is the device side of Custody. Today it has one
-// subcommand, factory, which the manufacturing line runs for each device.
+// Command custody-device is the device side of Custody: the factory line
+// makes devices with it (init), field staff pair them (pair), and devices,
+// real or simulated, run its agent (run, simulate).
 package main
 
 import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
 
+	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/yaml"
 
 	"github.com/custody-dev/custody/internal/factory"
+	"github.com/custody-dev/custody/internal/label"
+	"github.com/custody-dev/custody/pkg/device"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
-const usage = `usage: custody-device factory --model MODEL --serial SERIAL [--out DIR]
+const usage = `usage: custody-device <command> [flags]
 
-Makes one device's identity keypair, claim code and verifier, and writes to DIR:
-  device.yaml   the Device manifest for the ERP (public key and verifier only)
-  device.key    the private key, to be loaded into the device (mode 0600)
-  label.txt     the claim code and key fingerprint for the label and documentation pack (mode 0600)
+Commands:
+  init      --model M --serial S [--dir DIR] [--claim-url URL]
+            Make one device at the factory, into DIR (default ./<serial>):
+              device.key     the identity private key (0600); it never leaves DIR
+              identity.json  serial number and model
+              device.yaml    the Device manifest for the ERP (public key, claim-code verifier)
+              label.svg      the printable label: QR code (claim URL, key fingerprint),
+                             the claim code in the scratch-off area (0600)
+              label.txt      the same in text (0600)
+  pair      --dir DIR --code CODE
+            Give the device the pairing code shown in a Claim's status.pairing.code.
+  run       --dir DIR --gateway URL --gateway-ca FILE
+            Run the device agent: prove possession if paired, enroll, renew at 2/3
+            of the certificate's life, send heartbeats. Ctrl-C stops.
+  simulate  --count N --gateway URL --gateway-ca FILE --dir DIR [--model M] [--prefix P]
+            Run N simulated devices made with init (DIR/<serial>) until each holds a
+            certificate; print enrollments/s and latency percentiles.
+  factory   the former name of init.
 `
 
-// errUsage asks main to print the usage.
 var errUsage = errors.New("usage")
 
 func main() {
-	err := run(os.Args[1:], os.Stdout)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Stdout)
 	if errors.Is(err, errUsage) {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -38,22 +67,49 @@ func main() {
 	}
 }
 
-func run(args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "factory" {
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
 		return errUsage
 	}
-	fs := flag.NewFlagSet("factory", flag.ContinueOnError)
+	switch args[0] {
+	case "init", "factory":
+		return cmdInit(args[1:], stdout)
+	case "pair":
+		return cmdPair(args[1:], stdout)
+	case "run":
+		return cmdRun(ctx, args[1:])
+	case "simulate":
+		return cmdSimulate(ctx, args[1:], stdout)
+	}
+	return errUsage
+}
+
+func cmdInit(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	model := fs.String("model", "", "product model, upper case (e.g. XR200)")
 	serial := fs.String("serial", "", "serial number, upper case (e.g. SN-0001)")
-	out := fs.String("out", ".", "directory to write device.yaml, device.key and label.txt to")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
+	dir := fs.String("dir", "", "device directory (default ./<serial>)")
+	out := fs.String("out", "", "alias of --dir")
+	claimURL := fs.String("claim-url", "https://claim.custody.example", "base URL printed in the QR code")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
 	}
 	if *model == "" || *serial == "" {
 		fmt.Fprintln(os.Stderr, "custody-device: --model and --serial are required")
 		return errUsage
 	}
-	rec, err := factory.Manufacture(*model, *serial)
+	d := *dir
+	if d == "" {
+		d = *out
+	}
+	if d == "" {
+		d = *serial
+	}
+	return initDevice(d, *model, *serial, *claimURL, stdout)
+}
+
+func initDevice(dir, model, serial, claimURL string, stdout io.Writer) error {
+	rec, err := factory.Manufacture(model, serial)
 	if err != nil {
 		return err
 	}
@@ -61,23 +117,181 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(*out, 0o750); err != nil {
+	id, _ := json.Marshal(device.IdentityFile{SerialNumber: serial, Model: model})
+	svg, err := label.SVG(protocol.Label{BaseURL: claimURL, SerialNumber: serial, Model: model, Fingerprint: rec.Fingerprint}, rec.Code.String())
+	if err != nil {
 		return err
 	}
-	label := fmt.Sprintf("Model:       %s\nSerial:      %s\nKey:         %s\nClaim code:  %s\n", *model, *serial, rec.Fingerprint, rec.Code)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, device.FilePrivateKey)); err == nil {
+		return fmt.Errorf("%s already holds a device; a device is made once", dir)
+	}
+	text := fmt.Sprintf("Model:       %s\nSerial:      %s\nKey:         %s\nClaim URL:   %s\nClaim code:  %s\n", model, serial, rec.Fingerprint,
+		protocol.Label{BaseURL: claimURL, SerialNumber: serial, Model: model, Fingerprint: rec.Fingerprint}.URL(), rec.Code)
 	for _, f := range []struct {
 		name string
 		data []byte
 		mode os.FileMode
 	}{
+		{device.FilePrivateKey, rec.PrivateKeyPEM, 0o600},
+		{device.FileIdentity, id, 0o644},
 		{"device.yaml", manifest, 0o644},
-		{"device.key", rec.PrivateKeyPEM, 0o600},
-		{"label.txt", []byte(label), 0o600},
+		{"label.svg", svg, 0o600},
+		{"label.txt", []byte(text), 0o600},
 	} {
-		if err := os.WriteFile(filepath.Join(*out, f.name), f.data, f.mode); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(stdout, "wrote %s: apply device.yaml as the ERP; device.key goes on the device; label.txt holds the claim code.\n", *out)
+	fmt.Fprintf(stdout, "made %s %s in %s: apply device.yaml as the ERP; print label.svg; the key stays in %s.\n", model, serial, dir, dir)
+	return nil
+}
+
+func cmdPair(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("pair", flag.ContinueOnError)
+	dir := fs.String("dir", ".", "device directory")
+	code := fs.String("code", "", "pairing code from the Claim's status.pairing.code")
+	if err := fs.Parse(args); err != nil || *code == "" {
+		return errUsage
+	}
+	if _, err := os.Stat(filepath.Join(*dir, device.FileIdentity)); err != nil {
+		return fmt.Errorf("%s is not a device directory (made by custody-device init)", *dir)
+	}
+	if err := os.WriteFile(filepath.Join(*dir, device.FilePairing), []byte(protocol.NormalizePairingCode(*code)), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "paired: the device proves possession with this code the next time it runs.")
+	return nil
+}
+
+type gatewayFlags struct{ url, ca string }
+
+func (g *gatewayFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&g.url, "gateway", "", "gateway URL (custody-dev writes it to .custody-dev/gateway-url)")
+	fs.StringVar(&g.ca, "gateway-ca", "", "CA bundle that signed the gateway's certificate (custody-dev: .custody-dev/gateway-ca.crt)")
+}
+
+func (g *gatewayFlags) client() (*device.Client, error) {
+	if g.url == "" || g.ca == "" {
+		return nil, errUsage
+	}
+	pem, err := os.ReadFile(g.ca)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", g.ca)
+	}
+	return &device.Client{BaseURL: g.url, RootCAs: pool}, nil
+}
+
+func cmdRun(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	dir := fs.String("dir", ".", "device directory")
+	firmware := fs.String("firmware", "1.0.0", "firmware version reported in heartbeats")
+	interval := fs.Duration("heartbeat-interval", time.Minute, "time between heartbeats")
+	var gf gatewayFlags
+	gf.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	c, err := gf.client()
+	if err != nil {
+		return err
+	}
+	a, err := device.LoadAgent(*dir, c)
+	if err != nil {
+		return err
+	}
+	a.Firmware, a.HeartbeatInterval = *firmware, *interval
+	a.Log = zap.New(zap.UseDevMode(false)).WithValues("device", a.ID.Model+"/"+a.ID.SerialNumber)
+	return a.Run(ctx)
+}
+
+// cmdSimulate drives N device directories until each has enrolled, and
+// reports throughput and latency. Claims are made by whoever runs the load
+// (hack/load.sh); latency is from the first enrollment attempt to the
+// certificate.
+func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("simulate", flag.ContinueOnError)
+	count := fs.Int("count", 10, "number of devices")
+	dir := fs.String("dir", "", "directory holding one device directory per serial (made with init)")
+	concurrency := fs.Int("concurrency", 8, "devices enrolling at once")
+	var gf gatewayFlags
+	gf.bind(fs)
+	if err := fs.Parse(args); err != nil || *dir == "" {
+		return errUsage
+	}
+	c, err := gf.client()
+	if err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(*dir)
+	if err != nil {
+		return err
+	}
+	var dirs []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(*dir, e.Name()))
+		}
+	}
+	if len(dirs) < *count {
+		return fmt.Errorf("%s holds %d devices, want %d", *dir, len(dirs), *count)
+	}
+	dirs = dirs[:*count]
+	lat := make([]time.Duration, 0, len(dirs))
+	var mu sync.Mutex
+	var failed int
+	sem := make(chan struct{}, *concurrency)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, d := range dirs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(d string) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			a, err := device.LoadAgent(d, c)
+			if err != nil {
+				mu.Lock()
+				failed++
+				mu.Unlock()
+				return
+			}
+			a.Log = logr.Discard()
+			t0 := time.Now()
+			for i := 0; i < 200 && ctx.Err() == nil; i++ {
+				next, _ := a.Step(ctx)
+				if cert, _ := a.Certificate(); cert != nil {
+					mu.Lock()
+					lat = append(lat, time.Since(t0))
+					mu.Unlock()
+					return
+				}
+				time.Sleep(min(next, 500*time.Millisecond))
+			}
+			mu.Lock()
+			failed++
+			mu.Unlock()
+		}(d)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+	}
+	fmt.Fprintf(stdout, "devices=%d enrolled=%d failed=%d elapsed=%s enrollments/s=%.1f p50=%s p99=%s\n",
+		len(dirs), len(lat), failed, elapsed.Round(time.Millisecond), float64(len(lat))/elapsed.Seconds(), pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
+	if failed > 0 {
+		return fmt.Errorf("%d devices did not enroll", failed)
+	}
 	return nil
 }

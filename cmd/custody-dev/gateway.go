@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/internal/controlplane"
+	"github.com/custody-dev/custody/internal/gateway"
+)
+
+// startGateway runs the device gateway as the gateway's own user, serving
+// TLS with a certificate from the development root CA, and writes its URL
+// and CA bundle into the data directory for custody-device.
+func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr string, log logr.Logger, done chan<- error) (string, error) {
+	cfg, err := cp.GatewayConfig()
+	if err != nil {
+		return "", err
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = 200, 400
+	c, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		return "", err
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return "", err
+	}
+	iss, err := challenge.NewIssuer([][]byte{key}, 5*time.Minute, nil)
+	if err != nil {
+		return "", err
+	}
+	g, err := gateway.New(gateway.Options{Client: c, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log})
+	if err != nil {
+		return "", err
+	}
+	cert, caPEM, err := servingCertificate(ctx, cp)
+	if err != nil {
+		return "", fmt.Errorf("issuing the gateway's certificate: %w", err)
+	}
+	ln, err := tls.Listen("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			done <- err
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	url := "https://" + ln.Addr().String()
+	if err := os.WriteFile(filepath.Join(dir, "gateway-url"), []byte(url+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "gateway-ca.crt"), caPEM, 0o600); err != nil {
+		return "", err
+	}
+	return url, nil
+}
+
+// servingCertificate signs a one-week certificate for 127.0.0.1 and
+// localhost with the development root CA, and returns it with the root.
+func servingCertificate(ctx context.Context, cp *controlplane.ControlPlane) (tls.Certificate, []byte, error) {
+	secret := &corev1.Secret{}
+	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: cp.OperatorNamespace, Name: cp.RootIssuer + "-ca"}, secret); err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	ca, err := tls.X509KeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: "custody-gateway (development)"},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(7 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw})
+	return tls.Certificate{Certificate: [][]byte{der, caCert.Raw}, PrivateKey: key}, caPEM, nil
+}
