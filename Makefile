@@ -59,10 +59,25 @@ test: envtest-assets ## Run every test, with the race detector, against a real c
 bench: envtest-assets ## Run the benchmarks.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test -run '^$$' -bench . -benchmem ./...
 
+FUZZ_EXECS ?= 20000
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZ_EXECS executions (seed corpora run in make test).
+	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$pkg/*_test.go | cut -d' ' -f2); do \
+			echo "fuzz $$pkg $$t"; $(GO) test $$pkg -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZ_EXECS)x >/dev/null || exit 1; \
+		done; \
+	done
+
+.PHONY: load
+load: ## Drive LOAD_DEVICES simulated devices through claim and enrollment against a running `make dev`.
+	./hack/load.sh $(or $(LOAD_DEVICES),50) $(or $(LOAD_CONCURRENCY),8) .custody-dev
+
 .PHONY: verify
 verify: ## Check that generated code, manifests and docs are current, then vet and lint.
 	$(MAKE) generate manifests docs fmt
 	./hack/verify-versions.sh
+	./hack/check-sizes.sh
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "generated files are out of date; run 'make generate manifests docs fmt' and commit:"; \
 		git status --porcelain; git --no-pager diff --stat; exit 1; fi
@@ -73,6 +88,7 @@ verify: ## Check that generated code, manifests and docs are current, then vet a
 .PHONY: build
 build: ## Build the binaries into bin/.
 	$(GO) build -o bin/custody-manager ./cmd/manager
+	$(GO) build -o bin/custody-gateway ./cmd/gateway
 	$(GO) build -o bin/custody-device ./cmd/custody-device
 	$(GO) build -o bin/custody-dev ./cmd/custody-dev
 
