@@ -92,7 +92,7 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		}
 	}()
 
-	dev, err := r.verify(ctx, p, now)
+	dev, err := r.verify(ctx, p)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -111,7 +111,7 @@ func reject(p *custodyv1alpha1.DeviceProof, reason, msg string) {
 
 // verify checks the proof against the Device. It returns the Device when
 // the proof holds, nil after rejecting it.
-func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.DeviceProof, now time.Time) (*custodyv1alpha1.Device, error) {
+func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.DeviceProof) (*custodyv1alpha1.Device, error) {
 	if p.Status.Phase == "" {
 		p.Status.Phase = custodyv1alpha1.DeviceProofPhasePending
 	}

@@ -153,7 +153,7 @@ func (g *Gateway) handle(pattern, name string, h handlerFunc) {
 		start := time.Now()
 		var resp response
 		if !g.perClient.allow(clientKey(r)) {
-			resp = rateLimited(60)
+			resp = rateLimited()
 		} else if body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, protocol.MaxBodyBytes)); err != nil {
 			resp = errorResponse(http.StatusRequestEntityTooLarge, protocol.ErrBadRequest, "The request body is too large or unreadable.")
 		} else {
@@ -213,7 +213,8 @@ func unavailable() response {
 	return r
 }
 
-func rateLimited(after int) response {
+func rateLimited() response {
+	const after = 60 // seconds: the limiters' window
 	r := errorResponse(http.StatusTooManyRequests, protocol.ErrRateLimited, "Too many requests; retry after the Retry-After delay.")
 	r.retryAfter = after
 	return r
@@ -269,7 +270,7 @@ func (g *Gateway) challenge(_ *http.Request, body []byte) response {
 		return badRequest(err.Error())
 	}
 	if !g.perSerial.allow(req.Model + "/" + req.SerialNumber) {
-		return rateLimited(60)
+		return rateLimited()
 	}
 	tok, exp, err := g.opts.Challenges.Issue(req.Purpose, req.SerialNumber, req.Model)
 	if err != nil {
@@ -328,7 +329,7 @@ func (g *Gateway) enroll(r *http.Request, body []byte) response {
 	dev, ok, err := g.proveDevice(r.Context(), req.Challenge, protocol.PurposeEnroll, c, protocol.EnrollPayload(req.Challenge, csr.Raw), req.Signature)
 	switch {
 	case errors.Is(err, errRateLimited):
-		return rateLimited(60)
+		return rateLimited()
 	case err != nil:
 		return unavailable()
 	case !ok:
@@ -442,7 +443,7 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 	dev, ok, err := g.proveDevice(r.Context(), req.Challenge, protocol.PurposePossession, c, protocol.PossessionPayload(req.Challenge, req.PairingDigest), req.Signature)
 	switch {
 	case errors.Is(err, errRateLimited):
-		return rateLimited(60)
+		return rateLimited()
 	case err != nil:
 		return unavailable()
 	case !ok:

@@ -138,22 +138,23 @@ func (c *Client) httpClient(cert *tls.Certificate) *http.Client {
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
 }
 
-func (c *Client) do(ctx context.Context, hc *http.Client, method, path, contentType string, body []byte) (*http.Response, []byte, error) {
+// do sends a request and returns the status and body (closed).
+func (c *Client) do(ctx context.Context, hc *http.Client, method, path, contentType string, body []byte) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, bytes.NewReader(body))
 	if err != nil {
-		return nil, nil, err
+		return 0, nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, nil, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return nil, nil, err
+		return 0, nil, err
 	}
 	if resp.StatusCode >= 400 {
 		ae := &APIError{Status: resp.StatusCode}
@@ -161,9 +162,9 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path, contentT
 		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
 			ae.RetryAfter = time.Duration(s) * time.Second
 		}
-		return resp, data, ae
+		return resp.StatusCode, data, ae
 	}
-	return resp, data, nil
+	return resp.StatusCode, data, nil
 }
 
 func (c *Client) postJSON(ctx context.Context, path string, in, out any) (int, error) {
@@ -171,16 +172,16 @@ func (c *Client) postJSON(ctx context.Context, path string, in, out any) (int, e
 	if err != nil {
 		return 0, err
 	}
-	resp, data, err := c.do(ctx, c.httpClient(nil), http.MethodPost, path, "application/json", body)
+	status, data, err := c.do(ctx, c.httpClient(nil), http.MethodPost, path, "application/json", body)
 	if err != nil {
 		return 0, err
 	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
-			return resp.StatusCode, err
+			return status, err
 		}
 	}
-	return resp.StatusCode, nil
+	return status, nil
 }
 
 // Challenge asks for a challenge.
@@ -247,7 +248,7 @@ func (c *Client) Enroll(ctx context.Context, identity crypto.Signer, serial, mod
 
 // Enrollment polls a pending enrollment.
 func (c *Client) Enrollment(ctx context.Context, ticket string) (*Issued, error) {
-	resp, data, err := c.do(ctx, c.httpClient(nil), http.MethodGet, protocol.PathEnrollments+url.PathEscape(ticket), "", nil)
+	status, data, err := c.do(ctx, c.httpClient(nil), http.MethodGet, protocol.PathEnrollments+url.PathEscape(ticket), "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +256,7 @@ func (c *Client) Enrollment(ctx context.Context, ticket string) (*Issued, error)
 	if err := json.Unmarshal(data, &out); err != nil {
 		return nil, err
 	}
-	return issued(resp.StatusCode, out)
+	return issued(status, out)
 }
 
 func issued(status int, out protocol.EnrollResponse) (*Issued, error) {

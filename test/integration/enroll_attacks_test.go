@@ -191,7 +191,7 @@ func TestCertificateIdentityIsDerived(t *testing.T) {
 
 	for what, tmpl := range map[string]*x509.CertificateRequest{
 		"another CN":        {Subject: pkix.Name{CommonName: "admin"}, URIs: []*url.URL{wantURI}},
-		"an organisation":   {Subject: pkix.Name{CommonName: serial, Organization: []string{"system:masters"}}, URIs: []*url.URL{wantURI}},
+		"an organisation":   {Subject: pkix.Name{CommonName: serial, Organization: []string{"system:masters"}}, URIs: []*url.URL{wantURI}}, //nolint:misspell // crypto/x509/pkix's field name
 		"a DNS name":        {Subject: pkix.Name{CommonName: serial}, URIs: []*url.URL{wantURI}, DNSNames: []string{"gateway.example"}},
 		"an IP address":     {Subject: pkix.Name{CommonName: serial}, URIs: []*url.URL{wantURI}, IPAddresses: []net.IP{net.ParseIP("10.0.0.1")}},
 		"another SPIFFE ID": {Subject: pkix.Name{CommonName: serial}, URIs: []*url.URL{evil}},
