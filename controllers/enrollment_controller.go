@@ -92,7 +92,7 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		}
 	}()
 
-	dev, err := r.verify(ctx, p)
+	dev, csr, err := r.verify(ctx, p)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -102,16 +102,17 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
 		return reconcile.Result{}, r.confirmPossession(ctx, p, dev, now)
 	}
-	return r.issue(ctx, p, dev)
+	return r.issue(ctx, p, dev, csr)
 }
 
 func reject(p *custodyv1alpha1.DeviceProof, reason, msg string) {
 	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseRejected, reason, msg
 }
 
-// verify checks the proof against the Device. It returns the Device when
-// the proof holds, nil after rejecting it.
-func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.DeviceProof) (*custodyv1alpha1.Device, error) {
+// verify checks the proof against the Device. It returns the Device (and
+// the CSR of an Enroll or Renew proof) when the proof holds, nil after
+// rejecting it.
+func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.DeviceProof) (*custodyv1alpha1.Device, *x509.CertificateRequest, error) {
 	if p.Status.Phase == "" {
 		p.Status.Phase = custodyv1alpha1.DeviceProofPhasePending
 	}
@@ -119,14 +120,21 @@ func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.De
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: p.Spec.DeviceName}, dev); err != nil {
 		if apierrors.IsNotFound(err) {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "No such device.")
-			return nil, nil
+			return nil, nil, nil
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	identityKey, err := protocol.ParsePublicKeyPEM([]byte(dev.Spec.Identity.PublicKey))
 	if err != nil {
 		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The device's identity key cannot be parsed.")
-		return nil, nil
+		return nil, nil, nil
+	}
+	var csr *x509.CertificateRequest
+	if p.Spec.Purpose != custodyv1alpha1.DeviceProofPossession {
+		if csr, err = protocol.ParseCSRPEM([]byte(p.Spec.CSR)); err != nil {
+			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The CSR is not valid.")
+			return nil, nil, nil
+		}
 	}
 	switch p.Spec.Purpose {
 	case custodyv1alpha1.DeviceProofEnroll, custodyv1alpha1.DeviceProofPossession:
@@ -138,51 +146,46 @@ func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.De
 		if err != nil || claims.Purpose != want || claims.SerialNumber != dev.Spec.SerialNumber || claims.Model != dev.Spec.Model ||
 			p.Name != ProofName(claims.Nonce) || !p.CreationTimestamp.Time.Before(claims.ExpiresAt.Add(time.Second)) {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The challenge was not issued for this device and purpose, or had expired.")
-			return nil, nil
+			return nil, nil, nil
 		}
 		var payload []byte
 		if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
 			payload = protocol.PossessionPayload(p.Spec.Challenge, p.Spec.PairingDigest)
 		} else {
-			csr, err := protocol.ParseCSRPEM([]byte(p.Spec.CSR))
-			if err != nil {
-				reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The CSR is not valid.")
-				return nil, nil
-			}
 			payload = protocol.EnrollPayload(p.Spec.Challenge, csr.Raw)
 		}
 		sig, err := base64.StdEncoding.DecodeString(p.Spec.Signature)
 		if err != nil || !protocol.Verify(identityKey, payload, sig) {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The signature does not verify under the device's identity key.")
-			return nil, nil
+			return nil, nil, nil
 		}
 	case custodyv1alpha1.DeviceProofRenew:
 		certs, err := protocol.ParseCertificatesPEM([]byte(p.Spec.ClientCertificate))
-		csr, cerr := protocol.ParseCSRPEM([]byte(p.Spec.CSR))
-		if err != nil || cerr != nil || !currentCertificate(dev, protocol.CertFingerprint(certs[0].Raw)) {
+		if err != nil || !CurrentCertificate(dev, protocol.CertFingerprint(certs[0].Raw)) {
 			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding.")
-			return nil, nil
+			return nil, nil, nil
 		}
 		if !protocol.SameKey(csr.PublicKey, certs[0].PublicKey) {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A renewal must keep the certificate's key; enroll with a fresh challenge to change keys.")
-			return nil, nil
+			return nil, nil, nil
 		}
 	default:
 		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "Unknown purpose.")
-		return nil, nil
+		return nil, nil, nil
 	}
-	return dev, nil
+	return dev, csr, nil
 }
 
-// currentCertificate reports whether fingerprint is a certificate issued
-// under the device's current binding.
-func currentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
+// CurrentCertificate reports whether fingerprint is a certificate the
+// manager issued under the device's current binding. The manager (renewal)
+// and the gateway (every mutual-TLS request) both decide cut-off with it.
+func CurrentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
 	ref := dev.Spec.ClaimRef
 	if ref == nil || dev.Spec.Decommissioned {
 		return false
 	}
 	for _, c := range dev.Status.Certificates {
-		if c.ClaimUID == ref.UID && c.Tenant == ref.Tenant && subtle.ConstantTimeCompare([]byte(c.Fingerprint), []byte(fingerprint)) == 1 {
+		if c.ClaimUID == ref.UID && c.Tenant == ref.Tenant && c.Fingerprint == fingerprint {
 			return true
 		}
 	}
@@ -191,7 +194,7 @@ func currentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
 
 // issue requests the certificate for a verified Enroll or Renew proof and
 // publishes it once cert-manager has signed it.
-func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device) (reconcile.Result, error) {
+func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, csr *x509.CertificateRequest) (reconcile.Result, error) {
 	ref := dev.Spec.ClaimRef
 	if ref == nil || dev.Spec.Decommissioned {
 		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device is not bound to a tenant.")
@@ -199,11 +202,6 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	}
 	if p.Status.ClaimUID != "" && p.Status.ClaimUID != ref.UID {
 		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device's binding changed while its certificate was being issued.")
-		return reconcile.Result{}, nil
-	}
-	csr, err := protocol.ParseCSRPEM([]byte(p.Spec.CSR))
-	if err != nil {
-		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The CSR is not valid.")
 		return reconcile.Result{}, nil
 	}
 	if !protocol.CheckIdentity(csr, protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)) {

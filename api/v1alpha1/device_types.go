@@ -3,6 +3,8 @@ package v1alpha1
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // DeviceIdentity is the identity the device was given at manufacture.
@@ -394,15 +396,5 @@ type DeviceList struct {
 
 // DeviceName is the name of the Device for a model and serial number.
 func DeviceName(model, serialNumber string) string {
-	return lowerASCII(model) + "." + lowerASCII(serialNumber)
-}
-
-func lowerASCII(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + ('a' - 'A')
-		}
-	}
-	return string(b)
+	return protocol.DeviceName(model, serialNumber)
 }

@@ -9,15 +9,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // Record is the output of manufacturing one device.
@@ -55,7 +54,10 @@ func Manufacture(model, serial string) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(pubDER)
+	fingerprint, err := protocol.KeyFingerprint(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
 	return &Record{
 		Device: &custodyv1alpha1.Device{
 			TypeMeta:   metav1.TypeMeta{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Device"},
@@ -69,6 +71,6 @@ func Manufacture(model, serial string) (*Record, error) {
 		},
 		PrivateKeyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}),
 		Code:          code,
-		Fingerprint:   "sha256:" + hex.EncodeToString(sum[:]),
+		Fingerprint:   fingerprint,
 	}, nil
 }

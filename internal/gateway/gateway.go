@@ -297,43 +297,39 @@ func ParseEnrollRequest(body []byte) (protocol.EnrollRequest, *x509.CertificateR
 }
 
 // proveDevice checks a challenge and the device's signature over payload.
-// It returns the Device only when both hold; every failure looks alike.
-func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protocol.Purpose, c challenge.Claims, payload, sig []byte) (*custodyv1alpha1.Device, bool, error) {
+// It returns the Device when both hold, or else the answer to send: the
+// same for every failed proof, so that it never tells whether the serial
+// number exists.
+func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protocol.Purpose, c challenge.Claims, payload, sig []byte) (*custodyv1alpha1.Device, *response) {
+	fail := func(r response) (*custodyv1alpha1.Device, *response) { return nil, &r }
 	if !g.perSerial.allow(c.Model + "/" + c.SerialNumber) {
-		return nil, false, errRateLimited
+		return fail(rateLimited())
 	}
 	if _, err := g.opts.Challenges.Check(token, purpose, c.SerialNumber, c.Model); err != nil {
-		return nil, false, nil
+		return fail(notAccepted())
 	}
 	dev := &custodyv1alpha1.Device{}
 	if err := g.opts.Client.Get(ctx, client.ObjectKey{Name: custodyv1alpha1.DeviceName(c.Model, c.SerialNumber)}, dev); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, false, nil
+			return fail(notAccepted())
 		}
-		return nil, false, err
+		return fail(unavailable())
 	}
 	key, err := protocol.ParsePublicKeyPEM([]byte(dev.Spec.Identity.PublicKey))
 	if err != nil || dev.Spec.SerialNumber != c.SerialNumber || !protocol.Verify(key, payload, sig) {
-		return nil, false, nil
+		return fail(notAccepted())
 	}
-	return dev, true, nil
+	return dev, nil
 }
-
-var errRateLimited = errors.New("rate limited")
 
 func (g *Gateway) enroll(r *http.Request, body []byte) response {
 	req, csr, c, err := ParseEnrollRequest(body)
 	if err != nil {
 		return badRequest("Malformed enrollment: " + err.Error())
 	}
-	dev, ok, err := g.proveDevice(r.Context(), req.Challenge, protocol.PurposeEnroll, c, protocol.EnrollPayload(req.Challenge, csr.Raw), req.Signature)
-	switch {
-	case errors.Is(err, errRateLimited):
-		return rateLimited()
-	case err != nil:
-		return unavailable()
-	case !ok:
-		return notAccepted()
+	dev, failed := g.proveDevice(r.Context(), req.Challenge, protocol.PurposeEnroll, c, protocol.EnrollPayload(req.Challenge, csr.Raw), req.Signature)
+	if failed != nil {
+		return *failed
 	}
 	// From here on the caller has proved the device's key.
 	ref := dev.Spec.ClaimRef
@@ -440,14 +436,9 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 	if err != nil {
 		return badRequest("Malformed possession proof: " + err.Error())
 	}
-	dev, ok, err := g.proveDevice(r.Context(), req.Challenge, protocol.PurposePossession, c, protocol.PossessionPayload(req.Challenge, req.PairingDigest), req.Signature)
-	switch {
-	case errors.Is(err, errRateLimited):
-		return rateLimited()
-	case err != nil:
-		return unavailable()
-	case !ok:
-		return notAccepted()
+	dev, failed := g.proveDevice(r.Context(), req.Challenge, protocol.PurposePossession, c, protocol.PossessionPayload(req.Challenge, req.PairingDigest), req.Signature)
+	if failed != nil {
+		return *failed
 	}
 	proof := &custodyv1alpha1.DeviceProof{
 		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
@@ -491,7 +482,7 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 		return nil, nil, nil, unavailable(), false
 	}
 	ref := dev.Spec.ClaimRef
-	if ref == nil || ref.Tenant != tenant || dev.Spec.Decommissioned || !bindingHasCertificate(dev, protocol.CertFingerprint(leaf.Raw)) {
+	if ref == nil || ref.Tenant != tenant || !controllers.CurrentCertificate(dev, protocol.CertFingerprint(leaf.Raw)) {
 		refused.device = dev.Name
 		return nil, nil, nil, refused, false
 	}
@@ -512,15 +503,6 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 		return nil, nil, nil, refused, false
 	}
 	return dev, leaf, cas, response{}, true
-}
-
-func bindingHasCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
-	for _, c := range dev.Status.Certificates {
-		if c.ClaimUID == dev.Spec.ClaimRef.UID && c.Tenant == dev.Spec.ClaimRef.Tenant && c.Fingerprint == fingerprint {
-			return true
-		}
-	}
-	return false
 }
 
 // ParseHeartbeat parses a heartbeat.

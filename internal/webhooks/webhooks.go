@@ -7,15 +7,8 @@
 package webhooks
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
-	"fmt"
 	"reflect"
 	"slices"
 
@@ -26,6 +19,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // Options configure the webhooks.
@@ -64,7 +58,7 @@ func (v *DeviceValidator) isManager(ctx context.Context) bool {
 // ValidateCreate checks the identity key and that no binding is preset.
 func (v *DeviceValidator) ValidateCreate(ctx context.Context, d *custodyv1alpha1.Device) (admission.Warnings, error) {
 	var errs field.ErrorList
-	if err := validatePublicKey(d.Spec.Identity.PublicKey); err != nil {
+	if _, err := protocol.ParsePublicKeyPEM([]byte(d.Spec.Identity.PublicKey)); err != nil {
 		errs = append(errs, field.Invalid(field.NewPath("spec", "identity", "publicKey"), "(PEM)", err.Error()))
 	}
 	if !v.isManager(ctx) {
@@ -118,32 +112,6 @@ func invalid(name string, errs field.ErrorList) error {
 		return nil
 	}
 	return apierrors.NewInvalid(deviceGK, name, errs)
-}
-
-// validatePublicKey accepts a single PEM "PUBLIC KEY" block holding an
-// ECDSA P-256 or Ed25519 key.
-func validatePublicKey(s string) error {
-	block, rest := pem.Decode([]byte(s))
-	if block == nil || block.Type != "PUBLIC KEY" {
-		return fmt.Errorf("must be one PEM \"PUBLIC KEY\" block (PKIX SubjectPublicKeyInfo)")
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return fmt.Errorf("must hold exactly one PEM block")
-	}
-	key, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		return fmt.Errorf("is not a valid PKIX public key")
-	}
-	switch k := key.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() {
-			return fmt.Errorf("ECDSA keys must use curve P-256")
-		}
-	case ed25519.PublicKey:
-	default:
-		return fmt.Errorf("must be an ECDSA P-256 or Ed25519 key")
-	}
-	return nil
 }
 
 // +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-claim,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims,verbs=create;update,versions=v1alpha1,name=vclaim.custody.dev,admissionReviewVersions=v1

@@ -200,7 +200,7 @@ func (c *Client) Possession(ctx context.Context, key crypto.Signer, serial, mode
 	if err != nil {
 		return err
 	}
-	digest := protocol.PairingDigest(deviceName(model, serial), pairingCode)
+	digest := protocol.PairingDigest(protocol.DeviceName(model, serial), pairingCode)
 	sig, err := protocol.Sign(key, protocol.PossessionPayload(tok, digest))
 	if err != nil {
 		return err
@@ -312,16 +312,6 @@ func (c *Client) Heartbeat(ctx context.Context, cert tls.Certificate, hb protoco
 	}
 	_, _, err = c.do(ctx, c.httpClient(&cert), http.MethodPost, protocol.PathHeartbeat, "application/json", body)
 	return err
-}
-
-func deviceName(model, serial string) string {
-	b := []byte(model + "." + serial)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + ('a' - 'A')
-		}
-	}
-	return string(b)
 }
 
 // IdentityFromMismatch returns the identity a gateway told the device to

@@ -127,6 +127,18 @@ const (
 	ErrUnavailable = "Unavailable"
 )
 
+// DeviceName is the name of the Device resource for a model and serial
+// number: "<model>.<serial>" in lower case.
+func DeviceName(model, serial string) string {
+	b := []byte(model + "." + serial)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return string(b)
+}
+
 // Identity is what a device certificate says: the common name is the serial
 // number and the only SAN is the SPIFFE ID. It is derived from the Device and
 // its binding, never from what the device asks for.
