@@ -1,6 +1,8 @@
-# Builds the custody-manager image: a static binary on distroless, as a
-# non-root user. (Our development machines have no Docker engine; CI builds
-# this where one exists.)
+# Builds a Custody image: a static binary on distroless, as a non-root user.
+# BINARY selects which: manager (default) or gateway, e.g.
+#   docker build --build-arg BINARY=gateway -t custody-gateway .
+# (Our development machines have no Docker engine; CI builds this where one
+# exists.)
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -10,11 +12,13 @@ COPY cmd/ cmd/
 COPY config/ config/
 COPY controllers/ controllers/
 COPY internal/ internal/
+COPY pkg/ pkg/
 ARG TARGETOS=linux
 ARG TARGETARCH=amd64
-RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags="-s -w" -o /out/custody-manager ./cmd/manager
+ARG BINARY=manager
+RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags="-s -w" -o /out/custody ./cmd/$BINARY
 
 FROM gcr.io/distroless/static:nonroot
-COPY --from=build /out/custody-manager /custody-manager
+COPY --from=build /out/custody /custody
 USER 65532:65532
-ENTRYPOINT ["/custody-manager"]
+ENTRYPOINT ["/custody"]
