@@ -142,6 +142,17 @@ func TestProofsThatMustFail(t *testing.T) {
 			t.Errorf("%s: got %d %s, want the uniform %d %s", what, status, body, refStatus, refBody)
 		}
 	}
+	// The possession path answers an unknown serial the same way.
+	ptok, err := g.client().Challenge(context.Background(), "SN-NEVER-MADE", model, protocol.PurposePossession)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := protocol.PairingDigest(protocol.DeviceName(model, "SN-NEVER-MADE"), "ABCD-EFGH")
+	psig, _ := protocol.Sign(unknownKey, protocol.PossessionPayload(ptok, digest))
+	if status, body := g.post(t, protocol.PathPossession, protocol.PossessionRequest{Challenge: ptok, PairingDigest: digest, Signature: psig}); status != refStatus || !bytes.Equal(body, refBody) {
+		t.Errorf("possession for an unknown serial: %d %s", status, body)
+	}
+
 	// A replayed challenge with a fresh body is refused too (single use).
 	g.Clock.Step(-(5*time.Minute + time.Second))
 	reuse := enrollBody(t, g, serial, model, key, good, good)

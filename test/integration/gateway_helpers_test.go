@@ -106,11 +106,7 @@ func (g *gw) client() *device.Client {
 // that compare answers byte for byte.
 func (g *gw) post(t testing.TB, path string, v any) (int, []byte) {
 	t.Helper()
-	body, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := g.srv.Client().Post(g.URL+path, "application/json", bytes.NewReader(body))
+	resp, err := g.srv.Client().Post(g.URL+path, "application/json", jsonBody(t, v))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +116,15 @@ func (g *gw) post(t testing.TB, path string, v any) (int, []byte) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, out
+}
+
+func jsonBody(t testing.TB, v any) *bytes.Reader {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.NewReader(b)
 }
 
 // newAgent writes a manufactured device's key and identity into a device

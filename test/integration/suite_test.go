@@ -173,10 +173,17 @@ func uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, seq.Add(1)
 // newTenant creates a Tenant and waits until it is Ready.
 func newTenant(t testing.TB, members ...custodyv1alpha1.TenantMember) *custodyv1alpha1.Tenant {
 	t.Helper()
+	return newTenantWith(t, func(tn *custodyv1alpha1.Tenant) { tn.Spec.Members = members })
+}
+
+// newTenantWith creates a Tenant shaped by mutate and waits until it is Ready.
+func newTenantWith(t testing.TB, mutate func(*custodyv1alpha1.Tenant)) *custodyv1alpha1.Tenant {
+	t.Helper()
 	tn := &custodyv1alpha1.Tenant{
 		ObjectMeta: metav1.ObjectMeta{Name: uniq("tenant")},
-		Spec:       custodyv1alpha1.TenantSpec{DisplayName: "Test tenant", Members: members},
+		Spec:       custodyv1alpha1.TenantSpec{DisplayName: "Test tenant"},
 	}
+	mutate(tn)
 	if err := admin.Create(context.Background(), tn); err != nil {
 		t.Fatal(err)
 	}
