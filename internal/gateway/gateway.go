@@ -322,6 +322,12 @@ func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protoco
 	return dev, nil
 }
 
+// notBoundRetry is how long an unbound device waits before trying again
+// (seconds): short enough that a device powered up before its owner's claim
+// enrolls soon after the claim binds, long enough that waiting devices cost
+// little.
+const notBoundRetry = 15
+
 func (g *Gateway) enroll(r *http.Request, body []byte) response {
 	req, csr, c, err := ParseEnrollRequest(body)
 	if err != nil {
@@ -335,7 +341,7 @@ func (g *Gateway) enroll(r *http.Request, body []byte) response {
 	ref := dev.Spec.ClaimRef
 	if ref == nil || dev.Spec.Decommissioned {
 		resp := errorResponse(http.StatusConflict, protocol.ErrNotBound, "The device is not bound to a tenant yet; retry later.")
-		resp.retryAfter, resp.device = 60, dev.Name
+		resp.retryAfter, resp.device = notBoundRetry, dev.Name
 		return resp
 	}
 	id := protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)

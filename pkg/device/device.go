@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/custody-dev/custody/pkg/est"
@@ -95,7 +96,10 @@ func NewCSR(key crypto.Signer, id protocol.Identity) ([]byte, error) {
 	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.CommonName}, URIs: []*url.URL{u}}, key)
 }
 
-// Client talks to the gateway.
+// Client talks to the gateway. It is safe for concurrent use and keeps
+// one connection pool for the unauthenticated endpoints; mutual-TLS requests
+// use a connection of their own, closed after the request (they are rare:
+// heartbeats and renewals).
 type Client struct {
 	// BaseURL of the gateway, e.g. https://gateway.example:8443.
 	BaseURL string
@@ -103,6 +107,39 @@ type Client struct {
 	RootCAs *x509.CertPool
 	// HTTP, when set, is used instead of a client built from RootCAs.
 	HTTP *http.Client
+
+	once  sync.Once
+	plain *http.Client
+}
+
+func (c *Client) tlsConfig() *tls.Config {
+	if c.HTTP != nil {
+		if t, ok := c.HTTP.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+			return t.TLSClientConfig.Clone()
+		}
+	}
+	return &tls.Config{RootCAs: c.RootCAs, MinVersion: tls.VersionTLS12}
+}
+
+func newHTTPClient(cfg *tls.Config) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second}}
+}
+
+// httpClient returns the shared client, or with cert a client of its own
+// that the caller must close (CloseIdleConnections) after its request.
+func (c *Client) httpClient(cert *tls.Certificate) *http.Client {
+	if cert == nil {
+		c.once.Do(func() {
+			c.plain = c.HTTP
+			if c.plain == nil {
+				c.plain = newHTTPClient(c.tlsConfig())
+			}
+		})
+		return c.plain
+	}
+	cfg := c.tlsConfig()
+	cfg.Certificates = []tls.Certificate{*cert}
+	return newHTTPClient(cfg)
 }
 
 // APIError is an error answer of the gateway.
@@ -122,23 +159,13 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &ae) && ae.Body.Code == code
 }
 
-func (c *Client) httpClient(cert *tls.Certificate) *http.Client {
-	if c.HTTP != nil && cert == nil {
-		return c.HTTP
-	}
-	cfg := &tls.Config{RootCAs: c.RootCAs, MinVersion: tls.VersionTLS12}
-	if c.HTTP != nil {
-		if t, ok := c.HTTP.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
-			cfg = t.TLSClientConfig.Clone()
-		}
-	}
-	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
-	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+// doTLS sends a mutual-TLS request with cert and closes its connection.
+func (c *Client) doTLS(ctx context.Context, cert tls.Certificate, method, path, contentType string, body []byte) (int, []byte, error) {
+	hc := c.httpClient(&cert)
+	defer hc.CloseIdleConnections()
+	return c.do(ctx, hc, method, path, contentType, body)
 }
 
-// do sends a request and returns the status and body (closed).
 func (c *Client) do(ctx context.Context, hc *http.Client, method, path, contentType string, body []byte) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, bytes.NewReader(body))
 	if err != nil {
@@ -273,7 +300,7 @@ func issued(status int, out protocol.EnrollResponse) (*Issued, error) {
 // Reenroll renews cert over mutual TLS with EST simplereenroll, keeping
 // the key. It returns the new leaf.
 func (c *Client) Reenroll(ctx context.Context, cert tls.Certificate, csrDER []byte) (*x509.Certificate, error) {
-	_, data, err := c.do(ctx, c.httpClient(&cert), http.MethodPost, protocol.PathESTSimpleReenroll, est.ContentTypePKCS10, est.EncodeBase64(csrDER))
+	_, data, err := c.doTLS(ctx, cert, http.MethodPost, protocol.PathESTSimpleReenroll, est.ContentTypePKCS10, est.EncodeBase64(csrDER))
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +320,7 @@ func (c *Client) Reenroll(ctx context.Context, cert tls.Certificate, csrDER []by
 
 // CACerts fetches the tenant CA over mutual TLS (EST cacerts).
 func (c *Client) CACerts(ctx context.Context, cert tls.Certificate) ([]*x509.Certificate, error) {
-	_, data, err := c.do(ctx, c.httpClient(&cert), http.MethodGet, protocol.PathESTCACerts, "", nil)
+	_, data, err := c.doTLS(ctx, cert, http.MethodGet, protocol.PathESTCACerts, "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +337,7 @@ func (c *Client) Heartbeat(ctx context.Context, cert tls.Certificate, hb protoco
 	if err != nil {
 		return err
 	}
-	_, _, err = c.do(ctx, c.httpClient(&cert), http.MethodPost, protocol.PathHeartbeat, "application/json", body)
+	_, _, err = c.doTLS(ctx, cert, http.MethodPost, protocol.PathHeartbeat, "application/json", body)
 	return err
 }
 
