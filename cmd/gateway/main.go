@@ -39,6 +39,7 @@ func run() error {
 	var (
 		listen, metrics, certFile, keyFile, keyFiles, namespace, trustDomain string
 		challengeTTL, wait                                                   time.Duration
+		perClient, perSerial                                                 int
 	)
 	flag.StringVar(&listen, "listen", ":8443", "HTTPS listen address for devices.")
 	flag.StringVar(&metrics, "metrics-bind-address", ":8080", "Metrics listen address (plain HTTP, cluster-internal); 0 disables.")
@@ -49,6 +50,8 @@ func run() error {
 	flag.StringVar(&trustDomain, "trust-domain", controllers.DefaultTrustDomain, "SPIFFE trust domain of device identities (the manager's).")
 	flag.DurationVar(&challengeTTL, "challenge-ttl", 5*time.Minute, "How long a challenge is valid.")
 	flag.DurationVar(&wait, "enroll-wait", 10*time.Second, "How long an enrollment waits for its certificate before answering 202 with a ticket.")
+	flag.IntVar(&perClient, "rate-per-client", 120, "Requests per minute per client address and replica; raise it when many devices share an address (NAT).")
+	flag.IntVar(&perSerial, "rate-per-serial", 30, "Challenges and proofs per minute per serial number and replica.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -75,7 +78,7 @@ func run() error {
 	}
 	reg := prometheus.NewRegistry()
 	g, err := gateway.New(gateway.Options{Client: c, Challenges: iss, Namespace: namespace, TrustDomain: trustDomain, Wait: wait,
-		Log: logger.WithName("gateway"), Registerer: reg})
+		PerClientRate: perClient, PerSerialRate: perSerial, Log: logger.WithName("gateway"), Registerer: reg})
 	if err != nil {
 		return err
 	}
