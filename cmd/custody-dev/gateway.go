@@ -30,9 +30,16 @@ import (
 
 // startGateway runs the device gateway as the gateway's own user, serving
 // TLS with a certificate from the development root CA, and writes its URL
-// and CA bundle into the data directory for custody-device.
+// and CA bundle into the data directory for custody-device. It also writes
+// what a separate custody-gateway process needs (kubeconfig, serving
+// certificate, challenge key) into <dir>/gateway/, so that the load command
+// can run and measure one on its own.
 func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr string, log logr.Logger, done chan<- error) (string, error) {
 	cfg, err := cp.GatewayConfig()
+	if err != nil {
+		return "", err
+	}
+	kubeconfig, err := cp.Kubeconfig(controlplane.GatewayUsername, "system:serviceaccounts", "system:serviceaccounts:custody-system", "system:authenticated")
 	if err != nil {
 		return "", err
 	}
@@ -57,6 +64,28 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	cert, caPEM, err := servingCertificate(ctx, cp)
 	if err != nil {
 		return "", fmt.Errorf("issuing the gateway's certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return "", err
+	}
+	var chainPEM []byte
+	for _, der := range cert.Certificate {
+		chainPEM = append(chainPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	gwDir := filepath.Join(dir, "gateway")
+	if err := os.MkdirAll(gwDir, 0o700); err != nil {
+		return "", err
+	}
+	for name, data := range map[string][]byte{
+		"kubeconfig":    kubeconfig,
+		"tls.crt":       chainPEM,
+		"tls.key":       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		"challenge.key": key,
+	} {
+		if err := os.WriteFile(filepath.Join(gwDir, name), data, 0o600); err != nil {
+			return "", err
+		}
 	}
 	ln, err := tls.Listen("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12})
 	if err != nil {

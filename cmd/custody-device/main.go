@@ -213,7 +213,7 @@ func cmdRun(ctx context.Context, args []string) error {
 
 // cmdSimulate drives N device directories until each has enrolled, and
 // reports throughput and latency. Claims are made by whoever runs the load
-// (hack/load.sh); latency is from the first enrollment attempt to the
+// (hack/load.sh); latency is from a device's first challenge to its
 // certificate.
 func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("simulate", flag.ContinueOnError)
@@ -272,7 +272,7 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 					mu.Unlock()
 					return
 				}
-				time.Sleep(min(next, 500*time.Millisecond))
+				time.Sleep(next) // as the device would: Retry-After, back-off
 			}
 			mu.Lock()
 			failed++
