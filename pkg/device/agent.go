@@ -50,6 +50,9 @@ type Agent struct {
 
 	identity *protocol.Identity
 	backoff  time.Duration
+	// proved: possession was proved since the last NotBound answer, so the
+	// next enrollment step need not prove it again.
+	proved bool
 }
 
 // LoadAgent reads a device directory made by `custody-device init`.
@@ -161,12 +164,18 @@ func (a *Agent) fail(err error) (time.Duration, error) {
 	return a.backoff, err
 }
 
+// pairedRetry is how soon a device that has just proved possession tries
+// to enroll again: its owner's Claim binds within moments of the proof.
+const pairedRetry = 2 * time.Second
+
 func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
-	if code, err := os.ReadFile(filepath.Join(a.Dir, FilePairing)); err == nil { //nolint:gosec // the device directory
+	paired := false
+	if code, err := os.ReadFile(filepath.Join(a.Dir, FilePairing)); err == nil && !a.proved { //nolint:gosec // the device directory
 		if err := a.Client.Possession(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, string(code)); err != nil {
 			return a.fail(err)
 		}
 		a.Log.Info("proved possession with the pairing code")
+		paired, a.proved = true, true
 	}
 	id := protocol.Identity{CommonName: a.ID.SerialNumber, URI: "spiffe://unknown/"}
 	if a.identity != nil {
@@ -193,6 +202,10 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 	}
 	if IsCode(err, protocol.ErrNotBound) {
 		a.Log.Info("not bound to a tenant yet; waiting for the owner's claim")
+		a.proved = false // the Claim may come later: prove again next time
+		if paired {
+			return pairedRetry, err
+		}
 		return a.fail(err)
 	}
 	if err != nil {
