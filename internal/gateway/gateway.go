@@ -324,7 +324,7 @@ func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protoco
 
 // notBoundRetry is how long an unbound device waits before trying again
 // (seconds): short enough that a device powered up before its owner's claim
-// enrolls soon after the claim binds, long enough that waiting devices cost
+// gets its certificate soon after the claim binds, long enough that waiting devices cost
 // little.
 const notBoundRetry = 15
 

@@ -159,11 +159,13 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &ae) && ae.Body.Code == code
 }
 
-// doTLS sends a mutual-TLS request with cert and closes its connection.
-func (c *Client) doTLS(ctx context.Context, cert tls.Certificate, method, path, contentType string, body []byte) (int, []byte, error) {
+// doTLS sends a mutual-TLS request with cert, closes its connection, and
+// returns the response body.
+func (c *Client) doTLS(ctx context.Context, cert tls.Certificate, method, path, contentType string, body []byte) ([]byte, error) {
 	hc := c.httpClient(&cert)
 	defer hc.CloseIdleConnections()
-	return c.do(ctx, hc, method, path, contentType, body)
+	_, data, err := c.do(ctx, hc, method, path, contentType, body)
+	return data, err
 }
 
 func (c *Client) do(ctx context.Context, hc *http.Client, method, path, contentType string, body []byte) (int, []byte, error) {
@@ -300,7 +302,7 @@ func issued(status int, out protocol.EnrollResponse) (*Issued, error) {
 // Reenroll renews cert over mutual TLS with EST simplereenroll, keeping
 // the key. It returns the new leaf.
 func (c *Client) Reenroll(ctx context.Context, cert tls.Certificate, csrDER []byte) (*x509.Certificate, error) {
-	_, data, err := c.doTLS(ctx, cert, http.MethodPost, protocol.PathESTSimpleReenroll, est.ContentTypePKCS10, est.EncodeBase64(csrDER))
+	data, err := c.doTLS(ctx, cert, http.MethodPost, protocol.PathESTSimpleReenroll, est.ContentTypePKCS10, est.EncodeBase64(csrDER))
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +322,7 @@ func (c *Client) Reenroll(ctx context.Context, cert tls.Certificate, csrDER []by
 
 // CACerts fetches the tenant CA over mutual TLS (EST cacerts).
 func (c *Client) CACerts(ctx context.Context, cert tls.Certificate) ([]*x509.Certificate, error) {
-	_, data, err := c.doTLS(ctx, cert, http.MethodGet, protocol.PathESTCACerts, "", nil)
+	data, err := c.doTLS(ctx, cert, http.MethodGet, protocol.PathESTCACerts, "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +339,7 @@ func (c *Client) Heartbeat(ctx context.Context, cert tls.Certificate, hb protoco
 	if err != nil {
 		return err
 	}
-	_, _, err = c.doTLS(ctx, cert, http.MethodPost, protocol.PathHeartbeat, "application/json", body)
+	_, err = c.doTLS(ctx, cert, http.MethodPost, protocol.PathHeartbeat, "application/json", body)
 	return err
 }
 
