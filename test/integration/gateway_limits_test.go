@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +123,15 @@ func TestOperationalKeyAndTenantDuration(t *testing.T) {
 	c := tls.Certificate{Certificate: [][]byte{iss.Leaf.Raw}, PrivateKey: operational, Leaf: iss.Leaf}
 	if err := g.client().Heartbeat(context.Background(), c, protocol.HeartbeatRequest{}); err != nil {
 		t.Fatalf("heartbeat with the operational key's certificate: %v", err)
+	}
+}
+
+// TestGatewayBodyLimit: bodies over protocol.MaxBodyBytes are refused
+// before they are parsed.
+func TestGatewayBodyLimit(t *testing.T) {
+	g := startGateway(t)
+	big := protocol.EnrollRequest{Challenge: strings.Repeat("A", protocol.MaxBodyBytes)}
+	if status, _ := g.post(t, protocol.PathEnroll, big); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a %d-byte body: %d, want 413", protocol.MaxBodyBytes, status)
 	}
 }

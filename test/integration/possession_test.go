@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -112,6 +113,12 @@ func TestClaimByPossession(t *testing.T) {
 	enrollAgent(t, agent)
 	if _, err := os.Stat(filepath.Join(agent.Dir, device.FilePairing)); !os.IsNotExist(err) {
 		t.Fatal("the agent kept the pairing code after enrolling")
+	}
+	// Neither the manager nor the gateway logged a pairing code.
+	for _, code := range []string{mine.Status.Pairing.Code, theirs.Status.Pairing.Code, unmatched} {
+		if strings.Contains(logs.String(), code) || strings.Contains(logs.String(), protocol.NormalizePairingCode(code)) {
+			t.Fatal("a pairing code appears in the logs")
+		}
 	}
 }
 
