@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -120,6 +121,12 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 		in.BoundClaimExists = err == nil && held.UID == in.Device.Spec.ClaimRef.UID && held.DeletionTimestamp.IsZero()
 	}
 
+	if tr := c.Spec.Transfer; tr != nil && in.Device != nil {
+		if err := r.findOffer(ctx, c, &in); err != nil {
+			return in, err
+		}
+	}
+
 	policies := []*custodyv1alpha1.ClaimPolicy{}
 	if in.Tenant != nil {
 		policies = append(policies, in.Tenant.Spec.ClaimPolicy)
@@ -127,7 +134,7 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 	if in.Device != nil {
 		policies = append(policies, in.Device.Spec.ClaimPolicy)
 	}
-	in.Policy = r.Options.ClaimPolicy.Tighten(policies...)
+	in.Policy = r.Options.policyFor(c.Spec.Model).Tighten(policies...)
 
 	// A decided Claim needs no code: do not read Secrets for it.
 	if claimDecided(c) {
@@ -138,6 +145,33 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 		return in, in.CodeErr
 	}
 	return in, nil
+}
+
+// findOffer looks for the Transfer that c accepts: in the namespace of the
+// Tenant spec.transfer.fromTenant names, offering this device to c's
+// tenant. Decide checks the rest (phase, expiry, that the offering Claim
+// still holds the device).
+func (r *ClaimReconciler) findOffer(ctx context.Context, c *custodyv1alpha1.Claim, in *claim.Input) error {
+	from := &custodyv1alpha1.Tenant{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: c.Spec.Transfer.FromTenant}, from); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	in.OfferingNamespace = from.TargetNamespace()
+	if in.Tenant == nil {
+		return nil
+	}
+	var offers custodyv1alpha1.TransferList
+	if err := r.Client.List(ctx, &offers, client.InNamespace(in.OfferingNamespace), client.MatchingFields{indexTransferRecipient: in.Tenant.Name}); err != nil {
+		return err
+	}
+	for i := range offers.Items {
+		o := &offers.Items[i]
+		if o.Status.DeviceName == c.DeviceName() && o.Status.Phase == custodyv1alpha1.TransferPhaseOffered && o.DeletionTimestamp.IsZero() {
+			in.Offer = o
+			return nil
+		}
+	}
+	return nil
 }
 
 // claimDecided reports whether the Claim's outcome no longer depends on a code.
@@ -198,8 +232,12 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		dev := in.Device
 		before := dev.DeepCopy()
 		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		dev.Spec.PendingClaim = nil
 		if d.ConsumeCode {
-			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier), 16)
+			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier))
+		}
+		if d.ConsumeSale {
+			dev.Spec.ConsumedSaleRecords = appendBounded(dev.Spec.ConsumedSaleRecords, dev.Spec.Sale.OrderReference)
 		}
 		// The resourceVersion in the patch makes this the exactly-once step.
 		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
@@ -208,7 +246,19 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		if err := r.failPoint("bound", c); err != nil {
 			return err
 		}
-		return r.finishBind(ctx, c, in, dev, d.Proof, custodyv1alpha1.CustodyEventBound)
+		return r.finishBind(ctx, c, in, dev, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Proof: d.Proof})
+	case claim.ActionTransfer:
+		dev := in.Device
+		before := dev.DeepCopy()
+		from := dev.Spec.ClaimRef.Tenant
+		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		// The resourceVersion makes the move one step: the offering Claim
+		// held the device in the version read, and nobody wrote since.
+		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			return err
+		}
+		return r.finishBind(ctx, c, in, dev, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventTransferred, Proof: d.Proof, FromTenant: from,
+			Reference: in.Offer.Namespace + "/" + in.Offer.Name})
 	case claim.ActionReattach:
 		dev := in.Device
 		before := dev.DeepCopy()
@@ -216,26 +266,110 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 			return err
 		}
-		return r.finishBind(ctx, c, in, dev, "RetainedByTenant", custodyv1alpha1.CustodyEventReattached)
+		return r.finishBind(ctx, c, in, dev, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventReattached, Proof: "RetainedByTenant"})
 	case claim.ActionFinishBind:
 		if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound {
 			return nil // steady state: nothing to repair
 		}
-		return r.finishBind(ctx, c, in, in.Device, boundProof(in.Device, c), custodyv1alpha1.CustodyEventBound)
+		return r.finishBind(ctx, c, in, in.Device, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Proof: boundProof(in.Device, c)})
+	case claim.ActionStartCoolingOff:
+		dev := in.Device
+		before := dev.DeepCopy()
+		dev.Spec.PendingClaim = &custodyv1alpha1.PendingClaim{
+			DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID},
+			Proof:                d.Proof, Until: metav1.NewTime(d.CoolingOffUntil),
+		}
+		// Optimistic: of two claims starting at once, one waits and the
+		// other finds it and disputes.
+		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			return err
+		}
+		r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "CoolingOff", "Claim", "Tenant %s proved ownership (%s) with Claim %s/%s; it binds at %s unless another claim competes.",
+			in.Tenant.Name, d.Proof, c.Namespace, c.Name, d.CoolingOffUntil.UTC().Format(time.RFC3339))
+		return r.record(ctx, dev, c, in, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventClaimed, Proof: d.Proof})
+	case claim.ActionDispute:
+		dev := in.Device
+		before := dev.DeepCopy()
+		me := custodyv1alpha1.PendingClaim{DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, Proof: d.Proof}
+		if dev.Spec.Dispute == nil {
+			dev.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.NewTime(in.Now)}
+			if p := dev.Spec.PendingClaim; p != nil {
+				dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, *p)
+			}
+		}
+		if len(dev.Spec.Dispute.Claims) >= 8 {
+			// The dispute is full; this claim is refused like any other
+			// that arrives while support staff decide.
+			return nil
+		}
+		dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, me)
+		dev.Spec.PendingClaim = nil
+		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			return err
+		}
+		r.Recorder.Eventf(dev, c, corev1.EventTypeWarning, "Disputed", "Claim", "Tenant %s proved ownership (%s) with Claim %s/%s while another claim competes: support staff must resolve the dispute.",
+			in.Tenant.Name, d.Proof, c.Namespace, c.Name)
+		return r.record(ctx, dev, c, in, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventDisputed, Proof: d.Proof})
 	case claim.ActionReportDispute:
+		holder := "another tenant"
+		if ref := in.Device.Spec.ClaimRef; ref != nil {
+			holder = "tenant " + ref.Tenant
+		}
 		r.Recorder.Eventf(in.Device, c, corev1.EventTypeWarning, "CompetingClaim", "Claim",
-			"Tenant %s proved ownership (%s) with Claim %s/%s while the device is held by tenant %s: investigate.", in.Tenant.Name, d.Proof, c.Namespace, c.Name, in.Device.Spec.ClaimRef.Tenant)
+			"Tenant %s proved ownership (%s) with Claim %s/%s while the device is held or claimed by %s: investigate.", in.Tenant.Name, d.Proof, c.Namespace, c.Name, holder)
 	}
 	return nil
+}
+
+// record appends a history entry about Claim c to the device's history,
+// filling in what c says (tenant, Claim, actor).
+func (r *ClaimReconciler) record(ctx context.Context, dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, in claim.Input, rec custodyv1alpha1.CustodyRecord) error {
+	rec.Time = metav1.NewTime(r.Options.Clock.Now())
+	rec.Tenant = in.Tenant.Name
+	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
+	rec.Actor = claimActor(dev, c, rec.Proof)
+	return recordHistory(ctx, r.Client, dev.Name, rec)
+}
+
+// claimActor says who caused a change made for Claim c: the ERP for a
+// sale-record proof, the device for a pairing token, else the user who
+// created the Claim.
+func claimActor(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, proof string) string {
+	switch {
+	case proof == claim.ProofSaleRecord:
+		// The ERP that recorded the sale vouches for this binding.
+		for _, h := range dev.Status.History {
+			if h.Type == custodyv1alpha1.CustodyEventSold && dev.Spec.Sale != nil && h.Reference == dev.Spec.Sale.OrderReference {
+				return h.Actor
+			}
+		}
+		return "erp"
+	case proof == claim.ProofPairingToken:
+		return "device"
+	case c.Spec.RequestedBy != "":
+		return "user:" + c.Spec.RequestedBy
+	}
+	return "tenant:" + c.Namespace
 }
 
 // boundProof is the proof that bound c, as recorded in the device's
 // history, for repairing an interrupted binding.
 func boundProof(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim) string {
 	for _, h := range dev.Status.History {
-		if h.ClaimUID == c.UID && h.Type == custodyv1alpha1.CustodyEventBound {
-			return h.Proof
+		if h.ClaimUID == c.UID {
+			switch h.Type {
+			case custodyv1alpha1.CustodyEventBound, custodyv1alpha1.CustodyEventTransferred:
+				return h.Proof
+			case custodyv1alpha1.CustodyEventResolved:
+				return claim.ProofSupportAward
+			}
 		}
+	}
+	switch {
+	case c.Spec.SaleRecord != nil:
+		return claim.ProofSaleRecord
+	case c.Spec.Transfer != nil:
+		return claim.ProofTransfer
 	}
 	if c.Spec.ClaimCode == nil {
 		return claim.ProofPossession
@@ -246,10 +380,14 @@ func boundProof(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim) string {
 // finishBind does everything that follows a binding; each step is
 // idempotent. The history entry and the consumed Secret are repaired if an
 // earlier reconcile stopped after binding.
-func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, dev *custodyv1alpha1.Device, proof string, typ custodyv1alpha1.CustodyEventType) error {
-	now := r.Options.Clock.Now()
+func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, dev *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord) error {
 	tenantName := dev.Spec.ClaimRef.Tenant
-	if err := recordHistory(ctx, r.Client, dev.Name, custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(now), Type: typ, Tenant: tenantName, Claim: c.Namespace + "/" + c.Name, ClaimUID: c.UID, Proof: proof}); err != nil {
+	typ, proof := rec.Type, rec.Proof
+	rec.Time = metav1.NewTime(r.Options.Clock.Now())
+	rec.Tenant = tenantName
+	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
+	rec.Actor = claimActor(dev, c, proof)
+	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
 		return err
 	}
 	if c.Status.Phase != custodyv1alpha1.ClaimPhaseBound {
@@ -263,7 +401,7 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 		}
 	}
 	// The code is good for one binding: remove it from the cluster.
-	if typ == custodyv1alpha1.CustodyEventBound && c.Spec.ClaimCode != nil {
+	if (typ == custodyv1alpha1.CustodyEventBound || typ == custodyv1alpha1.CustodyEventTransferred) && c.Spec.ClaimCode != nil {
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Spec.ClaimCode.SecretRef.Name}}
 		if err := r.Client.Delete(ctx, secret); client.IgnoreNotFound(err) != nil {
 			return err
@@ -345,6 +483,11 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	if d.Phase != custodyv1alpha1.ClaimPhaseBound {
 		c.Status.Certificate = nil
 	}
+	c.Status.CoolingOffUntil = nil
+	if !d.CoolingOffUntil.IsZero() {
+		t := metav1.NewTime(d.CoolingOffUntil)
+		c.Status.CoolingOffUntil = &t
+	}
 	c.Status.RetryAfter = nil
 	if !d.RetryAfter.IsZero() {
 		t := metav1.NewTime(d.RetryAfter)
@@ -394,6 +537,14 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 	if err != nil && !apierrors.IsNotFound(err) {
 		return reconcile.Result{}, err
 	}
+	if err == nil && (claim.InDispute(dev, c.UID) || (dev.Spec.PendingClaim != nil && dev.Spec.PendingClaim.UID == c.UID)) {
+		if err := r.withdraw(ctx, dev, c); err != nil {
+			if apierrors.IsConflict(err) {
+				return reconcile.Result{RequeueAfter: conflictRetry}, nil
+			}
+			return reconcile.Result{}, err
+		}
+	}
 	if err == nil && dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == c.UID {
 		tenantGone, err := r.tenantDeleting(ctx, dev.Spec.ClaimRef.Tenant)
 		if err != nil {
@@ -419,6 +570,33 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 	return reconcile.Result{}, nil
 }
 
+// withdraw takes a deleted Claim out of the device's cooling-off or dispute.
+// A dispute stays open with the remaining claims until support staff
+// resolve it: the party that withdraws may be the one that started it.
+func (r *ClaimReconciler) withdraw(ctx context.Context, dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim) error {
+	before := dev.DeepCopy()
+	if p := dev.Spec.PendingClaim; p != nil && p.UID == c.UID {
+		dev.Spec.PendingClaim = nil
+	}
+	if dp := dev.Spec.Dispute; dp != nil {
+		kept := dp.Claims[:0:0]
+		for _, p := range dp.Claims {
+			if p.UID != c.UID {
+				kept = append(kept, p)
+			}
+		}
+		dp.Claims = kept
+		if len(kept) == 0 {
+			dev.Spec.Dispute = nil
+		}
+	}
+	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "ClaimWithdrawn", "Claim", "Claim %s/%s was deleted while cooling off or disputed; it no longer competes for the device.", c.Namespace, c.Name)
+	return nil
+}
+
 func (r *ClaimReconciler) tenantDeleting(ctx context.Context, name string) (bool, error) {
 	t := &custodyv1alpha1.Tenant{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
@@ -438,15 +616,19 @@ func (r *ClaimReconciler) failPoint(point string, c *custodyv1alpha1.Claim) erro
 	return nil
 }
 
-func appendBounded(list []string, v string, max int) []string {
+// maxConsumed bounds the manager's lists of used proofs (the CRD's MaxItems).
+const maxConsumed = 16
+
+// appendBounded adds v to list once, keeping the newest maxConsumed.
+func appendBounded(list []string, v string) []string {
 	for _, x := range list {
 		if x == v {
 			return list
 		}
 	}
 	list = append(list, v)
-	if len(list) > max {
-		list = list[len(list)-max:]
+	if len(list) > maxConsumed {
+		list = list[len(list)-maxConsumed:]
 	}
 	return list
 }
@@ -471,11 +653,44 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 	})
 	byDevice := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		d := o.(*custodyv1alpha1.Device)
-		if ref := d.Spec.ClaimRef; ref != nil {
-			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}}}
+		var reqs []reconcile.Request
+		add := func(ref custodyv1alpha1.DeviceClaimReference) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}})
 		}
-		return nil
+		if ref := d.Spec.ClaimRef; ref != nil {
+			add(*ref)
+		}
+		if p := d.Spec.PendingClaim; p != nil {
+			add(p.DeviceClaimReference)
+		}
+		if dp := d.Spec.Dispute; dp != nil {
+			for _, p := range dp.Claims {
+				add(p.DeviceClaimReference)
+			}
+		}
+		return reqs
 	})
+	// Claims that wait on a device that is not bound to them (cooling off
+	// that ended in a reset, a dispute resolved, a transfer offered) are
+	// found through the device-name index.
+	byDeviceName := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return claimsFor(ctx, client.MatchingFields{indexClaimDevice: o.GetName()})
+	})
+	byTransfer := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		tr := o.(*custodyv1alpha1.Transfer)
+		if tr.Status.DeviceName == "" {
+			return nil
+		}
+		return claimsFor(ctx, client.MatchingFields{indexClaimDevice: tr.Status.DeviceName})
+	})
+	// Only changes of ownership fields concern waiting Claims; heartbeats
+	// and certificates do not.
+	ownershipChanged := predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld.(*custodyv1alpha1.Device), e.ObjectNew.(*custodyv1alpha1.Device)
+			return !equality.Semantic.DeepEqual(o.Spec, n.Spec)
+		},
+	}
 	byTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		return claimsFor(ctx, client.InNamespace(o.(*custodyv1alpha1.Tenant).TargetNamespace()))
 	})
@@ -491,6 +706,8 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 	return ctrl.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Claim{}).
 		Watches(&custodyv1alpha1.Device{}, byDevice).
+		Watches(&custodyv1alpha1.Device{}, byDeviceName, ctrl.WithPredicates(ownershipChanged)).
+		Watches(&custodyv1alpha1.Transfer{}, byTransfer).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, ctrl.WithPredicates(readinessChanged)).
 		WatchesMetadata(&corev1.Secret{}, bySecret).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentClaims}).

@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,7 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
-	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -19,27 +22,47 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/history"
 )
 
 // maxHistory bounds Device.status.history (the CRD's MaxItems).
 const maxHistory = 32
 
 // DeviceReconciler keeps a Device's phase, conditions and summary in line
-// with its spec.
+// with its spec, records sales in its history, ends the binding of a
+// decommissioned device, and opens the Claim of a direct sale.
 type DeviceReconciler struct {
-	Client   client.Client
-	Recorder events.EventRecorder
-	Options  Options
+	Client client.Client
+	// APIReader reads Devices with their managedFields (the cache strips
+	// them), to record which ERP field manager wrote a sale.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Options   Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=devices,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=custody.dev,resources=devices/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=create
 
 // Reconcile computes one Device's status.
 func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	device := &custodyv1alpha1.Device{}
 	if err := r.Client.Get(ctx, req.NamespacedName, device); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if err := r.recordSale(ctx, device); err != nil {
+		return reconcile.Result{}, err
+	}
+	if device.Spec.Decommissioned {
+		if err := r.decommission(ctx, device); err != nil {
+			if apierrors.IsConflict(err) {
+				return reconcile.Result{RequeueAfter: conflictRetry}, nil
+			}
+			return reconcile.Result{}, err
+		}
+	}
+	if err := r.openDirectSale(ctx, device); err != nil {
+		return reconcile.Result{}, err
 	}
 	before := device.DeepCopy()
 
@@ -63,6 +86,98 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	return reconcile.Result{}, nil
 }
 
+// recordSale records the ERP's sale in the device's history, once per
+// order reference, with the ERP's field manager as the actor.
+func (r *DeviceReconciler) recordSale(ctx context.Context, d *custodyv1alpha1.Device) error {
+	sale := d.Spec.Sale
+	if sale == nil {
+		return nil
+	}
+	for _, h := range d.Status.History {
+		if h.Type == custodyv1alpha1.CustodyEventSold && h.Reference == sale.OrderReference {
+			return nil
+		}
+	}
+	full := &custodyv1alpha1.Device{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(d), full); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	rec := custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(r.Options.Clock.Now()), Type: custodyv1alpha1.CustodyEventSold,
+		Tenant: claim.SaleHolder(d), Reference: sale.OrderReference, Actor: "erp:" + fieldManagerOf(full, "f:spec", "f:sale")}
+	switch {
+	case sale.CustodianTenant != "":
+		rec.Proof = "Custodian"
+	case sale.OwnerTenant != "":
+		rec.Proof = "Owner"
+	}
+	return recordHistory(ctx, r.Client, d.Name, rec)
+}
+
+// decommission ends the binding, cooling-off and dispute of a
+// decommissioned device. The history entry is written first, so that a
+// crash in between still leaves the former holder on record.
+func (r *DeviceReconciler) decommission(ctx context.Context, d *custodyv1alpha1.Device) error {
+	n := len(d.Status.History)
+	if n == 0 || d.Status.History[n-1].Type != custodyv1alpha1.CustodyEventDecommissioned {
+		rec := custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(r.Options.Clock.Now()), Type: custodyv1alpha1.CustodyEventDecommissioned,
+			Proof: "Decommissioned", Actor: "erp:" + r.decommissionedBy(ctx, d), Reference: fmt.Sprintf("generation/%d", d.Generation)}
+		if ref := d.Spec.ClaimRef; ref != nil {
+			rec.Tenant, rec.Claim, rec.ClaimUID = ref.Tenant, ref.Namespace+"/"+ref.Name, ref.UID
+		}
+		if err := recordHistory(ctx, r.Client, d.Name, rec); err != nil {
+			return err
+		}
+	}
+	if d.Spec.ClaimRef == nil && d.Spec.PendingClaim == nil && d.Spec.Dispute == nil {
+		return nil
+	}
+	before := d.DeepCopy()
+	released := d.Spec.ClaimRef
+	d.Spec.ClaimRef, d.Spec.PendingClaim, d.Spec.Dispute = nil, nil, nil
+	if err := r.Client.Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	if released != nil {
+		r.Recorder.Eventf(d, nil, corev1.EventTypeNormal, "Decommissioned", "Release", "Decommissioned: released from tenant %s (claim %s/%s); its certificates are refused from now on.", released.Tenant, released.Namespace, released.Name)
+	}
+	return nil
+}
+
+func (r *DeviceReconciler) decommissionedBy(ctx context.Context, d *custodyv1alpha1.Device) string {
+	full := &custodyv1alpha1.Device{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(d), full); err != nil {
+		return "unknown"
+	}
+	return fieldManagerOf(full, "f:spec", "f:decommissioned")
+}
+
+// openDirectSale creates the Claim of a direct sale in the owner tenant's
+// namespace, named after the device; the claim controller binds it with the
+// sale record as proof. Nothing is created when policy forbids sale-record
+// proofs or the device is held, claimed or used.
+func (r *DeviceReconciler) openDirectSale(ctx context.Context, d *custodyv1alpha1.Device) error {
+	sale := d.Spec.Sale
+	if sale == nil || sale.OwnerTenant == "" || d.Spec.Decommissioned || d.Spec.ClaimRef != nil || d.Spec.PendingClaim != nil || d.Spec.Dispute != nil || claim.SaleConsumed(d) {
+		return nil
+	}
+	t := &custodyv1alpha1.Tenant{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: sale.OwnerTenant}, t); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !tenantUsable(t) || r.Options.policyFor(d.Spec.Model).Tighten(d.Spec.ClaimPolicy, t.Spec.ClaimPolicy).SaleRecordForbidden {
+		return nil
+	}
+	c := &custodyv1alpha1.Claim{
+		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: t.TargetNamespace(), Labels: map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}},
+		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: d.Spec.SerialNumber, Model: d.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{},
+			ReleasePolicy: custodyv1alpha1.ReleasePolicyRetain},
+	}
+	if err := r.Client.Create(ctx, c); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
+
 // DeviceStatus sets a Device's phase and conditions from its spec and
 // history. tenant is the bound Tenant, nil if unbound or missing.
 func DeviceStatus(d *custodyv1alpha1.Device, tenant *custodyv1alpha1.Tenant) {
@@ -79,12 +194,21 @@ func DeviceStatus(d *custodyv1alpha1.Device, tenant *custodyv1alpha1.Tenant) {
 	case d.Spec.Decommissioned:
 		d.Status.Phase = custodyv1alpha1.DevicePhaseDecommissioned
 		set(custodyv1alpha1.DeviceConditionClaimable, false, custodyv1alpha1.DeviceReasonDecommissioned, "The device is decommissioned.")
+	case d.Spec.Dispute != nil:
+		d.Status.Phase = custodyv1alpha1.DevicePhaseDisputed
+		set(custodyv1alpha1.DeviceConditionClaimable, false, custodyv1alpha1.DeviceReasonDisputed, fmt.Sprintf("%d valid claims compete for the device; support staff resolve it with a SupportAction.", len(d.Spec.Dispute.Claims)))
+	case d.Spec.PendingClaim != nil:
+		d.Status.Phase = custodyv1alpha1.DevicePhasePending
+		set(custodyv1alpha1.DeviceConditionClaimable, false, custodyv1alpha1.DeviceReasonCoolingOff, "A claim by tenant "+d.Spec.PendingClaim.Tenant+" waits out its cooling-off period until "+d.Spec.PendingClaim.Until.UTC().Format(time.RFC3339)+".")
 	case d.Spec.ClaimRef != nil:
 		d.Status.Phase = custodyv1alpha1.DevicePhaseBound
 		set(custodyv1alpha1.DeviceConditionClaimable, false, custodyv1alpha1.DeviceReasonBound, "The device is bound to tenant "+d.Spec.ClaimRef.Tenant+".")
 		if tenant == nil {
 			ready, readyReason, readyMsg = false, custodyv1alpha1.DeviceReasonTenantMissing, "The device is bound to Tenant "+d.Spec.ClaimRef.Tenant+", which does not exist. Support staff must release it."
 		}
+	case claim.HeldUnderSale(d, ""):
+		d.Status.Phase = custodyv1alpha1.DevicePhaseAvailable
+		set(custodyv1alpha1.DeviceConditionClaimable, false, custodyv1alpha1.DeviceReasonInCustody, "The sale record names tenant "+claim.SaleHolder(d)+", which takes the device with a sale-record Claim; nobody else can claim it until that tenant transfers or releases it.")
 	case d.Spec.ClaimCode == nil:
 		d.Status.Phase = phaseUnbound(d)
 		set(custodyv1alpha1.DeviceConditionClaimable, false, custodyv1alpha1.DeviceReasonNoClaimCode, "spec.claimCode is not set.")
@@ -108,37 +232,41 @@ func phaseUnbound(d *custodyv1alpha1.Device) custodyv1alpha1.DevicePhase {
 	return custodyv1alpha1.DevicePhaseAvailable
 }
 
-// appendHistory adds rec to d's history unless an entry of the same type
-// for the same Claim is already there (retried reconciles), keeping the
-// newest maxHistory entries. It reports whether it added anything.
-func appendHistory(d *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord) bool {
-	for _, h := range d.Status.History {
-		if h.Type == rec.Type && h.ClaimUID == rec.ClaimUID && h.Tenant == rec.Tenant {
-			return false
-		}
-	}
-	d.Status.History = append(d.Status.History, rec)
-	if n := len(d.Status.History); n > maxHistory {
-		d.Status.History = d.Status.History[n-maxHistory:]
-	}
-	return true
+// appendHistory adds rec to d's history as the next link of its hash
+// chain, unless it is already there (retried reconciles), keeping the
+// newest maxHistory entries. It returns the entry added, nil if none was.
+func appendHistory(d *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord) *custodyv1alpha1.CustodyRecord {
+	var added *custodyv1alpha1.CustodyRecord
+	d.Status.History, added = history.Append(d.Status.History, rec, maxHistory)
+	return added
 }
+
+// auditLog receives one line per custody history entry, with the whole
+// entry: the complete, verifiable chain (`custodyctl history verify
+// --audit-log`), where the Device keeps only the newest entries.
+var auditLog = ctrl.Log.WithName("audit")
 
 // recordHistory appends rec to the history of Device name, re-reading the
 // Device on conflict (the device controller writes its status too). It is
-// idempotent: appendHistory ignores an entry that is already there.
+// idempotent: appendHistory ignores an entry that is already there. Each
+// entry written is logged to the audit log once the write succeeded.
 func recordHistory(ctx context.Context, c client.Client, name string, rec custodyv1alpha1.CustodyRecord) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	var added *custodyv1alpha1.CustodyRecord
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		d := &custodyv1alpha1.Device{}
 		if err := c.Get(ctx, client.ObjectKey{Name: name}, d); err != nil {
 			return client.IgnoreNotFound(err)
 		}
 		before := d.DeepCopy()
-		if !appendHistory(d, rec) {
+		if added = appendHistory(d, rec); added == nil {
 			return nil
 		}
 		return c.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 	})
+	if err == nil && added != nil {
+		auditLog.Info(history.AuditMessage, "device", name, "entry", added)
+	}
+	return err
 }
 
 // releaseDevice clears a Device's binding (only if it is still bound to
@@ -168,8 +296,36 @@ func releaseDevice(ctx context.Context, c client.Client, rec events.EventRecorde
 
 // SetupWithManager registers the controller.
 func (r *DeviceReconciler) SetupWithManager(mgr manager.Manager) error {
-	return ctrl.ControllerManagedBy(mgr).
+	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}).
 		Named("device").
 		Complete(r)
+}
+
+// fieldManagerOf names the field manager that owns the field at path in
+// obj's managedFields (for example the ERP's for spec.sale), "unknown" if
+// none does.
+func fieldManagerOf(obj metav1.Object, path ...string) string {
+	for _, mf := range obj.GetManagedFields() {
+		if mf.FieldsV1 == nil {
+			continue
+		}
+		var tree map[string]any
+		if err := json.Unmarshal(mf.FieldsV1.GetRawBytes(), &tree); err != nil {
+			continue
+		}
+		found := true
+		for _, p := range path {
+			next, ok := tree[p].(map[string]any)
+			if !ok {
+				found = false
+				break
+			}
+			tree = next
+		}
+		if found {
+			return mf.Manager
+		}
+	}
+	return "unknown"
 }

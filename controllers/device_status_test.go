@@ -70,7 +70,7 @@ func TestDeviceStatus(t *testing.T) {
 func TestAppendHistoryIsIdempotentAndBounded(t *testing.T) {
 	d := &custodyv1alpha1.Device{}
 	rec := custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Tenant: "acme", ClaimUID: "u"}
-	if !appendHistory(d, rec) || appendHistory(d, rec) {
+	if appendHistory(d, rec) == nil || appendHistory(d, rec) != nil {
 		t.Fatal("the same change was recorded twice")
 	}
 	for i := range 2 * maxHistory {

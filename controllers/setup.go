@@ -48,6 +48,17 @@ type Options struct {
 	PairingTTL time.Duration
 	// ProofRetention is how long finished DeviceProofs are kept.
 	ProofRetention time.Duration
+	// ModelPolicies tighten the claim policy for devices of a model (by
+	// spec.model), on top of ClaimPolicy.
+	ModelPolicies map[string]*custodyv1alpha1.ClaimPolicy
+	// TransferTTL is how long a Transfer offer waits for its recipient.
+	TransferTTL time.Duration
+}
+
+// policyFor is the operator's policy for a model: the default tightened by
+// the model's policy, if any.
+func (o *Options) policyFor(model string) claim.Policy {
+	return o.ClaimPolicy.Tighten(o.ModelPolicies[model])
 }
 
 // Defaults of Options.
@@ -56,6 +67,7 @@ const (
 	DefaultCertificateDuration = 24 * time.Hour
 	DefaultPairingTTL          = 24 * time.Hour
 	DefaultProofRetention      = time.Hour
+	DefaultTransferTTL         = 7 * 24 * time.Hour
 )
 
 func (o *Options) defaults() {
@@ -83,6 +95,9 @@ func (o *Options) defaults() {
 	if o.ProofRetention == 0 {
 		o.ProofRetention = DefaultProofRetention
 	}
+	if o.TransferTTL == 0 {
+		o.TransferTTL = DefaultTransferTTL
+	}
 }
 
 type argon2Verifier struct{}
@@ -104,6 +119,10 @@ const (
 	indexTenantNamespace = "custody.targetNamespace"
 	indexClaimSecret     = "spec.claimCode.secretRef.name" //nolint:gosec // a field path, not a credential
 	indexClaimDevice     = "custody.deviceName"
+	// indexTransferRecipient indexes Transfers by recipient tenant.
+	indexTransferRecipient = "spec.recipient.tenant"
+	// indexTransferDevice indexes Transfers by status.deviceName.
+	indexTransferDevice = "status.deviceName"
 )
 
 // Setup registers the indexes and every controller with mgr.
@@ -138,14 +157,34 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Transfer{}, indexTransferRecipient, func(o client.Object) []string {
+		if r := o.(*custodyv1alpha1.Transfer).Spec.Recipient; r != nil {
+			return []string{r.Tenant}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Transfer{}, indexTransferDevice, func(o client.Object) []string {
+		if n := o.(*custodyv1alpha1.Transfer).Status.DeviceName; n != "" {
+			return []string{n}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+
 	recorder := mgr.GetEventRecorder(FieldOwner)
 	reconcilers := []struct {
 		name  string
 		setup func(ctrl.Manager) error
 	}{
 		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
-		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"device", (&DeviceReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"supportaction", (&SupportActionReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 	}

@@ -37,6 +37,32 @@ type ClaimCodeProof struct {
 // no fields today; its presence is the request.
 type PossessionProof struct{}
 
+// SaleRecordProof offers the ERP's sale record as proof: the device's
+// spec.sale names this Claim's tenant as custodian or owner. It has no
+// fields; its presence is the offer.
+type SaleRecordProof struct{}
+
+// TransferAcceptance accepts a transfer offered by the device's current
+// holder with a Transfer naming this Claim's tenant.
+type TransferAcceptance struct {
+	// fromTenant is the Tenant offering the device.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=50
+	FromTenant string `json:"fromTenant"`
+}
+
+// PairingTokenProof records that the device itself presented one of the
+// tenant's pairing tokens together with a possession proof. Only the
+// manager creates Claims with it.
+type PairingTokenProof struct {
+	// secretName is the pairing-token Secret, in this namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName"`
+}
+
 // ReleasePolicy says what happens to a bound Device when its Claim is deleted.
 // +kubebuilder:validation:Enum=Retain;Release
 type ReleasePolicy string
@@ -52,7 +78,11 @@ const (
 )
 
 // ClaimSpec is a tenant's request for one device.
-// +kubebuilder:validation:XValidation:rule="has(self.claimCode) || has(self.possession)",message="a Claim must offer a proof of ownership: set claimCode.secretRef to the Secret holding the claim code, and/or possession: {} to pair with the device",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="has(self.claimCode) || has(self.possession) || has(self.saleRecord) || has(self.transfer)",message="a Claim must offer a proof of ownership: claimCode.secretRef (the Secret holding the claim code) and/or possession: {} (pair with the device), or saleRecord: {} (the ERP's sale names this tenant), or transfer.fromTenant (accept a transfer)",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="!(has(self.saleRecord) || has(self.transfer)) || (!has(self.claimCode) && !has(self.possession) && !(has(self.saleRecord) && has(self.transfer)))",message="saleRecord and transfer are proofs on their own: do not combine them with each other or with claimCode or possession",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!has(self.pairingToken) || (has(self.possession) && !has(self.claimCode))",message="a pairing-token Claim is created by the manager with a possession proof",fieldPath=".pairingToken",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="has(self.saleRecord) == has(oldSelf.saleRecord) && has(self.transfer) == has(oldSelf.transfer) && (!has(self.transfer) || self.transfer == oldSelf.transfer) && has(self.pairingToken) == has(oldSelf.pairingToken) && (!has(self.pairingToken) || self.pairingToken == oldSelf.pairingToken)",message="the proof of a Claim cannot be changed once made: create a new Claim",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="has(self.requestedBy) == has(oldSelf.requestedBy) && (!has(self.requestedBy) || self.requestedBy == oldSelf.requestedBy)",message="requestedBy is set by the admission webhook when the Claim is created and cannot be changed",fieldPath=".requestedBy",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="self.serialNumber == oldSelf.serialNumber && self.model == oldSelf.model",message="serialNumber and model are immutable: create a new Claim for another device",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="has(self.claimCode) == has(oldSelf.claimCode) && (!has(self.claimCode) || self.claimCode == oldSelf.claimCode)",message="the proof of a Claim cannot be changed once made: create a new Claim",fieldPath=".claimCode",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="has(self.possession) == has(oldSelf.possession)",message="the proof of a Claim cannot be changed once made: create a new Claim",fieldPath=".possession",reason=FieldValueForbidden
@@ -84,6 +114,30 @@ type ClaimSpec struct {
 	// +optional
 	Possession *PossessionProof `json:"possession,omitempty"`
 
+	// saleRecord offers the ERP's sale record as proof: it binds when the
+	// device's sale names this tenant (custodianTenant or ownerTenant), the
+	// record has not been used, and policy allows sale-record proofs.
+	// +optional
+	SaleRecord *SaleRecordProof `json:"saleRecord,omitempty"`
+
+	// transfer accepts a transfer of the device that its current holder
+	// offered to this tenant with a Transfer. The binding moves in one step.
+	// +optional
+	Transfer *TransferAcceptance `json:"transfer,omitempty"`
+
+	// pairingToken is set by the manager on the Claim it creates when a
+	// device presents one of this tenant's pairing tokens with a possession
+	// proof. Users cannot set it.
+	// +optional
+	PairingToken *PairingTokenProof `json:"pairingToken,omitempty"`
+
+	// requestedBy is the user who created the Claim, as the API server
+	// authenticated them. The admission webhook sets it; it is recorded in
+	// the device's custody history.
+	// +optional
+	// +kubebuilder:validation:MaxLength=320
+	RequestedBy string `json:"requestedBy,omitempty"`
+
 	// releasePolicy says what happens to the device when this Claim is
 	// deleted: Retain (the default) keeps it bound to the tenant so that a new
 	// Claim can take it over; Release ends the binding at once.
@@ -104,14 +158,15 @@ const (
 	// with the pairing code in status.pairing.
 	ClaimPhaseAwaitingDevice ClaimPhase = "AwaitingDevice"
 	// ClaimPhaseCoolingOff: proven, waiting out the cooling-off period
-	// (reserved for the cooling-off journey).
+	// (status.coolingOffUntil); a competing claim meanwhile is a dispute.
 	ClaimPhaseCoolingOff ClaimPhase = "CoolingOff"
 	// ClaimPhaseBound: the device is bound to this Claim.
 	ClaimPhaseBound ClaimPhase = "Bound"
 	// ClaimPhaseDenied: the proof was not accepted. Final: create a new Claim.
 	ClaimPhaseDenied ClaimPhase = "Denied"
 	// ClaimPhaseDisputed: the proof was valid but the device is held by
-	// another tenant; support staff have been told.
+	// another tenant, or another valid claim competes for it; support staff
+	// have been told and resolve it.
 	ClaimPhaseDisputed ClaimPhase = "Disputed"
 	// ClaimPhaseLost: the device was bound to this Claim and no longer is
 	// (released by support, transferred or decommissioned).
@@ -157,8 +212,8 @@ type ClaimCertificate struct {
 
 // ClaimStatus is the observed state of a Claim.
 type ClaimStatus struct {
-	// phase says where the claim stands: Pending, Bound, Denied, Disputed,
-	// Lost (and AwaitingDevice, CoolingOff for later journeys).
+	// phase says where the claim stands: Pending, AwaitingDevice,
+	// CoolingOff, Bound, Denied, Disputed or Lost.
 	// +optional
 	Phase ClaimPhase `json:"phase,omitempty"`
 
@@ -177,6 +232,10 @@ type ClaimStatus struct {
 	// certificate is the bound device's current certificate (public part).
 	// +optional
 	Certificate *ClaimCertificate `json:"certificate,omitempty"`
+
+	// coolingOffUntil is when the cooling-off period of this Claim ends.
+	// +optional
+	CoolingOffUntil *metav1.Time `json:"coolingOffUntil,omitempty"`
 
 	// retryAfter is set while claims of this tenant for this serial number are
 	// throttled after failed attempts; the claim is verified after it.
@@ -234,6 +293,21 @@ const (
 	// claim policy needs another one (see the message): create a new Claim
 	// offering it.
 	ClaimReasonProofRequired = "AdditionalProofRequired"
+	// ClaimReasonCoolingOff: wait until status.coolingOffUntil; the claim
+	// binds then unless another claim competes.
+	ClaimReasonCoolingOff = "CoolingOff"
+	// ClaimReasonDisputed: another valid claim competes for the device;
+	// support staff resolve the dispute.
+	ClaimReasonDisputed = "DeviceDisputed"
+	// ClaimReasonDisputeLost: support staff awarded the device to another
+	// claim, or reset it.
+	ClaimReasonDisputeLost = "DisputeResolvedForAnother"
+	// ClaimReasonNoTransferOffer: no Transfer of this device to this tenant
+	// is on offer from fromTenant; ask the holder to create one.
+	ClaimReasonNoTransferOffer = "NoTransferOffer"
+	// ClaimReasonSaleRecordNotValid: the device's sale record does not name
+	// this tenant, has been used, or policy forbids sale-record proofs.
+	ClaimReasonSaleRecordNotValid = "SaleRecordNotValid"
 	// ClaimReasonDeleting: the Claim is being deleted.
 	ClaimReasonDeleting = "Deleting"
 )

@@ -48,6 +48,7 @@ type Buyer struct {
 }
 
 // SaleRecord is the ERP's record of the sale of a device.
+// +kubebuilder:validation:XValidation:rule="!has(self.custodianTenant) || !has(self.ownerTenant)",message="a sale names either a custodianTenant (a wholesaler that sells the device on) or an ownerTenant (a direct sale), not both",reason=FieldValueInvalid
 type SaleRecord struct {
 	// orderReference is the ERP's order reference. It is printed on bills of
 	// sale and shipping forms, so it is never accepted as a proof of ownership.
@@ -60,11 +61,22 @@ type SaleRecord struct {
 	// +required
 	Buyer Buyer `json:"buyer"`
 
-	// custodianTenant names the registered Tenant that bought the device, when
-	// the buyer is one (typically a wholesaler). Used by the custodian journey.
+	// custodianTenant names the registered Tenant that bought the device to
+	// sell it on (a wholesaler or distributor). Until the custodian releases
+	// or transfers the device, claims from other tenants are refused, so a
+	// claim code photographed in its warehouse is worthless. The custodian
+	// takes the device with a Claim offering spec.saleRecord.
 	// +optional
 	// +kubebuilder:validation:MaxLength=50
 	CustodianTenant string `json:"custodianTenant,omitempty"`
+
+	// ownerTenant names the registered Tenant that bought the device for its
+	// own use (a direct sale). When the claim policies allow sale-record
+	// proofs, the manager creates a Claim in that tenant's namespace and binds
+	// it without a claim code: this sale record is the proof.
+	// +optional
+	// +kubebuilder:validation:MaxLength=50
+	OwnerTenant string `json:"ownerTenant,omitempty"`
 
 	// soldAt is when the sale happened.
 	// +optional
@@ -101,7 +113,6 @@ type DeviceClaimReference struct {
 // DeviceSpec is the manufacturer's record of one physical device.
 // +kubebuilder:validation:XValidation:rule="self.serialNumber == oldSelf.serialNumber && self.model == oldSelf.model",message="serialNumber and model are immutable: they name the physical device",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="self.identity == oldSelf.identity",message="identity is immutable: a device's factory key never changes; decommission the device and register its replacement instead",fieldPath=".identity",reason=FieldValueForbidden
-// +kubebuilder:validation:XValidation:rule="!has(self.claimRef) || !(has(self.decommissioned) && self.decommissioned)",message="a decommissioned device cannot be bound",fieldPath=".claimRef",reason=FieldValueForbidden
 type DeviceSpec struct {
 	// serialNumber is the serial number printed on the device, in upper case.
 	// Immutable.
@@ -136,8 +147,11 @@ type DeviceSpec struct {
 	// +optional
 	ClaimPolicy *ClaimPolicy `json:"claimPolicy,omitempty"`
 
-	// decommissioned takes the device out of service for good: it cannot be
-	// claimed, and a bound device must be released first.
+	// decommissioned takes the device out of service (RMA, scrap): the
+	// manager ends its binding at once (its certificates stop renewing and
+	// are refused at the gateway), and it cannot be claimed or enrolled.
+	// Setting it back to false returns the device to service unbound; its
+	// next owner needs a fresh claim code.
 	// +optional
 	Decommissioned bool `json:"decommissioned,omitempty"`
 
@@ -158,6 +172,58 @@ type DeviceSpec struct {
 	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:items:MaxLength=71
 	ConsumedClaimCodes []string `json:"consumedClaimCodes,omitempty"`
+
+	// consumedSaleRecords lists the order references of sale records that
+	// have already been used as proof (by the custodian or the direct-sale
+	// owner). A used sale record proves nothing again and no longer holds
+	// the device in custody. Written only by the manager.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=128
+	ConsumedSaleRecords []string `json:"consumedSaleRecords,omitempty"`
+
+	// pendingClaim is the Claim waiting out its cooling-off period. A second
+	// valid claim meanwhile turns the device Disputed. Written only by the
+	// manager.
+	// +optional
+	PendingClaim *PendingClaim `json:"pendingClaim,omitempty"`
+
+	// dispute lists competing valid claims that support staff must resolve
+	// with a SupportAction. While it is set no claim binds and no
+	// certificate is issued. Written only by the manager.
+	// +optional
+	Dispute *Dispute `json:"dispute,omitempty"`
+}
+
+// PendingClaim is a Claim that proved ownership with fewer proofs than the
+// claim policy wants for an immediate binding.
+type PendingClaim struct {
+	DeviceClaimReference `json:",inline"`
+
+	// proof is what the Claim proved ownership with.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	Proof string `json:"proof"`
+
+	// until is when the cooling-off period ends; the Claim binds then unless
+	// a competing claim has turned the device Disputed.
+	// +required
+	Until metav1.Time `json:"until"`
+}
+
+// Dispute is a set of competing valid claims on one device.
+type Dispute struct {
+	// since is when the second valid claim arrived.
+	// +required
+	Since metav1.Time `json:"since"`
+
+	// claims are the competing Claims, first come first.
+	// +required
+	// +listType=atomic
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	Claims []PendingClaim `json:"claims"`
 }
 
 // DevicePhase is a Device's place in its life cycle.
@@ -167,8 +233,7 @@ type DevicePhase string
 const (
 	// DevicePhaseAvailable: not bound; claimable if it has an unused claim code.
 	DevicePhaseAvailable DevicePhase = "Available"
-	// DevicePhasePending: a claim is in progress but not yet effective
-	// (reserved for cooling-off).
+	// DevicePhasePending: a claim waits out its cooling-off period.
 	DevicePhasePending DevicePhase = "Pending"
 	// DevicePhaseBound: bound to exactly one tenant's Claim.
 	DevicePhaseBound DevicePhase = "Bound"
@@ -185,46 +250,107 @@ const (
 type CustodyEventType string
 
 const (
+	// CustodyEventSold: the ERP recorded a sale (reference: the order).
+	CustodyEventSold CustodyEventType = "Sold"
+	// CustodyEventClaimed: a Claim proved ownership and waits out its
+	// cooling-off period.
+	CustodyEventClaimed CustodyEventType = "Claimed"
 	// CustodyEventBound: the device was bound to a tenant.
 	CustodyEventBound CustodyEventType = "Bound"
 	// CustodyEventReleased: the binding ended.
 	CustodyEventReleased CustodyEventType = "Released"
+	// CustodyEventTransferred: the binding moved from fromTenant to tenant.
+	CustodyEventTransferred CustodyEventType = "Transferred"
+	// CustodyEventDisputed: a competing valid claim made the device Disputed.
+	CustodyEventDisputed CustodyEventType = "Disputed"
+	// CustodyEventResolved: support staff resolved a dispute or reset the
+	// device (reference: the SupportAction; reason: why).
+	CustodyEventResolved CustodyEventType = "Resolved"
+	// CustodyEventDecommissioned: the ERP took the device out of service.
+	CustodyEventDecommissioned CustodyEventType = "Decommissioned"
 	// CustodyEventReattached: the tenant's binding moved to a new Claim of the
 	// same tenant after the previous Claim was deleted with policy Retain.
 	CustodyEventReattached CustodyEventType = "Reattached"
 )
 
-// CustodyRecord is one entry of a Device's custody history.
+// CustodyRecord is one entry of a Device's custody history. Entries form a
+// hash chain: each hash covers the entry and the previous entry's hash, so
+// editing or removing an entry is detected by `custodyctl history verify`.
+// The complete chain is also written to the manager's audit log.
 type CustodyRecord struct {
+	// sequence numbers the entries of the device's history from 1, without
+	// gaps.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	Sequence int64 `json:"sequence"`
+
 	// time the change happened.
 	// +required
 	Time metav1.Time `json:"time"`
 
-	// type of change: Bound, Released or Reattached.
+	// type of change: Sold, Claimed, Bound, Released, Transferred, Disputed,
+	// Resolved, Decommissioned or Reattached.
 	// +required
 	// +kubebuilder:validation:MaxLength=32
 	Type CustodyEventType `json:"type"`
 
-	// tenant the change concerns.
-	// +required
+	// tenant the change concerns (the new holder for a transfer).
+	// +optional
 	// +kubebuilder:validation:MaxLength=50
-	Tenant string `json:"tenant"`
+	Tenant string `json:"tenant,omitempty"`
+
+	// fromTenant is the previous holder, for a transfer.
+	// +optional
+	// +kubebuilder:validation:MaxLength=50
+	FromTenant string `json:"fromTenant,omitempty"`
 
 	// claim is "<namespace>/<name>" of the Claim involved.
 	// +optional
 	// +kubebuilder:validation:MaxLength=320
 	Claim string `json:"claim,omitempty"`
 
-	// claimUID is the UID of the Claim involved; with type it makes the entry
-	// unique, so a retried reconcile never records the same change twice.
+	// claimUID is the UID of the Claim involved; with type, tenant and
+	// reference it makes the entry unique, so a retried reconcile never
+	// records the same change twice.
 	// +optional
 	ClaimUID types.UID `json:"claimUID,omitempty"`
 
-	// proof is what proved ownership (for example ClaimCode), or why the
-	// binding ended (for example ClaimDeleted, TenantDeleted).
+	// proof is what proved ownership (ClaimCode, Possession, SaleRecord,
+	// Transfer, PairingToken+Possession, ...), or why the binding ended
+	// (ClaimDeleted, TenantDeleted, Decommissioned, ...).
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	Proof string `json:"proof,omitempty"`
+
+	// actor is who caused the change: "user:<name>" for a person or service
+	// account (as the API server authenticated it), "erp:<field manager>"
+	// for the ERP's writes, "device" for a device's own proof, "manager" for
+	// the manager acting on policy.
+	// +optional
+	// +kubebuilder:validation:MaxLength=320
+	Actor string `json:"actor,omitempty"`
+
+	// reference names what the change came from: the sale's order
+	// reference, a Transfer ("<namespace>/<name>") or a SupportAction.
+	// +optional
+	// +kubebuilder:validation:MaxLength=320
+	Reference string `json:"reference,omitempty"`
+
+	// reason is the explanation support staff gave for a resolution.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Reason string `json:"reason,omitempty"`
+
+	// previousHash is the hash of the entry before this one ("" for the
+	// first entry of a device).
+	// +optional
+	// +kubebuilder:validation:MaxLength=71
+	PreviousHash string `json:"previousHash,omitempty"`
+
+	// hash is "sha256:<hex>" over this entry's fields and previousHash.
+	// +required
+	// +kubebuilder:validation:MaxLength=71
+	Hash string `json:"hash"`
 }
 
 // DeviceCertificate summarises one certificate issued to the device.
@@ -287,7 +413,8 @@ type DeviceStatus struct {
 	LastFailedClaimTime *metav1.Time `json:"lastFailedClaimTime,omitempty"`
 
 	// history is the custody history of the device, newest last, bounded to
-	// the last 32 changes. Events record the same changes.
+	// the last 32 changes, hash-chained. Events and the manager's audit log
+	// record the same changes; the audit log keeps all of them.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
@@ -345,6 +472,13 @@ const (
 	// DeviceReasonTenantMissing: the device is bound to a Tenant that does not
 	// exist; it is released.
 	DeviceReasonTenantMissing = "TenantMissing"
+	// DeviceReasonDisputed: valid claims compete; support staff resolve it.
+	DeviceReasonDisputed = "Disputed"
+	// DeviceReasonCoolingOff: a claim waits out its cooling-off period.
+	DeviceReasonCoolingOff = "CoolingOff"
+	// DeviceReasonInCustody: the sale record holds the device for the
+	// custodian or owner it names.
+	DeviceReasonInCustody = "InCustody"
 	// DeviceReasonConsistent: the device's state is consistent.
 	DeviceReasonConsistent = "Consistent"
 )

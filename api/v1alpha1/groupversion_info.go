@@ -33,6 +33,8 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&Device{}, &DeviceList{},
 		&Claim{}, &ClaimList{},
 		&DeviceProof{}, &DeviceProofList{},
+		&Transfer{}, &TransferList{},
+		&SupportAction{}, &SupportActionList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

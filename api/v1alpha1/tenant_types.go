@@ -95,7 +95,47 @@ type ClaimPolicy struct {
 	// strictest: Code with Possession is CodeAndPossession.
 	// +optional
 	RequiredProof RequiredProof `json:"requiredProof,omitempty"`
+
+	// coolingOff makes a claim proven with fewer proofs than it names wait
+	// before it binds, while the custodian or the ERP's contact is told. A
+	// competing valid claim meanwhile turns the device Disputed.
+	// +optional
+	CoolingOff *CoolingOffPolicy `json:"coolingOff,omitempty"`
+
+	// saleRecordProof says whether the ERP's sale record may prove ownership:
+	// for the custodian it names, and for a direct sale to a tenant. Allowed
+	// unless a policy says Forbidden.
+	// +optional
+	SaleRecordProof SaleRecordProofPolicy `json:"saleRecordProof,omitempty"`
 }
+
+// CoolingOffPolicy sets when a claim waits before it binds. Policies combine
+// to the strictest: the longest period and the strongest immediate proof.
+type CoolingOffPolicy struct {
+	// period a weaker claim waits before it binds. Between 1m and 720h.
+	// +required
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('720h')",message="period must be between 1m and 720h",reason=FieldValueInvalid
+	Period metav1.Duration `json:"period"`
+
+	// immediateProof is the proof with which a claim binds at once
+	// (CodeAndPossession unless set). A transfer accepted from the current
+	// holder and a sale record never cool off.
+	// +optional
+	ImmediateProof RequiredProof `json:"immediateProof,omitempty"`
+}
+
+// SaleRecordProofPolicy says whether sale records prove ownership.
+// +kubebuilder:validation:Enum=Allowed;Forbidden
+type SaleRecordProofPolicy string
+
+const (
+	// SaleRecordProofAllowed: the tenant a sale names may claim with it.
+	SaleRecordProofAllowed SaleRecordProofPolicy = "Allowed"
+	// SaleRecordProofForbidden: sale records prove nothing; the tenant a
+	// sale names claims by code or possession like anyone else.
+	SaleRecordProofForbidden SaleRecordProofPolicy = "Forbidden"
+)
 
 // RequiredProof is which proofs of ownership a claim must offer.
 // +kubebuilder:validation:Enum=CodeOrPossession;Code;Possession;CodeAndPossession
@@ -147,6 +187,44 @@ type TenantSpec struct {
 	// claimPolicy tightens claim verification for this tenant's claims.
 	// +optional
 	ClaimPolicy *ClaimPolicy `json:"claimPolicy,omitempty"`
+
+	// notifications sends the custody events of this tenant's devices
+	// (claims, bindings, transfers, disputes, releases) to the tenant's own
+	// endpoint, as CloudEvents signed with a key the tenant holds.
+	// +optional
+	Notifications *NotificationEndpoint `json:"notifications,omitempty"`
+}
+
+// NotificationEndpoint is where CloudEvents are delivered.
+type NotificationEndpoint struct {
+	// url is the HTTPS endpoint the events are POSTed to.
+	// +required
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') && isURL(self)",message="url must be an https:// URL",reason=FieldValueInvalid
+	URL string `json:"url"`
+
+	// signingKeySecretRef names a Secret in the tenant's namespace whose key
+	// holds the HMAC-SHA256 key (at least 32 bytes) that signs each event
+	// (header Custody-Signature).
+	// +required
+	SigningKeySecretRef SigningKeyReference `json:"signingKeySecretRef"`
+}
+
+// SigningKeyReference names a key of a Secret holding an HMAC key.
+type SigningKeyReference struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key of the Secret's data that holds the signing key. Defaults to "key".
+	// +optional
+	// +kubebuilder:default=key
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
 }
 
 // ClaimThrottle is the failed-attempt bookkeeping of this tenant for one

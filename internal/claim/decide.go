@@ -13,7 +13,10 @@ package claim
 
 import (
 	"errors"
+	"slices"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
@@ -45,6 +48,14 @@ const (
 	ActionFinishBind Action = "FinishBind"
 	// ActionReportDispute: record a competing valid claim on the Device.
 	ActionReportDispute Action = "ReportDispute"
+	// ActionTransfer: move the Device's binding from the offering Claim to
+	// this one, in one write.
+	ActionTransfer Action = "Transfer"
+	// ActionStartCoolingOff: record this Claim as the Device's pending claim.
+	ActionStartCoolingOff Action = "StartCoolingOff"
+	// ActionDispute: add this Claim (and the pending one) to the Device's
+	// dispute.
+	ActionDispute Action = "Dispute"
 )
 
 // Input is what the controller observed.
@@ -65,6 +76,12 @@ type Input struct {
 	CodeErr error
 	Now     time.Time
 	Policy  Policy
+	// Offer is the Transfer that spec.transfer accepts: in the offering
+	// tenant's namespace, naming this tenant as recipient and this device,
+	// Offered and unexpired. Nil if there is none.
+	Offer *custodyv1alpha1.Transfer
+	// OfferingNamespace is the namespace of the Tenant spec.transfer names.
+	OfferingNamespace string
 }
 
 // Verifier checks a code against a verifier string. It is injected so that
@@ -101,6 +118,10 @@ type Decision struct {
 	ConsumeCode bool
 	// IssuePairing: give the Claim a pairing code to enter into the device.
 	IssuePairing bool
+	// ConsumeSale: the sale record bound the device and is used up.
+	ConsumeSale bool
+	// CoolingOffUntil is when the Claim's cooling-off ends.
+	CoolingOffUntil time.Time
 }
 
 // Messages shown to tenant users. They never name the device's state unless
@@ -120,6 +141,11 @@ const (
 	MsgVerifying          = "The claim is being verified."
 	MsgAwaitingDevice     = "Enter the pairing code from status.pairing.code into the device (custody-device pair); the claim proceeds when the device proves possession through the gateway, until status.pairing.expiresAt."
 	MsgTenantLimitReached = "Too many failed claim attempts from this tenant. The claim is verified automatically after status.retryAfter."
+	MsgCoolingOff         = "Ownership is proven with fewer proofs than the device's claim policy wants for an immediate binding. The claim binds at status.coolingOffUntil unless another claim competes; the seller has been told."
+	MsgDisputed           = "Another valid claim competes for this device. No certificate is issued until support staff resolve the dispute."
+	MsgDisputeLost        = "Support staff resolved the claims on this device in favour of another claim, or reset it."
+	MsgNoTransferOffer    = "No transfer of this device to this tenant is on offer from spec.transfer.fromTenant. The holder creates a Transfer naming this tenant; the claim proceeds when it does."
+	MsgSaleRecordNotValid = "No unused sale record for this serial number and model names this tenant, or the claim policy forbids sale-record proofs."
 )
 
 // Decide returns the Decision for a Claim that is not being deleted.
@@ -128,22 +154,30 @@ func Decide(in Input, v Verifier) Decision {
 	d := in.Device
 	boundHere := d != nil && d.Spec.ClaimRef != nil && d.Spec.ClaimRef.UID == c.UID
 
+	// The device is bound to this Claim: by this or an earlier reconcile
+	// that did not finish (crash, conflict), by a transfer, or by support
+	// staff. Finish it, whatever else changed.
+	if boundHere {
+		return bound(ActionFinishBind)
+	}
 	// A bound Claim only needs to notice when it stops being bound.
 	if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound || c.Status.Phase == custodyv1alpha1.ClaimPhaseLost {
-		if boundHere {
-			return bound(ActionFinishBind)
-		}
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseLost, Reason: custodyv1alpha1.ClaimReasonDeviceReleased, Message: MsgDeviceReleased,
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased}}
+	}
+	if InDispute(d, c.UID) {
+		return disputed(ActionNone)
+	}
+	// A Claim that was in a dispute or cooling off, and no longer is,
+	// lost it to support staff's decision.
+	if (c.Status.Phase == custodyv1alpha1.ClaimPhaseDisputed && readyReason(c) == custodyv1alpha1.ClaimReasonDisputed) ||
+		(c.Status.Phase == custodyv1alpha1.ClaimPhaseCoolingOff && !pendingHere(d, c.UID)) {
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonDisputeLost, Message: MsgDisputeLost,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDisputeLost, MsgDisputeLost}}
 	}
 	// Denied and Disputed are final: a new attempt is a new Claim.
 	if c.Status.Phase == custodyv1alpha1.ClaimPhaseDenied || c.Status.Phase == custodyv1alpha1.ClaimPhaseDisputed {
 		return Decision{Action: ActionNone, Phase: c.Status.Phase, Reason: readyReason(c), Message: readyMessage(c)}
-	}
-	// The device was bound to this Claim by an earlier reconcile that did
-	// not finish (crash, conflict): finish it, whatever else changed.
-	if boundHere {
-		return bound(ActionFinishBind)
 	}
 	if in.Tenant == nil || !in.TenantReady {
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonTenantNotReady, Message: MsgTenantNotReady}
@@ -158,6 +192,14 @@ func Decide(in Input, v Verifier) Decision {
 				Event: &Event{"Normal", custodyv1alpha1.ClaimReasonAlreadyBoundToTenant, MsgAlreadyYours}}
 		}
 		return bound(ActionReattach)
+	}
+
+	// Proofs that are not secrets guessed by the claimant: not throttled.
+	if c.Spec.Transfer != nil {
+		return decideTransfer(in)
+	}
+	if c.Spec.SaleRecord != nil {
+		return decideSaleRecord(in)
 	}
 
 	// An attempt already counted as failed is denied without another try.
@@ -193,12 +235,19 @@ func Decide(in Input, v Verifier) Decision {
 		if !v.Verify(in.Code, d.Spec.ClaimCode.Verifier) {
 			return notVerified(ActionRecordFailure)
 		}
+		// A device in another tenant's custody answers like a wrong code:
+		// a code photographed in the custodian's warehouse is worthless.
+		if HeldUnderSale(d, tenant.Name) {
+			return notVerified(ActionRecordFailure)
+		}
 		codeOK = true
 	}
 	// Possession is proven when the device signed this Claim's pairing code
 	// (the enrollment controller checked the signature and the code).
-	possessionOK := c.Spec.Possession != nil && c.Status.Pairing != nil && c.Status.Pairing.ConfirmedAt != nil &&
-		d != nil && !d.Spec.Decommissioned
+	// A pairing-token Claim is created by the manager only after the device
+	// proved possession (the webhook keeps users from setting pairingToken).
+	possessionOK := c.Spec.Possession != nil && d != nil && !d.Spec.Decommissioned &&
+		(c.Spec.PairingToken != nil || (c.Status.Pairing != nil && c.Status.Pairing.ConfirmedAt != nil))
 
 	need := in.Policy.RequiredProof
 	satisfied := (codeOK || possessionOK) && (!NeedsCode(need) || codeOK) && (!NeedsPossession(need) || possessionOK)
@@ -218,8 +267,18 @@ func Decide(in Input, v Verifier) Decision {
 	case possessionOK:
 		proof = ProofPossession
 	}
+	if c.Spec.PairingToken != nil {
+		proof = ProofPairingToken
+	}
+	if HeldUnderSale(d, tenant.Name) {
+		return notVerified(ActionNone)
+	}
 	// Ownership is proven.
 	if d.Spec.ClaimRef != nil {
+		if c.Spec.PairingToken != nil {
+			// A pairing token says who set the device up, not who owns it.
+			return notVerified(ActionNone)
+		}
 		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgHeldByOther,
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgHeldByOther}, Proof: proof}
 	}
@@ -227,9 +286,129 @@ func Decide(in Input, v Verifier) Decision {
 		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonClaimCodeUsed, Message: MsgCodeUsed,
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeUsed, MsgCodeUsed}}
 	}
+	// A second valid claim while another waits or competes is a dispute.
+	if d.Spec.Dispute != nil || (d.Spec.PendingClaim != nil && d.Spec.PendingClaim.UID != c.UID) {
+		dd := disputed(ActionDispute)
+		dd.Proof = proof
+		return dd
+	}
+	if p := d.Spec.PendingClaim; p != nil {
+		if in.Now.Before(p.Until.Time) {
+			return coolingOff(p.Until.Time, in.Now, ActionNone)
+		}
+		b := bound(ActionBind)
+		b.Proof, b.ConsumeCode = p.Proof, codeOK
+		return b
+	}
+	if in.Policy.CoolingOff > 0 && !satisfies(in.Policy.ImmediateProof, codeOK || c.Spec.PairingToken != nil, possessionOK) {
+		co := coolingOff(in.Now.Add(in.Policy.CoolingOff), in.Now, ActionStartCoolingOff)
+		co.Proof = proof
+		return co
+	}
 	b := bound(ActionBind)
 	b.Proof, b.ConsumeCode = proof, codeOK
 	return b
+}
+
+// satisfies reports whether the proofs offered meet need.
+func satisfies(need custodyv1alpha1.RequiredProof, code, possession bool) bool {
+	return (code || possession) && (!NeedsCode(need) || code) && (!NeedsPossession(need) || possession)
+}
+
+// decideTransfer accepts a transfer offered by the device's current holder.
+// The move is one optimistic write, so it races safely with anything else
+// that writes the binding.
+func decideTransfer(in Input) Decision {
+	c, d, o := in.Claim, in.Device, in.Offer
+	if d == nil || o == nil || d.Spec.Decommissioned || d.Spec.ClaimRef == nil ||
+		d.Spec.ClaimRef.Namespace != o.Namespace || d.Spec.ClaimRef.Name != o.Spec.ClaimName ||
+		o.Namespace != in.OfferingNamespace || o.Spec.Recipient == nil || o.Spec.Recipient.Tenant != in.Tenant.Name ||
+		o.Status.Phase != custodyv1alpha1.TransferPhaseOffered || o.Status.DeviceName != c.DeviceName() ||
+		o.Status.ExpiresAt == nil || !in.Now.Before(o.Status.ExpiresAt.Time) {
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonNoTransferOffer, Message: MsgNoTransferOffer}
+	}
+	b := bound(ActionTransfer)
+	b.Proof = ProofTransfer
+	return b
+}
+
+// decideSaleRecord accepts the ERP's sale record as proof for the tenant
+// it names, once.
+func decideSaleRecord(in Input) Decision {
+	d := in.Device
+	deny := Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonSaleRecordNotValid, Message: MsgSaleRecordNotValid,
+		Event: &Event{"Warning", custodyv1alpha1.ClaimReasonSaleRecordNotValid, MsgSaleRecordNotValid}}
+	if d == nil || d.Spec.Decommissioned || in.Policy.SaleRecordForbidden || SaleHolder(d) != in.Tenant.Name || SaleConsumed(d) {
+		return deny
+	}
+	if d.Spec.ClaimRef != nil || d.Spec.PendingClaim != nil || d.Spec.Dispute != nil {
+		// The sale names this tenant, but someone else holds or claims the
+		// device: never a silent win.
+		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgHeldByOther,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgHeldByOther}, Proof: ProofSaleRecord}
+	}
+	b := bound(ActionBind)
+	b.Proof, b.ConsumeSale = ProofSaleRecord, true
+	return b
+}
+
+// SaleHolder is the tenant the device's sale names (custodian or owner),
+// "" if none.
+func SaleHolder(d *custodyv1alpha1.Device) string {
+	if d == nil || d.Spec.Sale == nil {
+		return ""
+	}
+	if d.Spec.Sale.CustodianTenant != "" {
+		return d.Spec.Sale.CustodianTenant
+	}
+	return d.Spec.Sale.OwnerTenant
+}
+
+// SaleConsumed reports whether the device's sale record has been used.
+func SaleConsumed(d *custodyv1alpha1.Device) bool {
+	return d.Spec.Sale != nil && slices.Contains(d.Spec.ConsumedSaleRecords, d.Spec.Sale.OrderReference)
+}
+
+// HeldUnderSale reports whether the device is in the custody of a tenant
+// other than tenant because of its sale record: the sale names that tenant
+// and has not been used, or that tenant holds the device now.
+func HeldUnderSale(d *custodyv1alpha1.Device, tenant string) bool {
+	holder := SaleHolder(d)
+	if holder == "" || holder == tenant {
+		return false
+	}
+	if d.Spec.ClaimRef != nil {
+		return d.Spec.ClaimRef.Tenant == holder
+	}
+	return !SaleConsumed(d)
+}
+
+// InDispute reports whether the Claim uid is one of the device's disputed
+// claims.
+func InDispute(d *custodyv1alpha1.Device, uid types.UID) bool {
+	if d == nil || d.Spec.Dispute == nil {
+		return false
+	}
+	for _, p := range d.Spec.Dispute.Claims {
+		if p.UID == uid {
+			return true
+		}
+	}
+	return false
+}
+
+func pendingHere(d *custodyv1alpha1.Device, uid types.UID) bool {
+	return d != nil && d.Spec.PendingClaim != nil && d.Spec.PendingClaim.UID == uid
+}
+
+func disputed(a Action) Decision {
+	return Decision{Action: a, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonDisputed, Message: MsgDisputed,
+		Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDisputed, MsgDisputed}}
+}
+
+func coolingOff(until, now time.Time, a Action) Decision {
+	return Decision{Action: a, Phase: custodyv1alpha1.ClaimPhaseCoolingOff, Reason: custodyv1alpha1.ClaimReasonCoolingOff, Message: MsgCoolingOff,
+		Event: &Event{"Normal", custodyv1alpha1.ClaimReasonCoolingOff, MsgCoolingOff}, CoolingOffUntil: until, RequeueAfter: until.Sub(now)}
 }
 
 // Proofs recorded in the custody history.
@@ -237,6 +416,10 @@ const (
 	ProofCode              = "ClaimCode"
 	ProofPossession        = "Possession"
 	ProofCodeAndPossession = "ClaimCode+Possession"
+	ProofSaleRecord        = "SaleRecord"
+	ProofTransfer          = "Transfer"
+	ProofPairingToken      = "PairingToken+Possession"
+	ProofSupportAward      = "SupportAward"
 )
 
 // awaitDevice waits for the device to prove possession with the Claim's

@@ -23,6 +23,14 @@ type Policy struct {
 	// RequiredProof is which proofs a claim must offer; empty means
 	// CodeOrPossession.
 	RequiredProof custodyv1alpha1.RequiredProof
+	// CoolingOff is how long a claim proven with less than ImmediateProof
+	// waits before it binds; zero binds at once.
+	CoolingOff time.Duration
+	// ImmediateProof is the proof with which a claim binds at once when
+	// CoolingOff is set (CodeAndPossession when empty).
+	ImmediateProof custodyv1alpha1.RequiredProof
+	// SaleRecordForbidden: sale records prove nothing.
+	SaleRecordForbidden bool
 }
 
 // DefaultPolicy is the manager's default claim policy.
@@ -41,6 +49,20 @@ func (p Policy) Tighten(policies ...*custodyv1alpha1.ClaimPolicy) Policy {
 			p.MaxFailedAttempts = *o.MaxFailedAttempts
 		}
 		p.RequiredProof = StricterProof(p.RequiredProof, o.RequiredProof)
+		if co := o.CoolingOff; co != nil {
+			p.CoolingOff = max(p.CoolingOff, co.Period.Duration)
+			immediate := co.ImmediateProof
+			if immediate == "" {
+				immediate = custodyv1alpha1.RequiredProofCodeAndPossession
+			}
+			p.ImmediateProof = StricterProof(p.ImmediateProof, immediate)
+		}
+		if o.SaleRecordProof == custodyv1alpha1.SaleRecordProofForbidden {
+			p.SaleRecordForbidden = true
+		}
+	}
+	if p.CoolingOff > 0 && p.ImmediateProof == "" {
+		p.ImmediateProof = custodyv1alpha1.RequiredProofCodeAndPossession
 	}
 	return p
 }

@@ -98,7 +98,7 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading CRDs: %w", err)
 	}
-	webhooks, err := ValidatingWebhooks()
+	mutating, validating, err := Webhooks()
 	if err != nil {
 		return nil, fmt.Errorf("loading webhook configuration: %w", err)
 	}
@@ -126,7 +126,8 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 			ErrorIfPathMissing: true,
 		},
 		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			ValidatingWebhooks: webhooks,
+			MutatingWebhooks:   mutating,
+			ValidatingWebhooks: validating,
 			LocalServingHost:   "127.0.0.1",
 		},
 		ErrorIfCRDPathMissing: true,

@@ -37,24 +37,38 @@ func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	return crds, nil
 }
 
-// ValidatingWebhooks returns the admission webhook configuration generated
-// into config/webhook/manifests.yaml.
-func ValidatingWebhooks() ([]*admissionv1.ValidatingWebhookConfiguration, error) {
-	var out []*admissionv1.ValidatingWebhookConfiguration
+// Webhooks returns the admission webhook configurations generated into
+// config/webhook/manifests.yaml.
+func Webhooks() ([]*admissionv1.MutatingWebhookConfiguration, []*admissionv1.ValidatingWebhookConfiguration, error) {
+	var mutating []*admissionv1.MutatingWebhookConfiguration
+	var validating []*admissionv1.ValidatingWebhookConfiguration
 	err := eachDocument("webhook", func(doc []byte) error {
-		cfg := &admissionv1.ValidatingWebhookConfiguration{}
-		if err := yaml.Unmarshal(doc, cfg); err != nil {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
 			return err
 		}
-		if cfg.Kind != "ValidatingWebhookConfiguration" {
-			return fmt.Errorf("unexpected kind %q in config/webhook", cfg.Kind)
+		// The generated names are placeholders that kustomize prefixes.
+		switch meta.Kind {
+		case "ValidatingWebhookConfiguration":
+			cfg := &admissionv1.ValidatingWebhookConfiguration{}
+			if err := yaml.UnmarshalStrict(doc, cfg); err != nil {
+				return err
+			}
+			cfg.Name = "custody-validating-webhook-configuration"
+			validating = append(validating, cfg)
+		case "MutatingWebhookConfiguration":
+			cfg := &admissionv1.MutatingWebhookConfiguration{}
+			if err := yaml.UnmarshalStrict(doc, cfg); err != nil {
+				return err
+			}
+			cfg.Name = "custody-mutating-webhook-configuration"
+			mutating = append(mutating, cfg)
+		default:
+			return fmt.Errorf("unexpected kind %q in config/webhook", meta.Kind)
 		}
-		// The generated name is a placeholder that kustomize prefixes.
-		cfg.Name = "custody-validating-webhook-configuration"
-		out = append(out, cfg)
 		return nil
 	})
-	return out, err
+	return mutating, validating, err
 }
 
 // eachDocument calls fn with each YAML document of each embedded file in dir.

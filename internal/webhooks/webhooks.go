@@ -38,7 +38,51 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Device{}).WithValidator(&DeviceValidator{Options: opts}).Complete(); err != nil {
 		return err
 	}
-	return ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Claim{}).WithValidator(&ClaimValidator{}).Complete()
+	if err := ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Claim{}).WithValidator(&ClaimValidator{Options: opts}).WithDefaulter(&ClaimDefaulter{}).Complete(); err != nil {
+		return err
+	}
+	return ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.SupportAction{}).WithDefaulter(&SupportActionDefaulter{}).Complete()
+}
+
+// requester is the user the API server authenticated for this request.
+func requester(ctx context.Context) (string, error) {
+	req, err := admission.RequestFromContext(ctx)
+	if err != nil {
+		return "", apierrors.NewInternalError(err)
+	}
+	return req.UserInfo.Username, nil
+}
+
+// +kubebuilder:webhook:path=/mutate-custody-dev-v1alpha1-claim,mutating=true,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims,verbs=create,versions=v1alpha1,name=mclaim.custody.dev,admissionReviewVersions=v1
+
+// ClaimDefaulter records who created a Claim in spec.requestedBy,
+// overwriting whatever the request said, as cert-manager does for a
+// CertificateRequest's spec.username. The CRD keeps it immutable.
+type ClaimDefaulter struct{}
+
+// Default sets spec.requestedBy on creation.
+func (ClaimDefaulter) Default(ctx context.Context, c *custodyv1alpha1.Claim) error {
+	user, err := requester(ctx)
+	if err != nil {
+		return err
+	}
+	c.Spec.RequestedBy = user
+	return nil
+}
+
+// +kubebuilder:webhook:path=/mutate-custody-dev-v1alpha1-supportaction,mutating=true,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=supportactions,verbs=create,versions=v1alpha1,name=msupportaction.custody.dev,admissionReviewVersions=v1
+
+// SupportActionDefaulter records who created a SupportAction.
+type SupportActionDefaulter struct{}
+
+// Default sets spec.requestedBy on creation.
+func (SupportActionDefaulter) Default(ctx context.Context, a *custodyv1alpha1.SupportAction) error {
+	user, err := requester(ctx)
+	if err != nil {
+		return err
+	}
+	a.Spec.RequestedBy = user
+	return nil
 }
 
 // +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-device,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=devices;devices/status,verbs=create;update;delete,versions=v1alpha1,name=vdevice.custody.dev,admissionReviewVersions=v1
@@ -85,17 +129,56 @@ func (v *DeviceValidator) ValidateUpdate(ctx context.Context, oldD, newD *custod
 		return nil, invalid(newD.Name, errs)
 	}
 	if !v.isManager(ctx) {
-		if !reflect.DeepEqual(oldD.Spec.ClaimRef, newD.Spec.ClaimRef) {
-			errs = append(errs, field.Forbidden(field.NewPath("spec", "claimRef"), "only the Custody manager changes a device's binding; to release a device, delete its Claim (policy Release) or ask support staff"))
-		}
-		if !slices.Equal(oldD.Spec.ConsumedClaimCodes, newD.Spec.ConsumedClaimCodes) {
-			errs = append(errs, field.Forbidden(field.NewPath("spec", "consumedClaimCodes"), "only the Custody manager records consumed claim codes; set a new spec.claimCode.verifier to issue a new code"))
-		}
-	}
-	if newD.Spec.Decommissioned && !oldD.Spec.Decommissioned && newD.Spec.ClaimRef != nil {
-		errs = append(errs, field.Forbidden(field.NewPath("spec", "decommissioned"), "the device is bound; it must be released before it is decommissioned"))
+		errs = append(errs, managerFieldsChanged(oldD, newD)...)
+		errs = append(errs, resale(oldD, newD)...)
 	}
 	return nil, invalid(newD.Name, errs)
+}
+
+// managerFieldsChanged rejects changes to the fields only the manager
+// writes: the binding and the custody bookkeeping.
+func managerFieldsChanged(oldD, newD *custodyv1alpha1.Device) field.ErrorList {
+	var errs field.ErrorList
+	spec := field.NewPath("spec")
+	if !reflect.DeepEqual(oldD.Spec.ClaimRef, newD.Spec.ClaimRef) {
+		errs = append(errs, field.Forbidden(spec.Child("claimRef"), "only the Custody manager changes a device's binding; to release a device, delete its Claim (policy Release), create a Transfer, or ask support staff"))
+	}
+	if !slices.Equal(oldD.Spec.ConsumedClaimCodes, newD.Spec.ConsumedClaimCodes) {
+		errs = append(errs, field.Forbidden(spec.Child("consumedClaimCodes"), "only the Custody manager records consumed claim codes; set a new spec.claimCode.verifier to issue a new code"))
+	}
+	if !slices.Equal(oldD.Spec.ConsumedSaleRecords, newD.Spec.ConsumedSaleRecords) {
+		errs = append(errs, field.Forbidden(spec.Child("consumedSaleRecords"), "only the Custody manager records used sale records"))
+	}
+	if !reflect.DeepEqual(oldD.Spec.PendingClaim, newD.Spec.PendingClaim) {
+		errs = append(errs, field.Forbidden(spec.Child("pendingClaim"), "only the Custody manager records a claim's cooling-off"))
+	}
+	if !reflect.DeepEqual(oldD.Spec.Dispute, newD.Spec.Dispute) {
+		errs = append(errs, field.Forbidden(spec.Child("dispute"), "only the Custody manager records disputes; support staff resolve them with a SupportAction"))
+	}
+	return errs
+}
+
+// resale rejects a new sale of a device that is bound, cooling off or
+// disputed (a double sale): the ERP must not move ownership silently. The
+// holder hands the device on with a Transfer, or support staff reset it.
+func resale(oldD, newD *custodyv1alpha1.Device) field.ErrorList {
+	o, n := oldD.Spec.Sale, newD.Spec.Sale
+	if o == nil || (n != nil && o.OrderReference == n.OrderReference && o.CustodianTenant == n.CustodianTenant && o.OwnerTenant == n.OwnerTenant) {
+		return nil
+	}
+	var held string
+	switch {
+	case oldD.Spec.ClaimRef != nil:
+		held = "is bound to tenant " + oldD.Spec.ClaimRef.Tenant
+	case oldD.Spec.PendingClaim != nil:
+		held = "is being claimed (cooling off) by tenant " + oldD.Spec.PendingClaim.Tenant
+	case oldD.Spec.Dispute != nil:
+		held = "is disputed"
+	default:
+		return nil
+	}
+	return field.ErrorList{field.Forbidden(field.NewPath("spec", "sale"), "conflict: the device "+held+
+		"; a new sale (order reference, custodianTenant or ownerTenant) would move ownership silently. The holder hands it on with a Transfer, or support staff reset it; then record the sale")}
 }
 
 // ValidateDelete refuses to delete a bound device: ownership would vanish
@@ -116,13 +199,24 @@ func invalid(name string, errs field.ErrorList) error {
 
 // +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-claim,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims,verbs=create;update,versions=v1alpha1,name=vclaim.custody.dev,admissionReviewVersions=v1
 
-// ClaimValidator keeps plaintext claim codes out of Claims.
-type ClaimValidator struct{}
+// ClaimValidator keeps plaintext claim codes out of Claims, and pairing-token
+// proofs to the manager.
+type ClaimValidator struct {
+	Options Options
+}
 
 var claimGK = custodyv1alpha1.GroupVersion.WithKind("Claim").GroupKind()
 
-// ValidateCreate rejects a Claim holding a claim code anywhere.
-func (ClaimValidator) ValidateCreate(_ context.Context, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
+// ValidateCreate rejects a Claim holding a claim code anywhere, and a
+// pairing-token proof from anyone but the manager.
+func (v ClaimValidator) ValidateCreate(ctx context.Context, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
+	if c.Spec.PairingToken != nil {
+		req, err := admission.RequestFromContext(ctx)
+		if err != nil || !slices.Contains(v.Options.ManagerUsernames, req.UserInfo.Username) {
+			return nil, apierrors.NewInvalid(claimGK, c.Name, field.ErrorList{field.Forbidden(field.NewPath("spec", "pairingToken"),
+				"only the Custody manager creates pairing-token Claims, when a device presents the token; give the token to the device instead")})
+		}
+	}
 	return nil, rejectPlaintext(c)
 }
 

@@ -62,13 +62,14 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// testLogger writes the managers' log lines up to V(4) to logs, and to
+// testLogger writes the managers' log lines up to V(4), as JSON (the
+// production encoding, which the audit log reader parses), to logs, and to
 // stderr when CUSTODY_TEST_LOGS is set. Custody logs at V(0) and V(1).
 // V(5) is left out: there controller-runtime v0.24.1's priority queue dumps
 // its items every 10s while another goroutine mutates them (a data race in
 // its debug logging that -race reports), and its per-reconcile V(5) lines
 // carry only request names.
-var testLogger = zap.New(zap.WriteTo(io.MultiWriter(logs, logSink())), zap.UseDevMode(true), zap.Level(zapcore.Level(-4)))
+var testLogger = zap.New(zap.WriteTo(io.MultiWriter(logs, logSink())), zap.UseDevMode(true), zap.JSONEncoder(), zap.Level(zapcore.Level(-4)))
 
 func logSink() io.Writer {
 	if os.Getenv("CUSTODY_TEST_LOGS") != "" {

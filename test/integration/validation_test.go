@@ -72,10 +72,30 @@ func TestCRDValidation(t *testing.T) {
 		}), "spec.serialNumber"},
 		{"public key not PEM", device(func(d *custodyv1alpha1.Device) { d.Spec.Identity.PublicKey = strings.Repeat("A", 120) }), "publicKey must be a PEM block"},
 		{"claim code instead of verifier", device(func(d *custodyv1alpha1.Device) { d.Spec.ClaimCode.Verifier = "9G01-8BC1-MY21-P614-FY40" }), "verifier must be an argon2id PHC string"},
-		{"bound and decommissioned", device(func(d *custodyv1alpha1.Device) {
-			d.Spec.Decommissioned = true
-			d.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "t", Namespace: "t", Name: "c", UID: "u"}
-		}), "a decommissioned device cannot be bound"},
+		{"sale to a custodian and an owner", device(func(d *custodyv1alpha1.Device) {
+			d.Spec.Sale = &custodyv1alpha1.SaleRecord{OrderReference: "SO-1", Buyer: custodyv1alpha1.Buyer{Name: "B"}, CustodianTenant: "wholesale", OwnerTenant: "acme"}
+		}), "either a custodianTenant"},
+		{"sale record combined with a code", claim(func(c *custodyv1alpha1.Claim) { c.Spec.SaleRecord = &custodyv1alpha1.SaleRecordProof{} }), "saleRecord and transfer are proofs on their own"},
+		{"transfer combined with a sale record", claim(func(c *custodyv1alpha1.Claim) {
+			c.Spec.ClaimCode = nil
+			c.Spec.SaleRecord = &custodyv1alpha1.SaleRecordProof{}
+			c.Spec.Transfer = &custodyv1alpha1.TransferAcceptance{FromTenant: "x"}
+		}), "saleRecord and transfer are proofs on their own"},
+		{"pairing token without possession", claim(func(c *custodyv1alpha1.Claim) {
+			c.Spec.PairingToken = &custodyv1alpha1.PairingTokenProof{SecretName: "t"}
+		}), "pairing-token Claim is created by the manager"},
+		{"transfer without a recipient or release", &custodyv1alpha1.Transfer{ObjectMeta: metav1.ObjectMeta{Name: "t", Namespace: "default"},
+			Spec: custodyv1alpha1.TransferSpec{ClaimName: "c"}}, "set exactly one of recipient"},
+		{"award without a claim", &custodyv1alpha1.SupportAction{ObjectMeta: metav1.ObjectMeta{Name: "a"},
+			Spec: custodyv1alpha1.SupportActionSpec{DeviceName: "xr200.sn-1", Action: custodyv1alpha1.SupportActionAward, Reason: "ticket 1234: checked invoice"}}, "claim is required for Award"},
+		{"support action without a reason", &custodyv1alpha1.SupportAction{ObjectMeta: metav1.ObjectMeta{Name: "a"},
+			Spec: custodyv1alpha1.SupportActionSpec{DeviceName: "xr200.sn-1", Action: custodyv1alpha1.SupportActionReset, Reason: "x"}}, "spec.reason"},
+		{"cooling-off period out of range", tenant(func(tn *custodyv1alpha1.Tenant) {
+			tn.Spec.ClaimPolicy = &custodyv1alpha1.ClaimPolicy{CoolingOff: &custodyv1alpha1.CoolingOffPolicy{Period: metav1.Duration{Duration: time.Second}}}
+		}), "period must be between 1m and 720h"},
+		{"notifications over plain http", tenant(func(tn *custodyv1alpha1.Tenant) {
+			tn.Spec.Notifications = &custodyv1alpha1.NotificationEndpoint{URL: "http://erp.example/hook", SigningKeySecretRef: custodyv1alpha1.SigningKeyReference{Name: "k"}}
+		}), "url must be an https:// URL"},
 
 		{"valid claim", claim(func(*custodyv1alpha1.Claim) {}), ""},
 		{"claim without proof", claim(func(c *custodyv1alpha1.Claim) { c.Spec.ClaimCode = nil }), "a Claim must offer a proof of ownership"},

@@ -1,0 +1,164 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claimcode"
+)
+
+// SupportActionReconciler applies support staff's decisions: award a device
+// to a Claim, or reset it. Each is applied once, in one optimistic write of
+// the Device, and recorded in the device's history with who decided and why.
+type SupportActionReconciler struct {
+	Client   client.Client
+	Recorder events.EventRecorder
+	Options  Options
+}
+
+// +kubebuilder:rbac:groups=custody.dev,resources=supportactions,verbs=get;list;watch
+// +kubebuilder:rbac:groups=custody.dev,resources=supportactions/status,verbs=get;update;patch
+
+// Reconcile applies one SupportAction.
+func (r *SupportActionReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	a := &custodyv1alpha1.SupportAction{}
+	if err := r.Client.Get(ctx, req.NamespacedName, a); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if a.Status.Phase == custodyv1alpha1.SupportActionSucceeded || a.Status.Phase == custodyv1alpha1.SupportActionFailed {
+		return reconcile.Result{}, nil
+	}
+	msg, err := r.apply(ctx, a)
+	var failed *actionFailed
+	switch {
+	case apierrors.IsConflict(err):
+		return reconcile.Result{RequeueAfter: conflictRetry}, nil
+	case asActionFailed(err, &failed):
+		return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionFailed, failed.msg)
+	case err != nil:
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionSucceeded, msg)
+}
+
+// actionFailed is a decision that cannot be applied; it is final.
+type actionFailed struct{ msg string }
+
+func (e *actionFailed) Error() string { return e.msg }
+
+func asActionFailed(err error, target **actionFailed) bool {
+	f, ok := err.(*actionFailed) //nolint:errorlint // never wrapped
+	if ok {
+		*target = f
+	}
+	return ok
+}
+
+func (r *SupportActionReconciler) apply(ctx context.Context, a *custodyv1alpha1.SupportAction) (string, error) {
+	if a.Spec.RequestedBy == "" {
+		return "", &actionFailed{"spec.requestedBy is empty: the action did not pass the admission webhook, so who decided is unknown. Nothing was done."}
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: a.Spec.DeviceName}, dev); err != nil {
+		if apierrors.IsNotFound(err) {
+			return "", &actionFailed{"Device " + a.Spec.DeviceName + " does not exist. Nothing was done."}
+		}
+		return "", err
+	}
+	ref := "supportaction/" + a.Name
+	// Applied before a crash or a lost status write: do not apply twice.
+	for _, h := range dev.Status.History {
+		if h.Type == custodyv1alpha1.CustodyEventResolved && h.Reference == ref {
+			return "Applied: " + h.Proof + ".", nil
+		}
+	}
+	rec := custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(r.Options.Clock.Now()), Type: custodyv1alpha1.CustodyEventResolved,
+		Actor: "user:" + a.Spec.RequestedBy, Reference: ref, Reason: a.Spec.Reason}
+	before := dev.DeepCopy()
+	// The current claim code took part in whatever is being resolved:
+	// it never binds again.
+	if dev.Spec.ClaimCode != nil {
+		dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier))
+	}
+	dev.Spec.PendingClaim, dev.Spec.Dispute = nil, nil
+	var msg string
+	switch a.Spec.Action {
+	case custodyv1alpha1.SupportActionAward:
+		c, tenant, err := r.awardee(ctx, a, dev)
+		if err != nil {
+			return "", err
+		}
+		if ref := dev.Spec.ClaimRef; ref != nil && ref.UID != c.UID {
+			rec.FromTenant = ref.Tenant
+		}
+		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		rec.Tenant, rec.Claim, rec.ClaimUID, rec.Proof = tenant, c.Namespace+"/"+c.Name, c.UID, "Award"
+		msg = fmt.Sprintf("Awarded to tenant %s (Claim %s/%s).", tenant, c.Namespace, c.Name)
+	case custodyv1alpha1.SupportActionReset:
+		if ref := dev.Spec.ClaimRef; ref != nil {
+			rec.Tenant, rec.Claim, rec.ClaimUID = ref.Tenant, ref.Namespace+"/"+ref.Name, ref.UID
+		}
+		dev.Spec.ClaimRef = nil
+		rec.Proof = "Reset"
+		msg = "Reset: no binding, cooling-off or dispute remains, and the current claim code is used up; the ERP issues a new one."
+	}
+	// The Device first: a retry after a crash between the two writes
+	// applies the same decision again (a no-op) and then records it.
+	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+		return "", err
+	}
+	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
+		return "", err
+	}
+	r.Recorder.Eventf(dev, a, corev1.EventTypeNormal, "Resolved", "SupportAction", "%s by %s: %s (SupportAction %s: %s)", a.Spec.Action, a.Spec.RequestedBy, msg, a.Name, a.Spec.Reason)
+	return msg, nil
+}
+
+// awardee is the Claim an Award names, checked: it exists, asks for this
+// device, and lives in a ready Tenant's namespace.
+func (r *SupportActionReconciler) awardee(ctx context.Context, a *custodyv1alpha1.SupportAction, dev *custodyv1alpha1.Device) (*custodyv1alpha1.Claim, string, error) {
+	c := &custodyv1alpha1.Claim{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: a.Spec.Claim.Namespace, Name: a.Spec.Claim.Name}, c); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, "", &actionFailed{"Claim " + a.Spec.Claim.Namespace + "/" + a.Spec.Claim.Name + " does not exist. Nothing was done."}
+		}
+		return nil, "", err
+	}
+	if c.DeviceName() != dev.Name || !c.DeletionTimestamp.IsZero() {
+		return nil, "", &actionFailed{"Claim " + c.Namespace + "/" + c.Name + " does not ask for device " + dev.Name + " (or is being deleted). Nothing was done."}
+	}
+	var tenants custodyv1alpha1.TenantList
+	if err := r.Client.List(ctx, &tenants, client.MatchingFields{indexTenantNamespace: c.Namespace}); err != nil {
+		return nil, "", err
+	}
+	if len(tenants.Items) != 1 || !tenantUsable(&tenants.Items[0]) {
+		return nil, "", &actionFailed{"Namespace " + c.Namespace + " does not belong to a ready Tenant. Nothing was done."}
+	}
+	return c, tenants.Items[0].Name, nil
+}
+
+func (r *SupportActionReconciler) finish(ctx context.Context, a *custodyv1alpha1.SupportAction, phase custodyv1alpha1.SupportActionPhase, msg string) error {
+	before := a.DeepCopy()
+	a.Status.Phase, a.Status.Message = phase, msg
+	t := metav1.NewTime(r.Options.Clock.Now())
+	a.Status.CompletionTime = &t
+	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, a, client.MergeFrom(before)))
+}
+
+// SetupWithManager registers the controller.
+func (r *SupportActionReconciler) SetupWithManager(mgr manager.Manager) error {
+	return builder.ControllerManagedBy(mgr).
+		For(&custodyv1alpha1.SupportAction{}).
+		Named("supportaction").
+		Complete(r)
+}

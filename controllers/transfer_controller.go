@@ -1,0 +1,258 @@
+package controllers
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claimcode"
+)
+
+// TransferReconciler carries out Transfers. An offer to a named tenant is
+// validated and timed here and completed by the recipient's Claim (the
+// claim controller moves the binding); a release is carried out here.
+type TransferReconciler struct {
+	Client client.Client
+	// APIReader reads the fresh claim-code Secret of a rotation, which the
+	// manager never caches.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Options   Options
+}
+
+// +kubebuilder:rbac:groups=custody.dev,resources=transfers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=custody.dev,resources=transfers/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=create
+
+// ClaimCodeSecretKey is the key of the fresh claim code in a rotation's
+// Secret, as a Claim's spec.claimCode.secretRef expects by default.
+const ClaimCodeSecretKey = "code"
+
+// Reconcile carries out one Transfer.
+func (r *TransferReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	tr := &custodyv1alpha1.Transfer{}
+	if err := r.Client.Get(ctx, req.NamespacedName, tr); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if !tr.DeletionTimestamp.IsZero() || transferDone(tr) {
+		return reconcile.Result{}, nil
+	}
+	before := tr.DeepCopy()
+	res, err := r.reconcile(ctx, tr)
+	if !equality.Semantic.DeepEqual(before.Status, tr.Status) {
+		if perr := r.Client.Status().Patch(ctx, tr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); perr != nil && err == nil {
+			err = client.IgnoreNotFound(perr)
+		}
+	}
+	if apierrors.IsConflict(err) {
+		return reconcile.Result{RequeueAfter: conflictRetry}, nil
+	}
+	return res, err
+}
+
+func transferDone(tr *custodyv1alpha1.Transfer) bool {
+	switch tr.Status.Phase {
+	case custodyv1alpha1.TransferPhaseCompleted, custodyv1alpha1.TransferPhaseExpired, custodyv1alpha1.TransferPhaseFailed:
+		return true
+	}
+	return false
+}
+
+func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.Transfer) (reconcile.Result, error) {
+	now := r.Options.Clock.Now()
+	var tenants custodyv1alpha1.TenantList
+	if err := r.Client.List(ctx, &tenants, client.MatchingFields{indexTenantNamespace: tr.Namespace}); err != nil {
+		return reconcile.Result{}, err
+	}
+	if len(tenants.Items) != 1 || !tenantUsable(&tenants.Items[0]) {
+		setTransfer(tr, "", false, custodyv1alpha1.TransferReasonTenantNotReady, "This namespace does not belong to a ready Tenant.", now)
+		return reconcile.Result{}, nil
+	}
+	tenant := &tenants.Items[0]
+
+	c := &custodyv1alpha1.Claim{}
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: tr.Namespace, Name: tr.Spec.ClaimName}, c)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return reconcile.Result{}, err
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err == nil {
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: c.DeviceName()}, dev); client.IgnoreNotFound(err) != nil {
+			return reconcile.Result{}, err
+		}
+	}
+	if tr.Status.DeviceName == "" {
+		if err != nil || dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID || dev.Spec.ClaimRef.Tenant != tenant.Name {
+			setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
+				"Claim "+tr.Spec.ClaimName+" does not hold a device in this namespace: nothing was handed on.", now)
+			return reconcile.Result{}, nil
+		}
+		tr.Status.DeviceName = dev.Name
+		exp := metav1.NewTime(now.Add(r.Options.TransferTTL))
+		tr.Status.ExpiresAt = &exp
+	}
+
+	if tr.Spec.Release != nil {
+		return reconcile.Result{}, r.release(ctx, tr, c, dev, now)
+	}
+
+	// An offer: the recipient's Claim completes it.
+	ref := tr.Namespace + "/" + tr.Name
+	for _, h := range dev.Status.History {
+		if h.Type == custodyv1alpha1.CustodyEventTransferred && h.Reference == ref {
+			setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was handed to tenant "+h.Tenant+".", now)
+			t := h.Time
+			tr.Status.CompletionTime = &t
+			return reconcile.Result{}, nil
+		}
+	}
+	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID {
+		setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
+			"Claim "+tr.Spec.ClaimName+" no longer holds the device: nothing was handed on.", now)
+		return reconcile.Result{}, nil
+	}
+	if !now.Before(tr.Status.ExpiresAt.Time) {
+		setTransfer(tr, custodyv1alpha1.TransferPhaseExpired, false, custodyv1alpha1.TransferReasonExpired, "The recipient did not accept before status.expiresAt; create a new Transfer to offer the device again.", now)
+		return reconcile.Result{}, nil
+	}
+	setTransfer(tr, custodyv1alpha1.TransferPhaseOffered, false, custodyv1alpha1.TransferReasonAwaitingRecipient,
+		"Offered to tenant "+tr.Spec.Recipient.Tenant+": it accepts with a Claim for this device whose spec.transfer.fromTenant is "+tenant.Name+".", now)
+	return reconcile.Result{RequeueAfter: tr.Status.ExpiresAt.Sub(now)}, nil
+}
+
+// release ends the offering tenant's binding and opens the device for
+// claiming, with a fresh claim code when asked. Each step is idempotent:
+// the code's Secret is written before the Device, and the Device write is
+// optimistic and conditional on the Claim still holding it.
+func (r *TransferReconciler) release(ctx context.Context, tr *custodyv1alpha1.Transfer, c *custodyv1alpha1.Claim, dev *custodyv1alpha1.Device, now time.Time) error {
+	ref := tr.Namespace + "/" + tr.Name
+	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID {
+		for _, h := range dev.Status.History {
+			if h.Type == custodyv1alpha1.CustodyEventReleased && h.Reference == ref {
+				setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
+				t := h.Time
+				tr.Status.CompletionTime = &t
+				return nil
+			}
+		}
+		setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
+			"Claim "+tr.Spec.ClaimName+" no longer holds the device: nothing was released.", now)
+		return nil
+	}
+	before := dev.DeepCopy()
+	if tr.Spec.Release.RotateClaimCode {
+		code, err := r.freshCode(ctx, tr)
+		if err != nil {
+			return err
+		}
+		verifier, err := claimcode.NewVerifier(code)
+		if err != nil {
+			return err
+		}
+		if old := dev.Spec.ClaimCode; old != nil {
+			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(old.Verifier))
+		}
+		dev.Spec.ClaimCode = &custodyv1alpha1.DeviceClaimCode{Verifier: verifier}
+		tr.Status.ClaimCodeSecretName = claimCodeSecretName(tr)
+	}
+	released := *dev.Spec.ClaimRef
+	dev.Spec.ClaimRef = nil
+	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	if err := recordHistory(ctx, r.Client, dev.Name, custodyv1alpha1.CustodyRecord{
+		Time: metav1.NewTime(now), Type: custodyv1alpha1.CustodyEventReleased, Tenant: released.Tenant,
+		Claim: released.Namespace + "/" + released.Name, ClaimUID: released.UID, Proof: "Transfer", Reference: ref,
+		Actor: "tenant:" + released.Tenant,
+	}); err != nil {
+		return err
+	}
+	r.Recorder.Eventf(dev, tr, corev1.EventTypeNormal, "Released", "Transfer", "Released for claiming by tenant %s (Transfer %s); its certificates are refused from now on.", released.Tenant, ref)
+	setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
+	t := metav1.NewTime(now)
+	tr.Status.CompletionTime = &t
+	return nil
+}
+
+func claimCodeSecretName(tr *custodyv1alpha1.Transfer) string { return tr.Name + "-claim-code" }
+
+// freshCode returns the rotation's claim code, creating its Secret (owned
+// by the Transfer) the first time. The code exists only there and in the
+// verifier derived from it.
+func (r *TransferReconciler) freshCode(ctx context.Context, tr *custodyv1alpha1.Transfer) (claimcode.Code, error) {
+	key := client.ObjectKey{Namespace: tr.Namespace, Name: claimCodeSecretName(tr)}
+	s := &corev1.Secret{}
+	err := r.APIReader.Get(ctx, key, s)
+	if apierrors.IsNotFound(err) {
+		code, gerr := claimcode.Generate()
+		if gerr != nil {
+			return "", gerr
+		}
+		s = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name, Labels: map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}},
+			Type:       corev1.SecretTypeOpaque,
+			Data:       map[string][]byte{ClaimCodeSecretKey: []byte(code.String())},
+		}
+		if err := controllerutil.SetOwnerReference(tr, s, r.Client.Scheme()); err != nil {
+			return "", err
+		}
+		if err := r.Client.Create(ctx, s); err != nil {
+			return "", err
+		}
+		return code, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return claimcode.Parse(string(s.Data[ClaimCodeSecretKey]))
+}
+
+func setTransfer(tr *custodyv1alpha1.Transfer, phase custodyv1alpha1.TransferPhase, ready bool, reason, msg string, now time.Time) {
+	if phase != "" {
+		tr.Status.Phase = phase
+	}
+	status := metav1.ConditionFalse
+	if ready {
+		status = metav1.ConditionTrue
+	}
+	cond := metav1.Condition{Type: custodyv1alpha1.ConditionReady, Status: status, Reason: reason, Message: msg, ObservedGeneration: tr.Generation, LastTransitionTime: metav1.NewTime(now)}
+	if prev := meta.FindStatusCondition(tr.Status.Conditions, cond.Type); prev != nil && prev.Status == cond.Status && prev.Reason == cond.Reason && prev.Message == cond.Message {
+		return
+	}
+	meta.RemoveStatusCondition(&tr.Status.Conditions, cond.Type)
+	tr.Status.Conditions = append(tr.Status.Conditions, cond)
+}
+
+// SetupWithManager registers the controller. Transfers are re-examined when
+// their device changes (accepted, released, rebound).
+func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
+	byDevice := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		var list custodyv1alpha1.TransferList
+		if err := r.Client.List(ctx, &list, client.MatchingFields{indexTransferDevice: o.GetName()}); err != nil {
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(list.Items))
+		for _, t := range list.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&t)})
+		}
+		return reqs
+	})
+	return builder.ControllerManagedBy(mgr).
+		For(&custodyv1alpha1.Transfer{}).
+		Watches(&custodyv1alpha1.Device{}, byDevice).
+		Named("transfer").
+		Complete(r)
+}
