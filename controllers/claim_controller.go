@@ -290,11 +290,11 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 	case claim.ActionDispute:
 		dev := in.Device
 		before := dev.DeepCopy()
-		me := custodyv1alpha1.PendingClaim{DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, Proof: d.Proof}
+		me := custodyv1alpha1.DisputedClaim{DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, Proof: d.Proof}
 		if dev.Spec.Dispute == nil {
 			dev.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.NewTime(in.Now)}
 			if p := dev.Spec.PendingClaim; p != nil {
-				dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, *p)
+				dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, custodyv1alpha1.DisputedClaim{DeviceClaimReference: p.DeviceClaimReference, Proof: p.Proof})
 			}
 		}
 		if len(dev.Spec.Dispute.Claims) >= 8 {

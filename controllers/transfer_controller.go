@@ -106,7 +106,7 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 	}
 
 	if tr.Spec.Release != nil {
-		return reconcile.Result{}, r.release(ctx, tr, c, dev, now)
+		return reconcile.Result{}, r.release(ctx, tr, c, dev, tenant.Name, now)
 	}
 
 	// An offer: the recipient's Claim completes it.
@@ -119,7 +119,12 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 			return reconcile.Result{}, nil
 		}
 	}
-	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID {
+	if ref := dev.Spec.ClaimRef; ref == nil || ref.UID != c.UID {
+		if ref != nil && ref.Tenant == tr.Spec.Recipient.Tenant {
+			// Accepted: the history entry follows the binding, and its
+			// write brings this Transfer back.
+			return reconcile.Result{}, nil
+		}
 		setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
 			"Claim "+tr.Spec.ClaimName+" no longer holds the device: nothing was handed on.", now)
 		return reconcile.Result{}, nil
@@ -137,16 +142,25 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 // claiming, with a fresh claim code when asked. Each step is idempotent:
 // the code's Secret is written before the Device, and the Device write is
 // optimistic and conditional on the Claim still holding it.
-func (r *TransferReconciler) release(ctx context.Context, tr *custodyv1alpha1.Transfer, c *custodyv1alpha1.Claim, dev *custodyv1alpha1.Device, now time.Time) error {
+func (r *TransferReconciler) release(ctx context.Context, tr *custodyv1alpha1.Transfer, c *custodyv1alpha1.Claim, dev *custodyv1alpha1.Device, tenant string, now time.Time) error {
 	ref := tr.Namespace + "/" + tr.Name
 	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID {
+		recorded := false
 		for _, h := range dev.Status.History {
-			if h.Type == custodyv1alpha1.CustodyEventReleased && h.Reference == ref {
-				setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
-				t := h.Time
-				tr.Status.CompletionTime = &t
-				return nil
+			if h.Type == custodyv1alpha1.CustodyEventReleased && h.ClaimUID == c.UID {
+				recorded = true
+				if h.Reference == ref {
+					setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
+					t := h.Time
+					tr.Status.CompletionTime = &t
+					return nil
+				}
 			}
+		}
+		if !recorded && dev.Spec.ClaimRef == nil && c.UID != "" {
+			// This release's Device write landed and the manager stopped
+			// before recording it: every other release records itself.
+			return r.recordRelease(ctx, tr, dev, custodyv1alpha1.DeviceClaimReference{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, now)
 		}
 		setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
 			"Claim "+tr.Spec.ClaimName+" no longer holds the device: nothing was released.", now)
@@ -173,6 +187,11 @@ func (r *TransferReconciler) release(ctx context.Context, tr *custodyv1alpha1.Tr
 	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 		return err
 	}
+	return r.recordRelease(ctx, tr, dev, released, now)
+}
+
+func (r *TransferReconciler) recordRelease(ctx context.Context, tr *custodyv1alpha1.Transfer, dev *custodyv1alpha1.Device, released custodyv1alpha1.DeviceClaimReference, now time.Time) error {
+	ref := tr.Namespace + "/" + tr.Name
 	if err := recordHistory(ctx, r.Client, dev.Name, custodyv1alpha1.CustodyRecord{
 		Time: metav1.NewTime(now), Type: custodyv1alpha1.CustodyEventReleased, Tenant: released.Tenant,
 		Claim: released.Namespace + "/" + released.Name, ClaimUID: released.UID, Proof: "Transfer", Reference: ref,

@@ -223,7 +223,17 @@ type Dispute struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=8
-	Claims []PendingClaim `json:"claims"`
+	Claims []DisputedClaim `json:"claims"`
+}
+
+// DisputedClaim is one of the competing Claims of a dispute.
+type DisputedClaim struct {
+	DeviceClaimReference `json:",inline"`
+
+	// proof is what the Claim proved ownership with.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	Proof string `json:"proof"`
 }
 
 // DevicePhase is a Device's place in its life cycle.
@@ -383,6 +393,30 @@ type DeviceCertificate struct {
 	ClaimUID types.UID `json:"claimUID"`
 }
 
+// NotificationDelivery is how far the device's history has been delivered
+// to one endpoint.
+type NotificationDelivery struct {
+	// endpoint is "operator/<name>" or "tenant/<tenant>".
+	// +required
+	// +kubebuilder:validation:MaxLength=128
+	Endpoint string `json:"endpoint"`
+
+	// deliveredSequence is the last history entry delivered (or not meant
+	// for this endpoint); later entries are delivered in order.
+	// +optional
+	DeliveredSequence int64 `json:"deliveredSequence,omitempty"`
+
+	// failedAttempts counts failed deliveries of the next entry; retries
+	// back off exponentially.
+	// +optional
+	FailedAttempts int32 `json:"failedAttempts,omitempty"`
+
+	// lastError says why the last delivery failed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	LastError string `json:"lastError,omitempty"`
+}
+
 // DeviceReport is what the device last reported in its heartbeat.
 type DeviceReport struct {
 	// firmwareVersion the device runs.
@@ -436,6 +470,15 @@ type DeviceStatus struct {
 	// gateway, which may write nothing else.
 	// +optional
 	Reported *DeviceReport `json:"reported,omitempty"`
+
+	// notifications is the delivery state of the custody history to each
+	// notification endpoint that concerns this device. Written by the
+	// manager.
+	// +optional
+	// +listType=map
+	// +listMapKey=endpoint
+	// +kubebuilder:validation:MaxItems=16
+	Notifications []NotificationDelivery `json:"notifications,omitempty"`
 
 	// observedGeneration is the generation the manager last reconciled.
 	// +optional

@@ -140,6 +140,21 @@ func TestRBACMatrix(t *testing.T) {
 		return func(c client.Client) error { return c.Create(ctx, newIssuer(ns), dry) }
 	}
 	listDevices := func(c client.Client) error { return c.List(ctx, &custodyv1alpha1.DeviceList{}) }
+	createTransfer := func(ns string) func(client.Client) error {
+		return func(c client.Client) error {
+			return c.Create(ctx, &custodyv1alpha1.Transfer{ObjectMeta: metav1.ObjectMeta{Name: uniq("rbac"), Namespace: ns},
+				Spec: custodyv1alpha1.TransferSpec{ClaimName: bound.Name, Recipient: &custodyv1alpha1.TransferRecipient{Tenant: b.Name}}}, dry)
+		}
+	}
+	createSupportAction := func(c client.Client) error {
+		return c.Create(ctx, &custodyv1alpha1.SupportAction{ObjectMeta: metav1.ObjectMeta{Name: uniq("rbac")},
+			Spec: custodyv1alpha1.SupportActionSpec{DeviceName: rec.Device.Name, Action: custodyv1alpha1.SupportActionReset, Reason: "RBAC matrix dry run"}}, dry)
+	}
+	setDisputeDirectly := func(c client.Client) error {
+		return updateDevice(c, free.Name, func(d *custodyv1alpha1.Device) {
+			d.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.Now(), Claims: []custodyv1alpha1.DisputedClaim{{DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: b.Name, Namespace: nsB, Name: "x", UID: "x"}, Proof: "x"}}}
+		}, dry)
+	}
 	createDevice := func(c client.Client) error {
 		d := newDeviceManifest(t)
 		return c.Create(ctx, d, dry)
@@ -189,6 +204,8 @@ func TestRBACMatrix(t *testing.T) {
 		{"erp", "create a Claim", createClaim(nsA), false},
 		{"erp", "read Secrets", readSecrets(nsA), false},
 		{"erp", "edit a Tenant", editTenant, false},
+		{"erp", "create a SupportAction", createSupportAction, false},
+		{"erp", "record a dispute directly", setDisputeDirectly, false},
 		// Tenant A admin.
 		{"a-admin", "list own Claims", listClaims(nsA), true},
 		{"a-admin", "create a Claim", createClaim(nsA), true},
@@ -209,6 +226,9 @@ func TestRBACMatrix(t *testing.T) {
 		{"a-admin", "read tenant B's trust bundle", getTrust(nsB), false},
 		{"a-admin", "add a member to its Tenant", editTenant, false},
 		{"a-admin", "bind a role in its namespace", bindRole(nsA), false},
+		{"a-admin", "offer its device to another tenant", createTransfer(nsA), true},
+		{"a-admin", "create a Transfer in tenant B", createTransfer(nsB), false},
+		{"a-admin", "create a SupportAction", createSupportAction, false},
 		// Tenant A operator.
 		{"a-operator", "list own Claims", listClaims(nsA), true},
 		{"a-operator", "create a Claim", createClaim(nsA), true},
@@ -218,6 +238,7 @@ func TestRBACMatrix(t *testing.T) {
 		{"a-operator", "create a CertificateRequest", createCR(nsA), false},
 		{"a-operator", "create an Issuer", createIssuer(nsA), false},
 		{"a-operator", "bind a Device", rebind, false},
+		{"a-operator", "give a device away (Transfer)", createTransfer(nsA), false},
 		// Tenant A viewer.
 		{"a-viewer", "list own Claims", listClaims(nsA), true},
 		{"a-viewer", "read the trust bundle", getTrust(nsA), true},
@@ -239,6 +260,9 @@ func TestRBACMatrix(t *testing.T) {
 		{"support", "delete a Claim (release)", deleteClaim, true},
 		{"support", "correct a Device record", editSale, true},
 		{"support", "bind a Device", rebind, false},
+		{"support", "resolve with a SupportAction", createSupportAction, true},
+		{"support", "record a dispute directly", setDisputeDirectly, false},
+		{"support", "create a Transfer for a tenant", createTransfer(nsA), false},
 		{"support", "unbind a Device directly", unbind, false},
 		{"support", "read claim-code Secrets", readSecrets(nsA), false},
 		{"support", "create a CertificateRequest", createCR(cp.OperatorNamespace), false},

@@ -1,0 +1,206 @@
+package integration
+
+import (
+	"context"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claim"
+)
+
+// TestPhotographedLabelInCustody is the wholesaler problem: a device sold
+// to a custodian cannot be claimed with its code by anyone else, and the
+// answer is the one a wrong code or an unknown serial gets.
+func TestPhotographedLabelInCustody(t *testing.T) {
+	startManager(t)
+	wholesale, stranger := newTenant(t), newTenant(t)
+	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
+	serial, model, name := rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Device.Name
+
+	photo := waitPhase(t, claimWithCode(t, admin, stranger.Status.Namespace, serial, model, rec.Code.String()), custodyv1alpha1.ClaimPhaseDenied)
+	unknown := waitPhase(t, claimWithCode(t, admin, stranger.Status.Namespace, serial+"X", model, rec.Code.String()), custodyv1alpha1.ClaimPhaseDenied)
+	if readyReason(photo) != custodyv1alpha1.ClaimReasonNotVerified || readyMessage(photo) != readyMessage(unknown) || readyReason(photo) != readyReason(unknown) {
+		t.Fatalf("the photographed code got %q / %q; an unknown serial gets %q / %q", readyReason(photo), readyMessage(photo), readyReason(unknown), readyMessage(unknown))
+	}
+	d := getDevice(t, name)
+	if d.Spec.ClaimRef != nil || len(d.Spec.ConsumedClaimCodes) != 0 {
+		t.Fatal("a claim by code bound (or used up the code of) a device in custody")
+	}
+	if c := meta.FindStatusCondition(d.Status.Conditions, custodyv1alpha1.DeviceConditionClaimable); c == nil || c.Reason != custodyv1alpha1.DeviceReasonInCustody {
+		t.Fatalf("Claimable: %+v, want reason InCustody", c)
+	}
+
+	// The custodian takes the device with the sale record, and still no
+	// code works for anyone else.
+	take := waitPhase(t, proofClaim(t, admin, wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseBound)
+	again := waitPhase(t, claimWithCode(t, admin, stranger.Status.Namespace, serial, model, rec.Code.String()), custodyv1alpha1.ClaimPhaseDenied)
+	if readyReason(again) != custodyv1alpha1.ClaimReasonNotVerified || readyMessage(again) != readyMessage(unknown) {
+		t.Fatalf("while the custodian holds the device the code got %q: %q", readyReason(again), readyMessage(again))
+	}
+	if !boundTo(t, name, take.UID) {
+		t.Fatal("the custodian lost the device")
+	}
+	d = getDevice(t, name)
+	sold, bound := entries(d, custodyv1alpha1.CustodyEventSold), entries(d, custodyv1alpha1.CustodyEventBound)
+	if len(sold) != 1 || sold[0].Actor != "erp:"+erpOwner || sold[0].Tenant != wholesale.Name || sold[0].Reference != d.Spec.Sale.OrderReference {
+		t.Fatalf("sale recorded as %+v", sold)
+	}
+	if len(bound) != 1 || bound[0].Proof != claim.ProofSaleRecord || bound[0].Actor != "erp:"+erpOwner || bound[0].Tenant != wholesale.Name {
+		t.Fatalf("custody recorded as %+v", bound)
+	}
+	// A sale record proves once.
+	if len(d.Spec.ConsumedSaleRecords) != 1 || d.Spec.ConsumedSaleRecords[0] != d.Spec.Sale.OrderReference {
+		t.Fatalf("sale record not used up: %v", d.Spec.ConsumedSaleRecords)
+	}
+	assertChain(t, name)
+}
+
+// TestCustodianTransfersToCustomer: the custodian offers the device to its
+// customer, who accepts with a Claim; the binding moves in one step, and
+// nobody else can take the offer.
+func TestCustodianTransfersToCustomer(t *testing.T) {
+	startManager(t)
+	wholesale, acme, stranger := newTenant(t), newTenant(t), newTenant(t)
+	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
+	name := rec.Device.Name
+	take := waitPhase(t, proofClaim(t, admin, wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseBound)
+
+	// A stranger accepting before any offer exists waits, holding nothing.
+	early := proofClaim(t, admin, stranger.Status.Namespace, rec, acceptFrom(wholesale.Name))
+	tr := offer(t, admin, take, acme.Name)
+	if tr.Status.DeviceName != name || tr.Status.ExpiresAt == nil {
+		t.Fatalf("offer status: %+v", tr.Status)
+	}
+	accept := waitPhase(t, proofClaim(t, admin, acme.Status.Namespace, rec, acceptFrom(wholesale.Name)), custodyv1alpha1.ClaimPhaseBound)
+	if !boundTo(t, name, accept.UID) {
+		t.Fatal("the device is not bound to the accepting Claim")
+	}
+	waitPhase(t, take, custodyv1alpha1.ClaimPhaseLost)
+	waitTransfer(t, tr, custodyv1alpha1.TransferPhaseCompleted)
+	moved := lastEntry(t, name, custodyv1alpha1.CustodyEventTransferred)
+	if moved.FromTenant != wholesale.Name || moved.Tenant != acme.Name || moved.Proof != claim.ProofTransfer || moved.Reference != tr.Namespace+"/"+tr.Name {
+		t.Fatalf("transfer recorded as %+v", moved)
+	}
+	got := &custodyv1alpha1.Claim{}
+	if err := admin.Get(context.Background(), client.ObjectKeyFromObject(early), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Phase == custodyv1alpha1.ClaimPhaseBound || readyReason(got) != custodyv1alpha1.ClaimReasonNoTransferOffer {
+		t.Fatalf("a tenant the offer did not name got %s/%s", got.Status.Phase, readyReason(got))
+	}
+	// The sale record is used: the former custodian cannot take it back.
+	back := waitPhase(t, proofClaim(t, admin, wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseDenied)
+	if readyReason(back) != custodyv1alpha1.ClaimReasonSaleRecordNotValid {
+		t.Fatalf("the used sale record got %s", readyReason(back))
+	}
+	assertChain(t, name)
+}
+
+// TestReleaseRotatesTheClaimCode: a holder releases its device for claiming
+// with a fresh code; the old code never binds again, the new one does.
+func TestReleaseRotatesTheClaimCode(t *testing.T) {
+	startManager(t)
+	owner, next := newTenant(t), newTenant(t)
+	rec := newDevice(t)
+	serial, model, name := rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Device.Name
+	held := waitPhase(t, claimWithCode(t, admin, owner.Status.Namespace, serial, model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
+
+	tr := release(t, held, true)
+	waitPhase(t, held, custodyv1alpha1.ClaimPhaseLost)
+	if getDevice(t, name).Spec.ClaimRef != nil {
+		t.Fatal("released device still bound")
+	}
+	if tr.Status.ClaimCodeSecretName == "" {
+		t.Fatal("no Secret named for the fresh code")
+	}
+	secret := readSecret(t, owner.Status.Namespace, tr.Status.ClaimCodeSecretName)
+	fresh := string(secret.Data["code"])
+	if fresh == "" || fresh == rec.Code.String() {
+		t.Fatal("the rotation did not produce a fresh code")
+	}
+	if rel := lastEntry(t, name, custodyv1alpha1.CustodyEventReleased); rel.Reference != tr.Namespace+"/"+tr.Name || rel.Tenant != owner.Name {
+		t.Fatalf("release recorded as %+v", rel)
+	}
+
+	old := waitPhase(t, claimWithCode(t, admin, next.Status.Namespace, serial, model, rec.Code.String()), custodyv1alpha1.ClaimPhaseDenied)
+	if readyReason(old) == custodyv1alpha1.ClaimReasonBound {
+		t.Fatal("the old code bound after rotation")
+	}
+	waitPhase(t, claimWithCode(t, admin, next.Status.Namespace, serial, model, fresh), custodyv1alpha1.ClaimPhaseBound)
+	assertChain(t, name)
+	assertNoCodeAnywhere(t, fresh)
+}
+
+// TestDirectSale: an ERP sale naming a tenant as owner binds without a
+// claim code, recorded with the sale record as proof; a tenant whose
+// policy forbids sale-record proofs gets nothing bound behind its back.
+func TestDirectSale(t *testing.T) {
+	startManager(t)
+	acme := newTenant(t)
+	careful := newTenantWith(t, func(tn *custodyv1alpha1.Tenant) {
+		tn.Spec.ClaimPolicy = &custodyv1alpha1.ClaimPolicy{SaleRecordProof: custodyv1alpha1.SaleRecordProofForbidden}
+	})
+	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant = acme.Name })
+	name := rec.Device.Name
+
+	cl := &custodyv1alpha1.Claim{}
+	cl.Namespace, cl.Name = acme.Status.Namespace, name
+	got := waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	if got.Spec.SaleRecord == nil || !boundTo(t, name, got.UID) {
+		t.Fatal("the direct sale did not bind through a sale-record Claim")
+	}
+	if b := lastEntry(t, name, custodyv1alpha1.CustodyEventBound); b.Proof != claim.ProofSaleRecord || b.Actor != "erp:"+erpOwner || b.Tenant != acme.Name {
+		t.Fatalf("direct sale recorded as %+v", b)
+	}
+
+	forbidden := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant = careful.Name })
+	lastEntry(t, forbidden.Device.Name, custodyv1alpha1.CustodyEventSold)
+	if err := admin.Get(context.Background(), client.ObjectKey{Namespace: careful.Status.Namespace, Name: forbidden.Device.Name}, &custodyv1alpha1.Claim{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a Claim was opened for a tenant that forbids sale-record proofs: %v", err)
+	}
+	denied := waitPhase(t, proofClaim(t, admin, careful.Status.Namespace, forbidden, saleRecordProof), custodyv1alpha1.ClaimPhaseDenied)
+	if readyReason(denied) != custodyv1alpha1.ClaimReasonSaleRecordNotValid || getDevice(t, forbidden.Device.Name).Spec.ClaimRef != nil {
+		t.Fatal("a sale record bound against the tenant's policy")
+	}
+	assertChain(t, name)
+}
+
+// TestDoubleSaleSurfacesAConflict: the ERP re-selling a bound device is
+// refused with a conflict; the binding never moves silently.
+func TestDoubleSaleSurfacesAConflict(t *testing.T) {
+	startManager(t)
+	acme, globex := newTenant(t), newTenant(t)
+	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant = acme.Name })
+	name := rec.Device.Name
+	cl := &custodyv1alpha1.Claim{}
+	cl.Namespace, cl.Name = acme.Status.Namespace, name
+	bound := waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+
+	for label, resell := range map[string]func(*custodyv1alpha1.SaleRecord){
+		"new owner":     func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant = globex.Name },
+		"new order":     func(s *custodyv1alpha1.SaleRecord) { s.OrderReference = "SO-DOUBLE" },
+		"new custodian": func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant, s.CustodianTenant = "", globex.Name },
+	} {
+		err := updateDevice(admin, name, func(d *custodyv1alpha1.Device) { resell(d.Spec.Sale) }, client.FieldOwner(erpOwner))
+		if !apierrors.IsInvalid(err) && !apierrors.IsForbidden(err) || err == nil {
+			t.Fatalf("%s: double sale accepted: %v", label, err)
+		}
+		if msg := err.Error(); !contains(msg, "conflict") || !contains(msg, "bound to tenant "+acme.Name) {
+			t.Fatalf("%s: the refusal does not explain the conflict: %v", label, err)
+		}
+	}
+	// Correcting the buyer's contact is not a sale.
+	if err := updateDevice(admin, name, func(d *custodyv1alpha1.Device) { d.Spec.Sale.Buyer.Contact = "new@acme.example" }, client.FieldOwner(erpOwner)); err != nil {
+		t.Fatalf("a contact correction was refused: %v", err)
+	}
+	if !boundTo(t, name, bound.UID) || getDevice(t, name).Spec.Sale.OwnerTenant != acme.Name {
+		t.Fatal("the binding or the sale moved")
+	}
+	if _, err := claimInNamespace(globex.Status.Namespace, name); !apierrors.IsNotFound(err) {
+		t.Fatal("a Claim was opened for the second buyer")
+	}
+}
