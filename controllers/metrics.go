@@ -19,8 +19,19 @@ var (
 		Name: "custody_claim_failures_total",
 		Help: "Failed claim attempts per tenant.",
 	}, []string{"tenant"})
+
+	// notificationsDelivered and notificationsFailed count deliveries of
+	// custody events per endpoint.
+	notificationsDelivered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custody_notifications_delivered_total",
+		Help: "Custody events delivered, per endpoint.",
+	}, []string{"endpoint"})
+	notificationsFailed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custody_notification_failures_total",
+		Help: "Failed deliveries of custody events (each is retried), per endpoint.",
+	}, []string{"endpoint"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(claimDecisions, claimFailures)
+	metrics.Registry.MustRegister(claimDecisions, claimFailures, notificationsDelivered, notificationsFailed)
 }

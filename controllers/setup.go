@@ -6,6 +6,7 @@ package controllers
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"time"
 
@@ -53,6 +54,14 @@ type Options struct {
 	ModelPolicies map[string]*custodyv1alpha1.ClaimPolicy
 	// TransferTTL is how long a Transfer offer waits for its recipient.
 	TransferTTL time.Duration
+	// Notifications are the operator-wide notification endpoints.
+	Notifications []NotificationEndpoint
+	// NotificationRoots are the CAs notification endpoints are verified
+	// with; the system's when nil.
+	NotificationRoots *x509.CertPool
+	// NotificationBackoff is the first retry delay of a failed delivery;
+	// each further failure doubles it, up to 5 minutes.
+	NotificationBackoff time.Duration
 }
 
 // policyFor is the operator's policy for a model: the default tightened by
@@ -97,6 +106,9 @@ func (o *Options) defaults() {
 	}
 	if o.TransferTTL == 0 {
 		o.TransferTTL = DefaultTransferTTL
+	}
+	if o.NotificationBackoff == 0 {
+		o.NotificationBackoff = time.Second
 	}
 }
 
@@ -185,6 +197,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"supportaction", (&SupportActionReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"notification", (&NotificationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts, HTTP: NotificationHTTPClient(opts.NotificationRoots)}).SetupWithManager},
 		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 	}
