@@ -21,10 +21,10 @@ import (
 
 func main() {
 	var (
-		opNS, rootIssuer, managerUsers, gatewayUsers, metricsAddr, healthAddr, certDir, trustDomain, webhookHost string
-		webhookPort, maxAttempts                                                                                 int
-		leaderElect                                                                                              bool
-		lockoutBase, certDuration                                                                                time.Duration
+		opNS, rootIssuer, managerUsers, gatewayUsers, metricsAddr, healthAddr, certDir, trustDomain, webhookHost, configFile string
+		webhookPort, maxAttempts                                                                                             int
+		leaderElect                                                                                                          bool
+		lockoutBase, certDuration, transferTTL                                                                               time.Duration
 	)
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")
 	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "ClusterIssuer that signs tenant intermediate CAs.")
@@ -39,6 +39,8 @@ func main() {
 	flag.IntVar(&webhookPort, "webhook-port", 9443, "Webhook server port.")
 	flag.IntVar(&maxAttempts, "claim-max-failed-attempts", int(claim.DefaultPolicy.MaxFailedAttempts), "Failed claim attempts a tenant may make on one serial number before it is locked out.")
 	flag.DurationVar(&lockoutBase, "claim-lockout", claim.DefaultPolicy.LockoutBase, "First lockout after too many failed attempts; doubles with each further failure (at most 24h).")
+	flag.DurationVar(&transferTTL, "transfer-ttl", controllers.DefaultTransferTTL, "How long a Transfer offer waits for its recipient.")
+	flag.StringVar(&configFile, "config", "", "YAML file with the operator's claim policy (cooling-off, sale-record proofs), per-model policies and notification endpoints; see docs/operations.md.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Enable leader election.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -52,6 +54,14 @@ func main() {
 	policy := claim.DefaultPolicy
 	policy.MaxFailedAttempts = int32(maxAttempts)
 	policy.LockoutBase = lockoutBase
+	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, ClaimPolicy: policy,
+		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL}
+	if configFile != "" {
+		if err := loadConfig(configFile, &ctrlOpts); err != nil {
+			log.Error(err, "invalid --config")
+			os.Exit(1)
+		}
+	}
 
 	mgr, err := operator.New(operator.Config{
 		RESTConfig:     ctrl.GetConfigOrDie(),
@@ -59,10 +69,9 @@ func main() {
 		MetricsAddr:    metricsAddr,
 		HealthAddr:     healthAddr,
 		LeaderElection: leaderElect,
-		Controllers: controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, ClaimPolicy: policy,
-			TrustDomain: trustDomain, CertificateDuration: certDuration},
-		Webhooks: webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ","), GatewayUsernames: strings.Split(gatewayUsers, ",")},
-		Logger:   logger,
+		Controllers:    ctrlOpts,
+		Webhooks:       webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ","), GatewayUsernames: strings.Split(gatewayUsers, ",")},
+		Logger:         logger,
 	})
 	if err != nil {
 		log.Error(err, "unable to set up the manager")
