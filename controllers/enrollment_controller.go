@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -27,6 +28,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
@@ -49,14 +51,17 @@ const maxDeviceCertificates = 4
 // For possession proofs it confirms the one Claim whose pairing code the
 // device signed.
 type EnrollmentReconciler struct {
-	Client   client.Client
-	Recorder events.EventRecorder
-	Options  Options
+	Client client.Client
+	// APIReader reads pairing-token Secrets, never cached.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Options   Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=cert-manager.io,resources=certificaterequests,verbs=create
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;update
 
 // Reconcile verifies one proof and moves it on.
 func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
@@ -98,6 +103,9 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	}
 	if dev == nil {
 		return reconcile.Result{}, nil // rejected; the status says why
+	}
+	if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession && p.Spec.PairingToken != nil {
+		return reconcile.Result{}, r.claimWithToken(ctx, p, dev, now)
 	}
 	if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
 		return reconcile.Result{}, r.confirmPossession(ctx, p, dev, now)
@@ -420,6 +428,92 @@ func (r *EnrollmentReconciler) confirmPossession(ctx context.Context, p *custody
 	}
 	reject(p, custodyv1alpha1.DeviceProofReasonNoMatchingClaim, "No Claim of this device waits for this pairing code.")
 	return nil
+}
+
+// claimWithToken opens a Claim, in the token's tenant's namespace, for a
+// device that proved possession with one of that tenant's pairing tokens.
+// The token must be valid for the device (expiry, usage limit, revocation,
+// allowed serials) and the device free: a token never takes a device that
+// is bound, claimed, disputed, decommissioned or in another's custody. Its
+// use is counted on the Secret before the Claim is created, so a crash in
+// between over-counts, never under-counts. The claim controller binds the
+// Claim as it binds any other, under the tenant's claim policy.
+func (r *EnrollmentReconciler) claimWithToken(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, now time.Time) error {
+	tok := p.Spec.PairingToken
+	refuse := func(why string) error {
+		reject(p, custodyv1alpha1.DeviceProofReasonTokenRefused, "Pairing token "+tok.TokenID+" of tenant "+tok.Tenant+" refused: "+why+".")
+		return nil
+	}
+	tenant := &custodyv1alpha1.Tenant{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: tok.Tenant}, tenant); err != nil {
+		if apierrors.IsNotFound(err) {
+			return refuse("no such tenant")
+		}
+		return err
+	}
+	if !tenantUsable(tenant) {
+		return refuse("the tenant is not ready")
+	}
+	ns := tenant.TargetNamespace()
+	secret := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: claim.PairingTokenSecretPrefix + tok.TokenID}, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return refuse("no such token (deleted tokens are revoked)")
+		}
+		return err
+	}
+	// Already done by an earlier reconcile: confirm without counting again.
+	existing := &custodyv1alpha1.Claim{}
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: dev.Name}, existing)
+	switch {
+	case err == nil && existing.Spec.PairingToken != nil && existing.Spec.PairingToken.SecretName == secret.Name && existing.Annotations[annotationProof] == p.Name:
+		confirmToken(p, existing)
+		return nil
+	case err == nil:
+		return refuse("a Claim named " + dev.Name + " already exists in namespace " + ns)
+	case !apierrors.IsNotFound(err):
+		return err
+	}
+	if v := claim.CheckToken(secret, tok.Tenant, dev.Name, dev.Spec.SerialNumber, p.Spec.PairingDigest, now); v != claim.TokenAccepted {
+		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token: %s.", dev.Name, v)
+		return refuse(string(v))
+	}
+	if !claim.DeviceFree(dev, tenant.Name) {
+		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token but is not free to claim (bound, claimed, disputed, decommissioned or in another's custody); support staff can help.", dev.Name)
+		return refuse("the device is not free to claim")
+	}
+	used := claim.TokenUsage(secret) + 1
+	if secret.Annotations == nil {
+		secret.Annotations = map[string]string{}
+	}
+	secret.Annotations[claim.AnnotationUsageCount] = strconv.Itoa(used)
+	// The resourceVersion makes the count exact under concurrent devices.
+	if err := r.Client.Update(ctx, secret, client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	c := &custodyv1alpha1.Claim{
+		ObjectMeta: metav1.ObjectMeta{Name: dev.Name, Namespace: ns,
+			Labels:      map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
+			Annotations: map[string]string{annotationProof: p.Name}},
+		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: dev.Spec.SerialNumber, Model: dev.Spec.Model, Possession: &custodyv1alpha1.PossessionProof{},
+			PairingToken: &custodyv1alpha1.PairingTokenProof{SecretName: secret.Name}, ReleasePolicy: custodyv1alpha1.ReleasePolicyRetain},
+	}
+	if err := r.Client.Create(ctx, c, client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	r.Recorder.Eventf(secret, nil, corev1.EventTypeNormal, "PairingTokenUsed", "Claim", "Device %s claimed itself with this token (use %d of %s); see Claim %s.", dev.Name, used, secret.Data[claim.TokenKeyUsageLimit], c.Name)
+	confirmToken(p, c)
+	return nil
+}
+
+// annotationProof on a pairing-token Claim names the DeviceProof that
+// opened it.
+const annotationProof = "custody.dev/device-proof"
+
+func confirmToken(p *custodyv1alpha1.DeviceProof, c *custodyv1alpha1.Claim) {
+	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseConfirmed, custodyv1alpha1.DeviceProofReasonConfirmed,
+		fmt.Sprintf("Opened Claim %s/%s with a pairing token.", c.Namespace, c.Name)
+	p.Status.ClaimUID = c.UID
 }
 
 // SetupWithManager registers the controller: DeviceProofs in the operator

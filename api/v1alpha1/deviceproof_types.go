@@ -67,6 +67,26 @@ type DeviceProofSpec struct {
 	// +optional
 	// +kubebuilder:validation:Pattern=`^[0-9a-f]{64}$`
 	PairingDigest string `json:"pairingDigest,omitempty"`
+
+	// pairingToken names the pairing token whose digest pairingDigest is,
+	// when the device claims itself with a tenant's token (Possession).
+	// +optional
+	PairingToken *DeviceProofToken `json:"pairingToken,omitempty"`
+}
+
+// DeviceProofToken names a tenant's pairing token (never its secret).
+type DeviceProofToken struct {
+	// tenant whose token it is.
+	// +required
+	// +kubebuilder:validation:MaxLength=50
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Tenant string `json:"tenant"`
+
+	// tokenID is the token's ID: its Secret is pairing-token-<tokenID> in
+	// the tenant's namespace.
+	// +required
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]{6}$`
+	TokenID string `json:"tokenID"`
 }
 
 // DeviceProofPhase is where a proof stands.
@@ -100,6 +120,9 @@ const (
 	// DeviceProofReasonNoMatchingClaim: no Claim of the device waits for
 	// this pairing code.
 	DeviceProofReasonNoMatchingClaim = "NoMatchingClaim"
+	// DeviceProofReasonTokenRefused: the pairing token is unknown, expired,
+	// used up, revoked, not for this serial, or the device is not free.
+	DeviceProofReasonTokenRefused = "PairingTokenRefused" //nolint:gosec // a reason, not a credential
 	// DeviceProofReasonIssuanceFailed: cert-manager denied or failed the request.
 	DeviceProofReasonIssuanceFailed = "IssuanceFailed"
 	// DeviceProofReasonIssued: the certificate was issued.

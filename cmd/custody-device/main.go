@@ -40,8 +40,9 @@ Commands:
               label.svg      the printable label: QR code (claim URL, key fingerprint),
                              the claim code in the scratch-off area (0600)
               label.txt      the same in text (0600)
-  pair      --dir DIR --code CODE
-            Give the device the pairing code shown in a Claim's status.pairing.code.
+  pair      --dir DIR (--code CODE | --token TOKEN)
+            Give the device the pairing code shown in a Claim's status.pairing.code,
+            or a tenant's pairing token (the device then claims itself for it).
   run       --dir DIR --gateway URL --gateway-ca FILE
             Run the device agent: prove possession if paired, enroll, renew at 2/3
             of the certificate's life, send heartbeats. Ctrl-C stops.
@@ -153,11 +154,23 @@ func cmdPair(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("pair", flag.ContinueOnError)
 	dir := fs.String("dir", ".", "device directory")
 	code := fs.String("code", "", "pairing code from the Claim's status.pairing.code")
-	if err := fs.Parse(args); err != nil || *code == "" {
+	token := fs.String("token", "", "a tenant's pairing token (<tenant>.<id>.<secret>): the device claims itself for that tenant")
+	if err := fs.Parse(args); err != nil || (*code == "") == (*token == "") {
 		return errUsage
 	}
 	if _, err := os.Stat(filepath.Join(*dir, device.FileIdentity)); err != nil {
 		return fmt.Errorf("%s is not a device directory (made by custody-device init)", *dir)
+	}
+	if *token != "" {
+		t, err := protocol.ParsePairingToken(*token)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(*dir, device.FilePairingToken), []byte(t.String()), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "paired: the device claims itself for tenant "+t.Tenant+" with this token the next time it runs.")
+		return nil
 	}
 	if err := os.WriteFile(filepath.Join(*dir, device.FilePairing), []byte(protocol.NormalizePairingCode(*code)), 0o600); err != nil {
 		return err

@@ -1,5 +1,11 @@
-// Command custodyctl is the support and audit tool of Custody. Today it
-// verifies custody histories:
+// Command custodyctl is the support and audit tool of Custody.
+//
+// It makes pairing tokens for device-first claiming (a Secret manifest to
+// apply in the tenant's namespace, and the token for field staff):
+//
+//	custodyctl pairing-token --tenant acme --expires-in 72h --usage-limit 50 > token.yaml
+//
+// and verifies custody histories:
 //
 //	kubectl get device xr200.sn-0001 -o json | custodyctl history verify
 //	custodyctl history verify --audit-log manager.log --device xr200.sn-0001
@@ -21,9 +27,16 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/history"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 func main() {
@@ -33,9 +46,14 @@ func main() {
 	}
 }
 
-const usage = `usage: custodyctl history verify [-f FILE] [--audit-log FILE --device NAME] [--anchor SEQ:HASH]`
+const usage = `usage:
+  custodyctl history verify [-f FILE] [--audit-log FILE --device NAME] [--anchor SEQ:HASH]
+  custodyctl pairing-token --tenant NAME [--namespace NS] [--expires-in 72h] [--usage-limit N] [--serials SN-1,SN-2]`
 
 func run(args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) >= 1 && args[0] == "pairing-token" {
+		return pairingToken(args[1:], stdout, os.Stderr, time.Now())
+	}
 	if len(args) < 2 || args[0] != "history" || args[1] != "verify" {
 		return errors.New(usage)
 	}
@@ -123,6 +141,51 @@ func ReadDevices(r io.Reader) ([]custodyv1alpha1.Device, error) {
 		return l.Items, nil
 	}
 	return nil, fmt.Errorf("expected a Device or a List of Devices, got kind %q", kind.Kind)
+}
+
+// pairingToken prints a pairing-token Secret for the tenant's namespace on
+// stdout, and the token to give field staff on stderr.
+func pairingToken(args []string, stdout, stderr io.Writer, now time.Time) error {
+	fs := flag.NewFlagSet("pairing-token", flag.ContinueOnError)
+	tenant := fs.String("tenant", "", "the Tenant whose devices the token claims")
+	namespace := fs.String("namespace", "", "the tenant's namespace (default: the tenant's name)")
+	expiresIn := fs.Duration("expires-in", 72*time.Hour, "how long the token is valid")
+	limit := fs.Int("usage-limit", 1, "how many devices the token may claim")
+	serials := fs.String("serials", "", "comma-separated serial numbers the token is limited to (default: any)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if !protocol.ValidPairingTokenTenant(*tenant) || *expiresIn <= 0 || *limit < 1 || *limit > claim.MaxTokenUsageLimit {
+		return errors.New(usage)
+	}
+	if *namespace == "" {
+		*namespace = *tenant
+	}
+	tok, err := protocol.GeneratePairingToken(*tenant)
+	if err != nil {
+		return err
+	}
+	s := corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{Name: claim.PairingTokenSecretPrefix + tok.ID, Namespace: *namespace},
+		Type:       claim.PairingTokenSecretType,
+		StringData: map[string]string{
+			claim.TokenKeyID: tok.ID, claim.TokenKeySecret: tok.Secret,
+			claim.TokenKeyExpiration: now.Add(*expiresIn).UTC().Format(time.RFC3339), claim.TokenKeyUsageLimit: strconv.Itoa(*limit),
+		},
+	}
+	if *serials != "" {
+		s.StringData[claim.TokenKeyAllowedSerials] = *serials
+	}
+	out, err := yaml.Marshal(s)
+	if err != nil {
+		return err
+	}
+	if _, err := stdout.Write(out); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stderr, "Apply the Secret in namespace %s, then give field staff this token (custody-device pair --token ...):\n%s\n", *namespace, tok)
+	return err
 }
 
 type anchorFlag []history.Anchor

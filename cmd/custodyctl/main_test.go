@@ -9,10 +9,14 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/history"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 func sampleDevice(t *testing.T) *custodyv1alpha1.Device {
@@ -99,3 +103,34 @@ func TestVerifyAuditLog(t *testing.T) {
 }
 
 func writeFile(name, data string) error { return os.WriteFile(name, []byte(data), 0o600) }
+
+func TestPairingTokenManifest(t *testing.T) {
+	var out, errOut bytes.Buffer
+	now := time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)
+	if err := pairingToken([]string{"--tenant", "acme", "--usage-limit", "3", "--serials", "SN-1,SN-2"}, &out, &errOut, now); err != nil {
+		t.Fatal(err)
+	}
+	var s corev1.Secret
+	if err := yaml.UnmarshalStrict(out.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := protocol.ParsePairingToken(strings.TrimSpace(errOut.String()[strings.LastIndex(strings.TrimSpace(errOut.String()), "\n")+1:]))
+	if err != nil {
+		t.Fatalf("no token for field staff in %q: %v", errOut.String(), err)
+	}
+	s.Data = map[string][]byte{}
+	for k, v := range s.StringData {
+		s.Data[k] = []byte(v)
+	}
+	if s.Namespace != "acme" || s.Type != claim.PairingTokenSecretType || s.StringData[claim.TokenKeyUsageLimit] != "3" {
+		t.Fatalf("manifest %+v", s)
+	}
+	// The manifest and the token belong together: the manager accepts it.
+	digest := protocol.PairingTokenDigest("xr200.sn-1", tok)
+	if v := claim.CheckToken(&s, "acme", "xr200.sn-1", "SN-1", digest, now.Add(71*time.Hour)); v != claim.TokenAccepted {
+		t.Fatalf("the manager would refuse the token: %s", v)
+	}
+	if v := claim.CheckToken(&s, "acme", "xr200.sn-1", "SN-1", digest, now.Add(73*time.Hour)); v != claim.TokenExpired {
+		t.Fatalf("after 72h: %s", v)
+	}
+}

@@ -431,6 +431,9 @@ func ParsePossessionRequest(body []byte) (protocol.PossessionRequest, challenge.
 	if err != nil || len(req.Signature) == 0 || len(req.Signature) > 512 {
 		return req, challenge.Claims{}, errors.New("malformed challenge or signature")
 	}
+	if (req.Tenant != "" || req.TokenID != "") && (!protocol.ValidPairingTokenTenant(req.Tenant) || !protocol.ValidPairingTokenID(req.TokenID)) {
+		return req, challenge.Claims{}, errors.New("tenant and tokenID must name a pairing token")
+	}
 	return req, c, nil
 }
 
@@ -450,6 +453,9 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofPossession, DeviceName: dev.Name, Challenge: req.Challenge,
 			Signature: base64.StdEncoding.EncodeToString(req.Signature), PairingDigest: req.PairingDigest},
+	}
+	if req.TokenID != "" {
+		proof.Spec.PairingToken = &custodyv1alpha1.DeviceProofToken{Tenant: req.Tenant, TokenID: req.TokenID}
 	}
 	if err := g.opts.Client.Create(r.Context(), proof, client.FieldOwner(FieldOwner)); err != nil {
 		if apierrors.IsAlreadyExists(err) {

@@ -19,11 +19,14 @@ import (
 
 // Files of a device directory.
 const (
-	FilePrivateKey  = "device.key"
-	FileIdentity    = "identity.json"
-	FilePairing     = "pairing.code"
-	FileCertificate = "cert.pem"
-	FileCA          = "ca.pem"
+	FilePrivateKey = "device.key"
+	FileIdentity   = "identity.json"
+	FilePairing    = "pairing.code"
+	// FilePairingToken holds a tenant's pairing token; it is removed once
+	// the device has enrolled.
+	FilePairingToken = "pairing.token"
+	FileCertificate  = "cert.pem"
+	FileCA           = "ca.pem"
 )
 
 // IdentityFile is identity.json: who the device is.
@@ -177,6 +180,17 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		a.Log.Info("proved possession with the pairing code")
 		paired, a.proved = true, true
 	}
+	if raw, err := os.ReadFile(filepath.Join(a.Dir, FilePairingToken)); err == nil && !a.proved { //nolint:gosec // the device directory
+		token, err := protocol.ParsePairingToken(string(raw))
+		if err != nil {
+			return a.fail(err)
+		}
+		if err := a.Client.ClaimWithToken(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, token); err != nil {
+			return a.fail(err)
+		}
+		a.Log.Info("claimed with the tenant's pairing token", "tenant", token.Tenant)
+		paired, a.proved = true, true
+	}
 	id := protocol.Identity{CommonName: a.ID.SerialNumber, URI: "spiffe://unknown/"}
 	if a.identity != nil {
 		id = *a.identity
@@ -215,6 +229,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		return a.fail(err)
 	}
 	_ = os.Remove(filepath.Join(a.Dir, FilePairing))
+	_ = os.Remove(filepath.Join(a.Dir, FilePairingToken))
 	a.backoff = 0
 	a.Log.Info("enrolled", "notAfter", iss.Leaf.NotAfter.UTC().Format(time.RFC3339), "uri", id.URI)
 	return 0, nil

@@ -238,6 +238,24 @@ func (c *Client) Possession(ctx context.Context, key crypto.Signer, serial, mode
 	return err
 }
 
+// ClaimWithToken proves possession with one of a tenant's pairing tokens,
+// given to the device at installation: if the token allows, a Claim
+// appears, bound, in that tenant's namespace. The token's secret never
+// leaves the device; it signs the token's digest, bound to its own name.
+func (c *Client) ClaimWithToken(ctx context.Context, key crypto.Signer, serial, model string, token protocol.PairingToken) error {
+	tok, err := c.Challenge(ctx, serial, model, protocol.PurposePossession)
+	if err != nil {
+		return err
+	}
+	digest := protocol.PairingTokenDigest(protocol.DeviceName(model, serial), token)
+	sig, err := protocol.Sign(key, protocol.PossessionPayload(tok, digest))
+	if err != nil {
+		return err
+	}
+	_, err = c.postJSON(ctx, protocol.PathPossession, protocol.PossessionRequest{Challenge: tok, PairingDigest: digest, Signature: sig, Tenant: token.Tenant, TokenID: token.ID}, nil)
+	return err
+}
+
 // Issued is an issued certificate.
 type Issued struct {
 	// CertificatePEM is the chain, leaf first; CAPEM the tenant CA.

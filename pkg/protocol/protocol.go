@@ -19,6 +19,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/url"
 	"strings"
 )
@@ -84,10 +85,16 @@ type EnrollResponse struct {
 // PossessionRequest proves that the device holds its identity key and was
 // given the pairing code whose digest is PairingDigest (PairingDigest of the
 // code). Signature is over PossessionPayload.
+//
+// With a pairing token, PairingDigest is PairingTokenDigest of the token and
+// Tenant and TokenID name it (its secret is never sent): a Claim appears,
+// bound, in that tenant's namespace if the token allows.
 type PossessionRequest struct {
 	Challenge     string `json:"challenge"`
 	PairingDigest string `json:"pairingDigest"`
 	Signature     []byte `json:"signature"`
+	Tenant        string `json:"tenant,omitempty"`
+	TokenID       string `json:"tokenID,omitempty"`
 }
 
 // HeartbeatRequest is sent over mutual TLS with the device's certificate.
@@ -390,4 +397,94 @@ func ParseLabelURL(s string) (Label, error) {
 	u.RawQuery, u.Path = "", strings.TrimSuffix(u.Path, "/claim")
 	l.BaseURL = u.String()
 	return l, nil
+}
+
+// Pairing tokens let a tenant's field staff claim devices from the device
+// side: the tenant creates a token (a typed Secret in its namespace), the
+// device is given "<tenant>.<id>.<secret>" at installation, and proves
+// possession with the token's digest instead of a Claim's pairing code.
+const (
+	// PairingTokenIDLength and PairingTokenSecretLength are the lengths of
+	// the token's parts, in lower-case letters and digits (the secret holds
+	// about 165 bits).
+	PairingTokenIDLength     = 6
+	PairingTokenSecretLength = 32
+	pairingTokenAlphabet     = "abcdefghijklmnopqrstuvwxyz0123456789"
+)
+
+// PairingToken is a parsed pairing token.
+type PairingToken struct {
+	Tenant, ID, Secret string
+}
+
+// String formats the token as the device is given it.
+func (t PairingToken) String() string { return t.Tenant + "." + t.ID + "." + t.Secret }
+
+// ParsePairingToken parses "<tenant>.<id>.<secret>".
+func ParsePairingToken(s string) (PairingToken, error) {
+	parts := strings.Split(strings.TrimSpace(s), ".")
+	if len(parts) != 3 || !ValidPairingTokenTenant(parts[0]) || !onlyAlphabet(parts[1], PairingTokenIDLength) || !onlyAlphabet(parts[2], PairingTokenSecretLength) {
+		return PairingToken{}, errors.New("a pairing token is <tenant>.<6 letters or digits>.<32 letters or digits>")
+	}
+	return PairingToken{Tenant: parts[0], ID: parts[1], Secret: parts[2]}, nil
+}
+
+// ValidPairingTokenTenant reports whether s can name a Tenant.
+func ValidPairingTokenTenant(s string) bool {
+	if len(s) == 0 || len(s) > 50 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidPairingTokenID reports whether s is a token ID.
+func ValidPairingTokenID(s string) bool { return onlyAlphabet(s, PairingTokenIDLength) }
+
+func onlyAlphabet(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune(pairingTokenAlphabet, r) {
+			return false
+		}
+	}
+	return true
+}
+
+// GeneratePairingToken returns a new random token for tenant.
+func GeneratePairingToken(tenant string) (PairingToken, error) {
+	gen := func(n int) (string, error) {
+		b := make([]byte, n)
+		for i := range b {
+			v, err := rand.Int(rand.Reader, big.NewInt(int64(len(pairingTokenAlphabet))))
+			if err != nil {
+				return "", err
+			}
+			b[i] = pairingTokenAlphabet[v.Int64()]
+		}
+		return string(b), nil
+	}
+	id, err := gen(PairingTokenIDLength)
+	if err != nil {
+		return PairingToken{}, err
+	}
+	secret, err := gen(PairingTokenSecretLength)
+	if err != nil {
+		return PairingToken{}, err
+	}
+	return PairingToken{Tenant: tenant, ID: id, Secret: secret}, nil
+}
+
+// PairingTokenDigest is the hex SHA-256 of a pairing token bound to the
+// device name: what the device signs in place of a pairing code's digest.
+// The token itself never leaves the device.
+func PairingTokenDigest(deviceName string, t PairingToken) string {
+	sum := sha256.Sum256([]byte("custody-pairing-token-v1\n" + deviceName + "\n" + t.String()))
+	return hex.EncodeToString(sum[:])
 }

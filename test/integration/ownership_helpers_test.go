@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,6 +16,8 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/internal/history"
+	"github.com/custody-dev/custody/pkg/device"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // erpOwner is the field manager the tests' ERP writes Devices with.
@@ -165,3 +169,18 @@ func bindSupport(t testing.TB, user string) {
 		t.Fatal(err)
 	}
 }
+
+// lastBound waits for the device's newest Bound history entry.
+func lastBound(t testing.TB, name string) custodyv1alpha1.CustodyRecord {
+	t.Helper()
+	return lastEntry(t, name, custodyv1alpha1.CustodyEventBound)
+}
+
+func writeToken(t testing.TB, dir string, tok protocol.PairingToken) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, device.FilePairingToken), []byte(tok.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(dir, name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) } //nolint:gosec // test files
