@@ -135,6 +135,8 @@ const (
 	indexTransferRecipient = "spec.recipient.tenant"
 	// indexTransferDevice indexes Transfers by status.deviceName.
 	indexTransferDevice = "status.deviceName"
+	// indexTransferClaim indexes Transfers by spec.claimName.
+	indexTransferClaim = "spec.claimName"
 )
 
 // Setup registers the indexes and every controller with mgr.
@@ -183,6 +185,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 			return []string{n}
 		}
 		return nil
+	}); err != nil {
+		return err
+	}
+
+	if err := idx.IndexField(ctx, &custodyv1alpha1.Transfer{}, indexTransferClaim, func(o client.Object) []string {
+		return []string{o.(*custodyv1alpha1.Transfer).Spec.ClaimName}
 	}); err != nil {
 		return err
 	}

@@ -96,8 +96,9 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 	}
 	if tr.Status.DeviceName == "" {
 		if err != nil || dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID || dev.Spec.ClaimRef.Tenant != tenant.Name {
-			setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
-				"Claim "+tr.Spec.ClaimName+" does not hold a device in this namespace: nothing was handed on.", now)
+			// Not yet: the Claim may have been applied with this Transfer.
+			setTransfer(tr, custodyv1alpha1.TransferPhasePending, false, custodyv1alpha1.TransferReasonClaimNotBound,
+				"Waiting for Claim "+tr.Spec.ClaimName+" in this namespace to hold a device; nothing is handed on before.", now)
 			return reconcile.Result{}, nil
 		}
 		tr.Status.DeviceName = dev.Name
@@ -269,9 +270,21 @@ func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
 		}
 		return reqs
 	})
+	byClaim := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		var list custodyv1alpha1.TransferList
+		if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexTransferClaim: o.GetName()}); err != nil {
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(list.Items))
+		for _, t := range list.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&t)})
+		}
+		return reqs
+	})
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Transfer{}).
 		Watches(&custodyv1alpha1.Device{}, byDevice).
+		Watches(&custodyv1alpha1.Claim{}, byClaim).
 		Named("transfer").
 		Complete(r)
 }

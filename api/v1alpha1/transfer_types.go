@@ -48,24 +48,27 @@ type TransferSpec struct {
 }
 
 // TransferPhase is where a Transfer stands.
-// +kubebuilder:validation:Enum=Offered;Completed;Expired;Failed
+// +kubebuilder:validation:Enum=Pending;Offered;Completed;Expired;Failed
 type TransferPhase string
 
 const (
+	// TransferPhasePending: waiting for claimName to hold a device (for
+	// example a Claim applied together with its Transfer).
+	TransferPhasePending TransferPhase = "Pending"
 	// TransferPhaseOffered: waiting for the recipient's Claim.
 	TransferPhaseOffered TransferPhase = "Offered"
 	// TransferPhaseCompleted: the device was handed on.
 	TransferPhaseCompleted TransferPhase = "Completed"
 	// TransferPhaseExpired: the recipient did not accept in time.
 	TransferPhaseExpired TransferPhase = "Expired"
-	// TransferPhaseFailed: the Claim is not bound to the device (any more);
-	// nothing was handed on.
+	// TransferPhaseFailed: the Claim stopped holding the device before the
+	// transfer completed; nothing was handed on.
 	TransferPhaseFailed TransferPhase = "Failed"
 )
 
 // TransferStatus is the observed state of a Transfer.
 type TransferStatus struct {
-	// phase: Offered, Completed, Expired or Failed.
+	// phase: Pending, Offered, Completed, Expired or Failed.
 	// +optional
 	Phase TransferPhase `json:"phase,omitempty"`
 

@@ -204,3 +204,31 @@ func TestDoubleSaleSurfacesAConflict(t *testing.T) {
 		t.Fatal("a Claim was opened for the second buyer")
 	}
 }
+
+// TestTransferAppliedBeforeItsClaimWaits: a Transfer applied together with
+// (here: before) the Claim it hands on waits for the Claim to hold the
+// device, then completes; GitOps may apply both in one go.
+func TestTransferAppliedBeforeItsClaimWaits(t *testing.T) {
+	startManager(t)
+	wholesale := newTenant(t)
+	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
+	take := &custodyv1alpha1.Claim{}
+	take.Namespace, take.Name = wholesale.Status.Namespace, uniq("claim")
+	take.Spec = custodyv1alpha1.ClaimSpec{SerialNumber: rec.Device.Spec.SerialNumber, Model: rec.Device.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{}}
+	tr := &custodyv1alpha1.Transfer{}
+	tr.Namespace, tr.Name = take.Namespace, uniq("release")
+	tr.Spec = custodyv1alpha1.TransferSpec{ClaimName: take.Name, Release: &custodyv1alpha1.TransferRelease{RotateClaimCode: true}}
+	if err := admin.Create(context.Background(), tr); err != nil {
+		t.Fatal(err)
+	}
+	waitTransfer(t, tr, custodyv1alpha1.TransferPhasePending)
+	if err := admin.Create(context.Background(), take); err != nil {
+		t.Fatal(err)
+	}
+	done := waitTransfer(t, tr, custodyv1alpha1.TransferPhaseCompleted)
+	waitPhase(t, take, custodyv1alpha1.ClaimPhaseLost)
+	if done.Status.ClaimCodeSecretName == "" || getDevice(t, rec.Device.Name).Spec.ClaimRef != nil {
+		t.Fatal("the release did not happen once the Claim held the device")
+	}
+	assertChain(t, rec.Device.Name)
+}
