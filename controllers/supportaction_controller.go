@@ -76,9 +76,9 @@ func (r *SupportActionReconciler) apply(ctx context.Context, a *custodyv1alpha1.
 		return "", err
 	}
 	ref := "supportaction/" + a.Name
-	// Applied before a crash or a lost status write: do not apply twice.
+	// Recorded before a crash or a lost write: finish applying it, once.
 	for _, h := range dev.Status.History {
-		if h.Type == custodyv1alpha1.CustodyEventResolved && h.Reference == ref {
+		if h.Type == custodyv1alpha1.CustodyEventResolved && h.Reference == ref && applied(a, dev, h) {
 			return "Applied: " + h.Proof + ".", nil
 		}
 	}
@@ -112,16 +112,28 @@ func (r *SupportActionReconciler) apply(ctx context.Context, a *custodyv1alpha1.
 		rec.Proof = "Reset"
 		msg = "Reset: no binding, cooling-off or dispute remains, and the current claim code is used up; the ERP issues a new one."
 	}
-	// The Device first: a retry after a crash between the two writes
-	// applies the same decision again (a no-op) and then records it.
-	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+	// The decision is recorded first, so that the awarded Claim, which
+	// reacts to the binding, finds who bound it; a retry after a crash in
+	// between finds the entry (by its reference) and applies the decision.
+	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
 		return "", err
 	}
-	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
+	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 		return "", err
 	}
 	r.Recorder.Eventf(dev, a, corev1.EventTypeNormal, "Resolved", "SupportAction", "%s by %s: %s (SupportAction %s: %s)", a.Spec.Action, a.Spec.RequestedBy, msg, a.Name, a.Spec.Reason)
 	return msg, nil
+}
+
+// applied reports whether the Device shows the decision h recorded.
+func applied(a *custodyv1alpha1.SupportAction, dev *custodyv1alpha1.Device, h custodyv1alpha1.CustodyRecord) bool {
+	if dev.Spec.PendingClaim != nil || dev.Spec.Dispute != nil {
+		return false
+	}
+	if a.Spec.Action == custodyv1alpha1.SupportActionAward {
+		return dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == h.ClaimUID
+	}
+	return dev.Spec.ClaimRef == nil
 }
 
 // awardee is the Claim an Award names, checked: it exists, asks for this

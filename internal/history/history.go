@@ -154,14 +154,25 @@ func checkAnchor(records []custodyv1alpha1.CustodyRecord, a Anchor) error {
 	return nil
 }
 
+// SameEvent reports whether a and b record the same change: the same type
+// and reference (an order, a Transfer, a SupportAction name one change
+// each), or, without a reference, the same type, tenant and Claim UID.
+func SameEvent(a, b custodyv1alpha1.CustodyRecord) bool {
+	if a.Type != b.Type || (a.Reference == "") != (b.Reference == "") {
+		return false
+	}
+	if b.Reference != "" {
+		return a.Reference == b.Reference
+	}
+	return a.ClaimUID == b.ClaimUID && a.Tenant == b.Tenant
+}
+
 // Append adds r as the next entry of history, keeping the newest max
-// entries, unless an entry with the same type, tenant and Claim UID (or,
-// for an entry about no Claim, the same reference) is already there (a
-// retried reconcile). It returns the new
+// entries, unless SameEvent finds it already there (a retried reconcile). It returns the new
 // history and the entry added (nil if none was).
 func Append(history []custodyv1alpha1.CustodyRecord, r custodyv1alpha1.CustodyRecord, max int) ([]custodyv1alpha1.CustodyRecord, *custodyv1alpha1.CustodyRecord) {
 	for _, h := range history {
-		if h.Type == r.Type && h.ClaimUID == r.ClaimUID && h.Tenant == r.Tenant && (r.ClaimUID != "" || h.Reference == r.Reference) {
+		if SameEvent(h, r) {
 			return history, nil
 		}
 	}
