@@ -41,6 +41,7 @@ func run() error {
 	dataDir := flag.String("data-dir", ".custody-dev", "Directory for etcd data, certificates, logs and the kubeconfig; kept across restarts.")
 	verbose := flag.Bool("v", false, "Print the manager's logs here too (they always go to <data-dir>/logs/manager.log).")
 	gatewayAddr := flag.String("gateway-addr", "127.0.0.1:8443", "Where the device gateway listens (HTTPS).")
+	configFile := flag.String("config", "", "The manager's --config file (claim policy, per-model policies, notification endpoints).")
 	flag.Parse()
 
 	dir, err := filepath.Abs(*dataDir)
@@ -75,11 +76,12 @@ func run() error {
 	if *verbose {
 		terminalLevel = zapcore.DebugLevel
 	}
+	// The file is JSON lines, as in production, so that its audit lines can
+	// be verified (custodyctl history verify --audit-log).
 	logger := zap.New(zap.RawZapOpts(uberzap.WrapCore(func(zapcore.Core) zapcore.Core {
-		enc := zapcore.NewConsoleEncoder(uberzap.NewDevelopmentEncoderConfig())
 		return zapcore.NewTee(
-			zapcore.NewCore(enc, zapcore.AddSync(managerLog), zapcore.DebugLevel),
-			zapcore.NewCore(enc, terminal, terminalLevel),
+			zapcore.NewCore(zapcore.NewJSONEncoder(uberzap.NewProductionEncoderConfig()), zapcore.AddSync(managerLog), zapcore.DebugLevel),
+			zapcore.NewCore(zapcore.NewConsoleEncoder(uberzap.NewDevelopmentEncoderConfig()), terminal, terminalLevel),
 		)
 	})))
 	ctrl.SetLogger(logger)
@@ -112,12 +114,18 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	ctrlOpts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer}
+	if *configFile != "" {
+		if err := operator.LoadConfig(*configFile, &ctrlOpts); err != nil {
+			return err
+		}
+	}
 	mgr, err := operator.New(operator.Config{
 		RESTConfig:    cfg,
 		WebhookServer: cp.WebhookServer(),
 		MetricsAddr:   "127.0.0.1:8080",
 		HealthAddr:    "127.0.0.1:8081",
-		Controllers:   controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer},
+		Controllers:   ctrlOpts,
 		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}},
 		Logger:        logger,
 	})

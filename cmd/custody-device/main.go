@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/yaml"
 
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/internal/label"
 	"github.com/custody-dev/custody/pkg/device"
@@ -109,12 +110,30 @@ func cmdInit(args []string, stdout io.Writer) error {
 	return initDevice(d, *model, *serial, *claimURL, stdout)
 }
 
+// deviceManifest is the Device as the ERP applies it: no status, no
+// server-set metadata, spec last so that the ERP can append the sale.
+func deviceManifest(d *custodyv1alpha1.Device) ([]byte, error) {
+	raw, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil, err
+	}
+	delete(obj, "status")
+	if md, ok := obj["metadata"].(map[string]any); ok {
+		delete(md, "creationTimestamp")
+	}
+	return yaml.Marshal(obj)
+}
+
 func initDevice(dir, model, serial, claimURL string, stdout io.Writer) error {
 	rec, err := factory.Manufacture(model, serial)
 	if err != nil {
 		return err
 	}
-	manifest, err := yaml.Marshal(rec.Device)
+	manifest, err := deviceManifest(rec.Device)
 	if err != nil {
 		return err
 	}

@@ -57,7 +57,7 @@ func main() {
 	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, ClaimPolicy: policy,
 		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL}
 	if configFile != "" {
-		if err := loadConfig(configFile, &ctrlOpts); err != nil {
+		if err := operator.LoadConfig(configFile, &ctrlOpts); err != nil {
 			log.Error(err, "invalid --config")
 			os.Exit(1)
 		}

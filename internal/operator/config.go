@@ -1,4 +1,4 @@
-package main
+package operator
 
 import (
 	"crypto/x509"
@@ -42,9 +42,9 @@ type NotificationConfig struct {
 
 var modelName = regexp.MustCompile(`^[A-Z0-9][A-Z0-9-]*[A-Z0-9]$`)
 
-// loadConfig reads the --config file into opts. Unknown fields are errors:
+// LoadConfig reads the --config file into opts. Unknown fields are errors:
 // a misspelt policy must not silently loosen nothing.
-func loadConfig(path string, opts *controllers.Options) error {
+func LoadConfig(path string, opts *controllers.Options) error {
 	data, err := os.ReadFile(path) //nolint:gosec // the file the operator passed with --config
 	if err != nil {
 		return err
@@ -66,10 +66,10 @@ func loadConfig(path string, opts *controllers.Options) error {
 		}
 	}
 	check("claimPolicy", cfg.ClaimPolicy)
-	opts.ClaimPolicy = opts.ClaimPolicy.Tighten(cfg.ClaimPolicy)
 	if opts.ClaimPolicy == (claim.Policy{}) {
 		opts.ClaimPolicy = claim.DefaultPolicy
 	}
+	opts.ClaimPolicy = opts.ClaimPolicy.Tighten(cfg.ClaimPolicy)
 	for model, p := range cfg.Models {
 		if !modelName.MatchString(model) {
 			errs = append(errs, fmt.Errorf("models: %q is not a model as Devices spell it (upper case)", model))

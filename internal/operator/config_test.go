@@ -1,4 +1,4 @@
-package main
+package operator
 
 import (
 	"os"
@@ -36,8 +36,8 @@ notifications:
   url: https://erp.example/custody
   signingKeyFile: `+key+`
 `)
-	opts := controllers.Options{ClaimPolicy: claim.DefaultPolicy}
-	if err := loadConfig(cfg, &opts); err != nil {
+	opts := controllers.Options{} // custody-dev starts from the defaults
+	if err := LoadConfig(cfg, &opts); err != nil {
 		t.Fatal(err)
 	}
 	p := opts.ClaimPolicy
@@ -62,7 +62,7 @@ func TestLoadConfigRefusesMistakes(t *testing.T) {
 		"long cooling-off": {"claimPolicy:\n  coolingOff: {period: 1000h}\n", "between 1m and 720h"},
 	} {
 		opts := controllers.Options{ClaimPolicy: claim.DefaultPolicy}
-		err := loadConfig(write(t, "c.yaml", tc.yaml), &opts)
+		err := LoadConfig(write(t, "c.yaml", tc.yaml), &opts)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error saying %q", name, err, tc.want)
 		}
