@@ -201,3 +201,94 @@ func TestNotificationsAreDeliveredOncePerKey(t *testing.T) {
 		t.Fatalf("acme's first event is %s", ev.Type)
 	}
 }
+
+// TestSlowReceiverNeverDelaysBinding: notifications are sent apart from the
+// claim path. While the only endpoint holds every request open, a claim
+// still binds: no delivery has finished (not even by the client's timeout)
+// when the Claim is Bound.
+func TestSlowReceiverNeverDelaysBinding(t *testing.T) {
+	key := []byte("slow-signing-key-0123456789abcdefghij")
+	release := make(chan struct{})
+	var mu sync.Mutex
+	started, finished := 0, 0
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		started++
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		finished++
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	startManager(t, func(o *controllers.Options) {
+		o.Notifications = []controllers.NotificationEndpoint{{Name: "slow", URL: srv.URL, SigningKey: key}}
+		o.NotificationRoots = roots
+	})
+	acme := newTenant(t)
+	rec := newDevice(t)
+	cl := waitPhase(t, claimWithCode(t, admin, acme.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
+	waitFor(t, "a delivery to start", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return started > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if finished != 0 {
+		t.Fatalf("%d deliveries finished before the claim %s bound: notifications are on the claim path", finished, cl.Name)
+	}
+}
+
+// TestCoolingOffNotifiesTheCustodian: while a claim cools off, the
+// custodian that sold the device on hears of it, with the buyer's contact.
+func TestCoolingOffNotifiesTheCustodian(t *testing.T) {
+	key := []byte("wholesale-signing-key-0123456789abcdef")
+	var clock func() time.Time
+	rx := newReceiver(t, key, func() time.Time { return clock() })
+	roots := x509.NewCertPool()
+	roots.AddCert(rx.srv.Certificate())
+	m := startManager(t, coolingOff, func(o *controllers.Options) {
+		o.NotificationRoots = roots
+		o.NotificationBackoff = 20 * time.Millisecond
+	})
+	clock = m.Clock.Now
+	wholesale := newTenantWith(t, func(tn *custodyv1alpha1.Tenant) {
+		tn.Spec.Notifications = &custodyv1alpha1.NotificationEndpoint{URL: rx.srv.URL, SigningKeySecretRef: custodyv1alpha1.SigningKeyReference{Name: "hooks", Key: "hmac"}}
+	})
+	if err := admin.Create(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: wholesale.Status.Namespace, Name: "hooks"}, Data: map[string][]byte{"hmac": key}}); err != nil {
+		t.Fatal(err)
+	}
+	acme := newTenant(t)
+	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
+	take := waitPhase(t, proofClaim(t, admin, wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseBound)
+	tr := release(t, take, true)
+	code := string(readSecret(t, wholesale.Status.Namespace, tr.Status.ClaimCodeSecretName).Data["code"])
+	waitPhase(t, claimWithCode(t, admin, acme.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, code), custodyv1alpha1.ClaimPhaseCoolingOff)
+
+	var got notification.Event
+	waitFor(t, "the custodian to hear of the cooling-off claim", func() bool {
+		_, _, events, _ := rx.snapshot()
+		for _, ev := range events {
+			if ev.Subject == rec.Device.Name && ev.Type == notification.TypePrefix+"claimed" {
+				got = ev
+				return true
+			}
+		}
+		return false
+	})
+	if got.Data.BuyerContact != rec.Device.Spec.Sale.Buyer.Contact || got.Data.OrderReference != rec.Device.Spec.Sale.OrderReference {
+		t.Fatalf("the cooling-off notice lacks the sale's contact: %+v", got.Data)
+	}
+	raw, _ := json.Marshal(got.Data.Entry)
+	var e custodyv1alpha1.CustodyRecord
+	if err := json.Unmarshal(raw, &e); err != nil || e.Tenant != acme.Name {
+		t.Fatalf("the notice names %q, want the claimant %s", e.Tenant, acme.Name)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -184,3 +185,47 @@ func writeToken(t testing.TB, dir string, tok protocol.PairingToken) {
 }
 
 func readFile(dir, name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) } //nolint:gosec // test files
+
+// assertTamperingDetected edits, then removes, an entry of the device's
+// stored history as a cluster admin could, and checks that the verifier
+// catches both, against the head hash as anchor (as the ERP holds it from
+// notifications, and the audit log from its lines).
+func assertTamperingDetected(t testing.TB, name string) {
+	t.Helper()
+	h := getDevice(t, name).Status.History
+	if len(h) < 3 {
+		t.Fatalf("want at least 3 history entries, have %d", len(h))
+	}
+	head := history.Anchor{Sequence: h[len(h)-1].Sequence, Hash: h[len(h)-1].Hash}
+	setHistory(t, name, func(cur []custodyv1alpha1.CustodyRecord) []custodyv1alpha1.CustodyRecord {
+		cur = append([]custodyv1alpha1.CustodyRecord(nil), h...)
+		cur[1].Tenant = "mallory"
+		return cur
+	})
+	if err := history.Verify(getDevice(t, name).Status.History, history.Options{FromGenesis: true, Anchors: []history.Anchor{head}}); err == nil {
+		t.Fatal("an edited history entry passed verification")
+	}
+	setHistory(t, name, func([]custodyv1alpha1.CustodyRecord) []custodyv1alpha1.CustodyRecord {
+		return append(append([]custodyv1alpha1.CustodyRecord(nil), h[:1]...), h[2:]...)
+	})
+	if err := history.Verify(getDevice(t, name).Status.History, history.Options{Anchors: []history.Anchor{head}}); err == nil {
+		t.Fatal("a removed history entry passed verification")
+	}
+	// Put the true history back for the rest of the test.
+	setHistory(t, name, func([]custodyv1alpha1.CustodyRecord) []custodyv1alpha1.CustodyRecord { return h })
+}
+
+func setHistory(t testing.TB, name string, mutate func([]custodyv1alpha1.CustodyRecord) []custodyv1alpha1.CustodyRecord) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d := &custodyv1alpha1.Device{}
+		if err := admin.Get(context.Background(), client.ObjectKey{Name: name}, d); err != nil {
+			return err
+		}
+		d.Status.History = mutate(d.Status.History)
+		return admin.Status().Update(context.Background(), d)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -92,6 +92,7 @@ func TestCustodianTransfersToCustomer(t *testing.T) {
 	if got.Status.Phase == custodyv1alpha1.ClaimPhaseBound || readyReason(got) != custodyv1alpha1.ClaimReasonNoTransferOffer {
 		t.Fatalf("a tenant the offer did not name got %s/%s", got.Status.Phase, readyReason(got))
 	}
+	assertTamperingDetected(t, name)
 	// The sale record is used: the former custodian cannot take it back.
 	back := waitPhase(t, proofClaim(t, admin, wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseDenied)
 	if readyReason(back) != custodyv1alpha1.ClaimReasonSaleRecordNotValid {
