@@ -271,7 +271,17 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound {
 			return nil // steady state: nothing to repair
 		}
-		return r.finishBind(ctx, c, in, in.Device, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Proof: boundProof(in.Device, c)})
+		rec := custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Proof: boundProof(in.Device, c)}
+		if tr := c.Spec.Transfer; tr != nil && rec.Proof == claim.ProofTransfer {
+			// An accepted transfer whose history entry was not written:
+			// record it as the transfer it was, so that its Transfer
+			// completes.
+			rec.Type, rec.FromTenant = custodyv1alpha1.CustodyEventTransferred, tr.FromTenant
+			if in.Offer != nil {
+				rec.Reference = in.Offer.Namespace + "/" + in.Offer.Name
+			}
+		}
+		return r.finishBind(ctx, c, in, in.Device, rec)
 	case claim.ActionStartCoolingOff:
 		dev := in.Device
 		before := dev.DeepCopy()

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -246,13 +247,18 @@ func appendHistory(d *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord)
 // --audit-log`), where the Device keeps only the newest entries.
 var auditLog = ctrl.Log.WithName("audit")
 
+// historyBackoff outlasts the bursts of status writes around an ownership
+// change (device, transfer, notification and enrollment controllers), so
+// that the entry is written by the step that made the change.
+var historyBackoff = wait.Backoff{Steps: 10, Duration: 10 * time.Millisecond, Factor: 2, Jitter: 0.2, Cap: time.Second}
+
 // recordHistory appends rec to the history of Device name, re-reading the
 // Device on conflict (the device controller writes its status too). It is
 // idempotent: appendHistory ignores an entry that is already there. Each
 // entry written is logged to the audit log once the write succeeded.
 func recordHistory(ctx context.Context, c client.Client, name string, rec custodyv1alpha1.CustodyRecord) error {
 	var added *custodyv1alpha1.CustodyRecord
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err := retry.RetryOnConflict(historyBackoff, func() error {
 		d := &custodyv1alpha1.Device{}
 		if err := c.Get(ctx, client.ObjectKey{Name: name}, d); err != nil {
 			return client.IgnoreNotFound(err)

@@ -197,10 +197,10 @@ func assertTamperingDetected(t testing.TB, name string) {
 		t.Fatalf("want at least 3 history entries, have %d", len(h))
 	}
 	head := history.Anchor{Sequence: h[len(h)-1].Sequence, Hash: h[len(h)-1].Hash}
-	setHistory(t, name, func(cur []custodyv1alpha1.CustodyRecord) []custodyv1alpha1.CustodyRecord {
-		cur = append([]custodyv1alpha1.CustodyRecord(nil), h...)
-		cur[1].Tenant = "mallory"
-		return cur
+	setHistory(t, name, func([]custodyv1alpha1.CustodyRecord) []custodyv1alpha1.CustodyRecord {
+		edited := append([]custodyv1alpha1.CustodyRecord(nil), h...)
+		edited[1].Tenant = "mallory"
+		return edited
 	})
 	if err := history.Verify(getDevice(t, name).Status.History, history.Options{FromGenesis: true, Anchors: []history.Anchor{head}}); err == nil {
 		t.Fatal("an edited history entry passed verification")
