@@ -83,3 +83,40 @@ func FuzzParseLabelURL(f *testing.F) {
 		}
 	})
 }
+
+// A pairing token parses only in its one canonical form, and formats back
+// to it.
+func FuzzParsePairingToken(f *testing.F) {
+	f.Add("acme.abc123.0123456789abcdefghijklmnopqrstuv")
+	f.Add("acme.abc123.0123456789abcdefghijklmnopqrstu")
+	f.Add("-acme.abc123.0123456789abcdefghijklmnopqrstuv")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := ParsePairingToken(s)
+		if err != nil {
+			return
+		}
+		if tok.String() != strings.TrimSpace(s) || !ValidPairingTokenTenant(tok.Tenant) || !ValidPairingTokenID(tok.ID) || len(tok.Secret) != PairingTokenSecretLength {
+			t.Fatalf("%q parsed to %+v", s, tok)
+		}
+	})
+}
+
+func TestPairingTokens(t *testing.T) {
+	tok, err := GeneratePairingToken("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParsePairingToken(" " + tok.String() + "\n")
+	if err != nil || back != tok {
+		t.Fatalf("round trip: %v %+v", err, back)
+	}
+	other, _ := GeneratePairingToken("acme")
+	if other == tok || PairingTokenDigest("xr200.sn-1", tok) == PairingTokenDigest("xr200.sn-2", tok) || PairingTokenDigest("xr200.sn-1", tok) == PairingTokenDigest("xr200.sn-1", other) {
+		t.Fatal("tokens or digests collide")
+	}
+	for _, bad := range []string{"", "acme", "acme.ABC123." + tok.Secret, "acme.abc12." + tok.Secret, "ac_me.abc123." + tok.Secret, "acme.abc123." + tok.Secret + "x", "acme.abc123." + tok.Secret + ".x"} {
+		if _, err := ParsePairingToken(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
