@@ -150,8 +150,9 @@ type DeviceSpec struct {
 	// decommissioned takes the device out of service (RMA, scrap): the
 	// manager ends its binding at once (its certificates stop renewing and
 	// are refused at the gateway), and it cannot be claimed or enrolled.
-	// Setting it back to false returns the device to service unbound; its
-	// next owner needs a fresh claim code.
+	// Setting it back to false returns the device to service unbound; a
+	// claim code that already bound it never binds again, so the ERP issues
+	// a new one for its next owner.
 	// +optional
 	Decommissioned bool `json:"decommissioned,omitempty"`
 
