@@ -73,6 +73,7 @@ func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
 	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { dumpProofsOnFailure(t) })
 	return &gw{URL: srv.URL, Clock: clk, srv: srv, Challenges: iss}
 }
 
@@ -199,4 +200,20 @@ func releaseClaim(t testing.TB, cl *custodyv1alpha1.Claim) {
 // identityOf is the identity a device certificate must carry.
 func identityOf(serial, tenant, deviceName string) protocol.Identity {
 	return protocol.DeriveIdentity(controllers.DefaultTrustDomain, tenant, deviceName, serial)
+}
+
+// dumpProofsOnFailure logs every DeviceProof's verdict when a gateway test
+// fails, so that a rejected proof says why in the CI log.
+func dumpProofsOnFailure(t testing.TB) {
+	if !t.Failed() {
+		return
+	}
+	var list custodyv1alpha1.DeviceProofList
+	if err := admin.List(context.Background(), &list, client.InNamespace(cp.OperatorNamespace)); err != nil {
+		t.Logf("listing DeviceProofs: %v", err)
+		return
+	}
+	for _, p := range list.Items {
+		t.Logf("DeviceProof %s (%s, %s): %s %s: %s", p.Name, p.Spec.Purpose, p.Spec.DeviceName, p.Status.Phase, p.Status.Reason, p.Status.Message)
+	}
 }
