@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -113,4 +114,43 @@ func TestClaimWebhookRejectsPlaintextCodes(t *testing.T) {
 	if err := admin.Get(ctx, client.ObjectKeyFromObject(c), c); err != nil || c.Annotations["note"] != "" {
 		t.Errorf("the rejected update changed the Claim: %v", err)
 	}
+}
+
+// TestClaimRequesterIsRecorded: whoever creates a Claim is recorded from the
+// authenticated request, whatever the request says, cannot be changed
+// afterwards, and is the actor of the binding in the custody history.
+func TestClaimRequesterIsRecorded(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	tn := newTenant(t, custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: "bob@acme.example", Role: custodyv1alpha1.TenantRoleOperator})
+	rec := newDevice(t)
+	bob := userClient(t, "bob@acme.example")
+	cl := &custodyv1alpha1.Claim{}
+	cl.Namespace, cl.Name = tn.Status.Namespace, uniq("claim")
+	secret := claimCodeSecret(t, bob, cl.Namespace, rec.Code.String())
+	cl.Spec = custodyv1alpha1.ClaimSpec{SerialNumber: rec.Device.Spec.SerialNumber, Model: rec.Device.Spec.Model, RequestedBy: "alice@acme.example",
+		ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: secret}}}
+	if err := bob.Create(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	got := waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	if got.Spec.RequestedBy != "bob@acme.example" {
+		t.Fatalf("requestedBy %q: the webhook must record the authenticated user", got.Spec.RequestedBy)
+	}
+	if b := lastEntry(t, rec.Device.Name, custodyv1alpha1.CustodyEventBound); b.Actor != "user:bob@acme.example" {
+		t.Fatalf("binding recorded with actor %q", b.Actor)
+	}
+	got.Spec.RequestedBy = "alice@acme.example"
+	if err := admin.Update(ctx, got); err == nil || !strings.Contains(err.Error(), "requestedBy is set by the admission webhook") {
+		t.Fatalf("requestedBy was changed: %v", err)
+	}
+}
+
+func claimCodeSecret(t testing.TB, c client.Client, ns, code string) string {
+	t.Helper()
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: uniq("code")}, StringData: map[string]string{"code": code}}
+	if err := c.Create(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	return s.Name
 }
