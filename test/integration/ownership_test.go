@@ -30,9 +30,10 @@ func TestPhotographedLabelInCustody(t *testing.T) {
 	if d.Spec.ClaimRef != nil || len(d.Spec.ConsumedClaimCodes) != 0 {
 		t.Fatal("a claim by code bound (or used up the code of) a device in custody")
 	}
-	if c := meta.FindStatusCondition(d.Status.Conditions, custodyv1alpha1.DeviceConditionClaimable); c == nil || c.Reason != custodyv1alpha1.DeviceReasonInCustody {
-		t.Fatalf("Claimable: %+v, want reason InCustody", c)
-	}
+	waitFor(t, "the device to say it is in custody", func() bool {
+		c := meta.FindStatusCondition(getDevice(t, name).Status.Conditions, custodyv1alpha1.DeviceConditionClaimable)
+		return c != nil && c.Reason == custodyv1alpha1.DeviceReasonInCustody
+	})
 
 	// The custodian takes the device with the sale record, and still no
 	// code works for anyone else.
@@ -86,11 +87,11 @@ func TestCustodianTransfersToCustomer(t *testing.T) {
 		t.Fatalf("transfer recorded as %+v", moved)
 	}
 	got := &custodyv1alpha1.Claim{}
-	if err := admin.Get(context.Background(), client.ObjectKeyFromObject(early), got); err != nil {
-		t.Fatal(err)
-	}
-	if got.Status.Phase == custodyv1alpha1.ClaimPhaseBound || readyReason(got) != custodyv1alpha1.ClaimReasonNoTransferOffer {
-		t.Fatalf("a tenant the offer did not name got %s/%s", got.Status.Phase, readyReason(got))
+	waitFor(t, "the unnamed tenant's Claim to be told there is no offer for it", func() bool {
+		return admin.Get(context.Background(), client.ObjectKeyFromObject(early), got) == nil && readyReason(got) == custodyv1alpha1.ClaimReasonNoTransferOffer
+	})
+	if got.Status.Phase == custodyv1alpha1.ClaimPhaseBound || !boundTo(t, name, accept.UID) {
+		t.Fatalf("a tenant the offer did not name got %s", got.Status.Phase)
 	}
 	assertTamperingDetected(t, name)
 	// The sale record is used: the former custodian cannot take it back.
