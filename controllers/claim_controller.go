@@ -457,7 +457,7 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.
 // updateTenantStatus applies mutate to the Tenant's status with optimistic
 // concurrency, retrying on conflict with a fresh read.
 func (r *ClaimReconciler) updateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	return retry.RetryOnConflict(historyBackoff, func() error {
 		t := &custodyv1alpha1.Tenant{}
 		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
 			return err

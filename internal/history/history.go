@@ -154,11 +154,12 @@ func checkAnchor(records []custodyv1alpha1.CustodyRecord, a Anchor) error {
 	return nil
 }
 
-// SameEvent reports whether a and b record the same change: the same type
-// and reference (an order, a Transfer, a SupportAction name one change
-// each), or, without a reference, the same type, tenant and Claim UID.
+// SameEvent reports whether the recorded entry a already records b: the
+// same type and reference (an order, a Transfer, a SupportAction name one
+// change each); or, when b has no reference (a repair that no longer knows
+// it), the same type, tenant and Claim UID.
 func SameEvent(a, b custodyv1alpha1.CustodyRecord) bool {
-	if a.Type != b.Type || (a.Reference == "") != (b.Reference == "") {
+	if a.Type != b.Type {
 		return false
 	}
 	if b.Reference != "" {

@@ -165,3 +165,20 @@ func BenchmarkVerifyWindow(b *testing.B) {
 		}
 	}
 }
+
+// A repair that no longer knows the reference of a change (the Transfer
+// completed meanwhile) must not record the change again.
+func TestRepairWithoutReferenceIsNotRecordedTwice(t *testing.T) {
+	orig := custodyv1alpha1.CustodyRecord{Time: metav1.Now(), Type: custodyv1alpha1.CustodyEventTransferred, Tenant: "acme", FromTenant: "wholesale", ClaimUID: "u1", Reference: "wholesale/offer"}
+	h, _ := Append(nil, orig, 32)
+	repair := orig
+	repair.Reference = ""
+	if _, added := Append(h, repair, 32); added != nil {
+		t.Fatal("the repair recorded the transfer a second time")
+	}
+	other := orig
+	other.Reference = "wholesale/another-offer"
+	if _, added := Append(h, other, 32); added == nil {
+		t.Fatal("a different referenced change was taken for the same one")
+	}
+}
