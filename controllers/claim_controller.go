@@ -663,26 +663,13 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 	})
 	byDevice := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		d := o.(*custodyv1alpha1.Device)
-		var reqs []reconcile.Request
-		add := func(ref custodyv1alpha1.DeviceClaimReference) {
-			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}})
-		}
 		if ref := d.Spec.ClaimRef; ref != nil {
-			add(*ref)
+			return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}}}
 		}
-		if p := d.Spec.PendingClaim; p != nil {
-			add(p.DeviceClaimReference)
-		}
-		if dp := d.Spec.Dispute; dp != nil {
-			for _, p := range dp.Claims {
-				add(p.DeviceClaimReference)
-			}
-		}
-		return reqs
+		return nil
 	})
-	// Claims that wait on a device that is not bound to them (cooling off
-	// that ended in a reset, a dispute resolved, a transfer offered) are
-	// found through the device-name index.
+	// When the ownership fields change, every Claim for the device looks
+	// again: those cooling off or disputed, and those that lost it.
 	byDeviceName := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		return claimsFor(ctx, client.MatchingFields{indexClaimDevice: o.GetName()})
 	})

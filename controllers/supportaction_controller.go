@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,7 +44,7 @@ func (r *SupportActionReconciler) Reconcile(ctx context.Context, req reconcile.R
 	switch {
 	case apierrors.IsConflict(err):
 		return reconcile.Result{RequeueAfter: conflictRetry}, nil
-	case asActionFailed(err, &failed):
+	case errors.As(err, &failed):
 		return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionFailed, failed.msg)
 	case err != nil:
 		return reconcile.Result{}, err
@@ -55,14 +56,6 @@ func (r *SupportActionReconciler) Reconcile(ctx context.Context, req reconcile.R
 type actionFailed struct{ msg string }
 
 func (e *actionFailed) Error() string { return e.msg }
-
-func asActionFailed(err error, target **actionFailed) bool {
-	f, ok := err.(*actionFailed) //nolint:errorlint // never wrapped
-	if ok {
-		*target = f
-	}
-	return ok
-}
 
 func (r *SupportActionReconciler) apply(ctx context.Context, a *custodyv1alpha1.SupportAction) (string, error) {
 	if a.Spec.RequestedBy == "" {

@@ -248,20 +248,16 @@ func setTransfer(tr *custodyv1alpha1.Transfer, phase custodyv1alpha1.TransferPha
 	if ready {
 		status = metav1.ConditionTrue
 	}
-	cond := metav1.Condition{Type: custodyv1alpha1.ConditionReady, Status: status, Reason: reason, Message: msg, ObservedGeneration: tr.Generation, LastTransitionTime: metav1.NewTime(now)}
-	if prev := meta.FindStatusCondition(tr.Status.Conditions, cond.Type); prev != nil && prev.Status == cond.Status && prev.Reason == cond.Reason && prev.Message == cond.Message {
-		return
-	}
-	meta.RemoveStatusCondition(&tr.Status.Conditions, cond.Type)
-	tr.Status.Conditions = append(tr.Status.Conditions, cond)
+	meta.SetStatusCondition(&tr.Status.Conditions, metav1.Condition{Type: custodyv1alpha1.ConditionReady, Status: status, Reason: reason, Message: msg,
+		ObservedGeneration: tr.Generation, LastTransitionTime: metav1.NewTime(now)})
 }
 
 // SetupWithManager registers the controller. Transfers are re-examined when
 // their device changes (accepted, released, rebound).
 func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
-	byDevice := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+	transfersFor := func(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
 		var list custodyv1alpha1.TransferList
-		if err := r.Client.List(ctx, &list, client.MatchingFields{indexTransferDevice: o.GetName()}); err != nil {
+		if err := r.Client.List(ctx, &list, opts...); err != nil {
 			return nil
 		}
 		reqs := make([]reconcile.Request, 0, len(list.Items))
@@ -269,17 +265,12 @@ func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&t)})
 		}
 		return reqs
+	}
+	byDevice := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return transfersFor(ctx, client.MatchingFields{indexTransferDevice: o.GetName()})
 	})
 	byClaim := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-		var list custodyv1alpha1.TransferList
-		if err := r.Client.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexTransferClaim: o.GetName()}); err != nil {
-			return nil
-		}
-		reqs := make([]reconcile.Request, 0, len(list.Items))
-		for _, t := range list.Items {
-			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&t)})
-		}
-		return reqs
+		return transfersFor(ctx, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexTransferClaim: o.GetName()})
 	})
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Transfer{}).

@@ -250,8 +250,7 @@ func Decide(in Input, v Verifier) Decision {
 		(c.Spec.PairingToken != nil || (c.Status.Pairing != nil && c.Status.Pairing.ConfirmedAt != nil))
 
 	need := in.Policy.RequiredProof
-	satisfied := (codeOK || possessionOK) && (!NeedsCode(need) || codeOK) && (!NeedsPossession(need) || possessionOK)
-	if !satisfied {
+	if !satisfies(need, codeOK, possessionOK) {
 		if c.Spec.Possession != nil && !possessionOK {
 			return awaitDevice(c, in.Now)
 		}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -61,7 +62,7 @@ func LoadConfig(path string, opts *controllers.Options) error {
 		if p.MaxFailedAttempts != nil && (*p.MaxFailedAttempts < 1 || *p.MaxFailedAttempts > 20) {
 			errs = append(errs, fmt.Errorf("%s.maxFailedAttempts must be between 1 and 20", where))
 		}
-		if co := p.CoolingOff; co != nil && (co.Period.Duration < 60e9 || co.Period.Duration > 720*3600e9) {
+		if co := p.CoolingOff; co != nil && (co.Period.Duration < time.Minute || co.Period.Duration > 720*time.Hour) {
 			errs = append(errs, fmt.Errorf("%s.coolingOff.period must be between 1m and 720h", where))
 		}
 	}

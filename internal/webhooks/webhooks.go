@@ -94,9 +94,10 @@ type DeviceValidator struct {
 
 var deviceGK = custodyv1alpha1.GroupVersion.WithKind("Device").GroupKind()
 
-func (v *DeviceValidator) isManager(ctx context.Context) bool {
+// isManager reports whether the request comes from the manager.
+func (o Options) isManager(ctx context.Context) bool {
 	req, err := admission.RequestFromContext(ctx)
-	return err == nil && slices.Contains(v.Options.ManagerUsernames, req.UserInfo.Username)
+	return err == nil && slices.Contains(o.ManagerUsernames, req.UserInfo.Username)
 }
 
 // ValidateCreate checks the identity key and that no binding is preset.
@@ -105,7 +106,7 @@ func (v *DeviceValidator) ValidateCreate(ctx context.Context, d *custodyv1alpha1
 	if _, err := protocol.ParsePublicKeyPEM([]byte(d.Spec.Identity.PublicKey)); err != nil {
 		errs = append(errs, field.Invalid(field.NewPath("spec", "identity", "publicKey"), "(PEM)", err.Error()))
 	}
-	if !v.isManager(ctx) {
+	if !v.Options.isManager(ctx) {
 		if d.Spec.ClaimRef != nil {
 			errs = append(errs, field.Forbidden(field.NewPath("spec", "claimRef"), "only the Custody manager binds devices; create the Device without claimRef and let the tenant claim it"))
 		}
@@ -128,7 +129,7 @@ func (v *DeviceValidator) ValidateUpdate(ctx context.Context, oldD, newD *custod
 		}
 		return nil, invalid(newD.Name, errs)
 	}
-	if !v.isManager(ctx) {
+	if !v.Options.isManager(ctx) {
 		errs = append(errs, managerFieldsChanged(oldD, newD)...)
 		errs = append(errs, resale(oldD, newD)...)
 	}
@@ -211,8 +212,7 @@ var claimGK = custodyv1alpha1.GroupVersion.WithKind("Claim").GroupKind()
 // pairing-token proof from anyone but the manager.
 func (v ClaimValidator) ValidateCreate(ctx context.Context, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
 	if c.Spec.PairingToken != nil {
-		req, err := admission.RequestFromContext(ctx)
-		if err != nil || !slices.Contains(v.Options.ManagerUsernames, req.UserInfo.Username) {
+		if !v.Options.isManager(ctx) {
 			return nil, apierrors.NewInvalid(claimGK, c.Name, field.ErrorList{field.Forbidden(field.NewPath("spec", "pairingToken"),
 				"only the Custody manager creates pairing-token Claims, when a device presents the token; give the token to the device instead")})
 		}
