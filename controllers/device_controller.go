@@ -168,6 +168,9 @@ func (r *DeviceReconciler) openDirectSale(ctx context.Context, d *custodyv1alpha
 	if !tenantUsable(t) || r.Options.policyFor(d.Spec.Model).Tighten(d.Spec.ClaimPolicy, t.Spec.ClaimPolicy).SaleRecordForbidden {
 		return nil
 	}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: t.TargetNamespace(), Name: d.Name}, &custodyv1alpha1.Claim{}); !apierrors.IsNotFound(err) {
+		return client.IgnoreNotFound(err) // opened already, or a namesake the tenant made
+	}
 	c := &custodyv1alpha1.Claim{
 		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: t.TargetNamespace(), Labels: map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}},
 		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: d.Spec.SerialNumber, Model: d.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{},

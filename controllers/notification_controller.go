@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -95,10 +96,11 @@ func (r *NotificationReconciler) Reconcile(ctx context.Context, req reconcile.Re
 
 // target is one endpoint and the entries it wants.
 type target struct {
-	id     string
-	url    string
-	key    []byte
-	keyErr string
+	id  string
+	url string
+	// key returns the signing key; a tenant's is read from its Secret the
+	// first time an entry is actually sent.
+	key func() ([]byte, error)
 	// wants reports whether an entry concerns this endpoint.
 	wants func(custodyv1alpha1.CustodyRecord) bool
 }
@@ -108,7 +110,9 @@ type target struct {
 func (r *NotificationReconciler) targets(ctx context.Context, d *custodyv1alpha1.Device) ([]target, error) {
 	var out []target
 	for _, e := range r.Options.Notifications {
-		out = append(out, target{id: "operator/" + e.Name, url: e.URL, key: e.SigningKey, wants: func(custodyv1alpha1.CustodyRecord) bool { return true }})
+		key := e.SigningKey
+		out = append(out, target{id: "operator/" + e.Name, url: e.URL, key: func() ([]byte, error) { return key, nil },
+			wants: func(custodyv1alpha1.CustodyRecord) bool { return true }})
 	}
 	holder := claim.SaleHolder(d)
 	var names []string
@@ -139,26 +143,26 @@ func (r *NotificationReconciler) targets(ctx context.Context, d *custodyv1alpha1
 			// The custodian hears of claims on what it sold on.
 			return name == holder && (h.Type == custodyv1alpha1.CustodyEventClaimed || h.Type == custodyv1alpha1.CustodyEventDisputed || h.Type == custodyv1alpha1.CustodyEventResolved)
 		}}
-		tg.key, tg.keyErr = r.tenantKey(ctx, tn)
+		tg.key = sync.OnceValues(func() ([]byte, error) { return r.tenantKey(ctx, tn) })
 		out = append(out, tg)
 	}
 	return out, nil
 }
 
-func (r *NotificationReconciler) tenantKey(ctx context.Context, tn *custodyv1alpha1.Tenant) ([]byte, string) {
+func (r *NotificationReconciler) tenantKey(ctx context.Context, tn *custodyv1alpha1.Tenant) ([]byte, error) {
 	ref := tn.Spec.Notifications.SigningKeySecretRef
 	s := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: tn.TargetNamespace(), Name: ref.Name}, s); err != nil {
-		return nil, "signing key Secret " + ref.Name + " not readable: " + string(apierrors.ReasonForError(err))
+		return nil, fmt.Errorf("signing key Secret %s not readable: %s", ref.Name, apierrors.ReasonForError(err))
 	}
 	key := ref.Key
 	if key == "" {
 		key = "key"
 	}
 	if len(s.Data[key]) < MinSigningKey {
-		return nil, fmt.Sprintf("signing key %s/%s is missing or shorter than %d bytes", ref.Name, key, MinSigningKey)
+		return nil, fmt.Errorf("signing key %s/%s is missing or shorter than %d bytes", ref.Name, key, MinSigningKey)
 	}
-	return s.Data[key], ""
+	return s.Data[key], nil
 }
 
 // delivery returns the device's delivery state for endpoint id, adding it.
@@ -212,8 +216,9 @@ func (r *NotificationReconciler) backoff(attempts int32) time.Duration {
 // send POSTs one entry as a signed CloudEvent. The event ID is the entry's
 // hash: the same entry always has the same ID, on every retry.
 func (r *NotificationReconciler) send(ctx context.Context, d *custodyv1alpha1.Device, tg target, h custodyv1alpha1.CustodyRecord) error {
-	if tg.keyErr != "" {
-		return fmt.Errorf("%s", tg.keyErr)
+	key, err := tg.key()
+	if err != nil {
+		return err
 	}
 	ev := notification.Event{
 		SpecVersion: notification.SpecVersion, ID: h.Hash, Source: "custody.dev/devices/" + d.Name,
@@ -236,7 +241,7 @@ func (r *NotificationReconciler) send(ctx context.Context, d *custodyv1alpha1.De
 	}
 	req.Header.Set("Content-Type", notification.ContentType)
 	req.Header.Set(notification.HeaderIdempotencyKey, ev.ID)
-	req.Header.Set(notification.HeaderSignature, notification.Sign(tg.key, body, r.Options.Clock.Now()))
+	req.Header.Set(notification.HeaderSignature, notification.Sign(key, body, r.Options.Clock.Now()))
 	resp, err := r.HTTP.Do(req)
 	if err != nil {
 		return err
