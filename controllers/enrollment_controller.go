@@ -233,12 +233,20 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	}
 
 	cr := &cmapi.CertificateRequest{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: p.Status.CertificateRequest.Name}, cr); err != nil {
-		if apierrors.IsNotFound(err) {
-			reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest disappeared.")
-			return reconcile.Result{}, nil
+	key := client.ObjectKey{Namespace: p.Namespace, Name: p.Status.CertificateRequest.Name}
+	if err := r.Client.Get(ctx, key, cr); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return reconcile.Result{}, err
 		}
-		return reconcile.Result{}, err
+		// The cache may not have seen the request this manager just made:
+		// only the API server can say it is gone.
+		if err := r.APIReader.Get(ctx, key, cr); err != nil {
+			if apierrors.IsNotFound(err) {
+				reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest disappeared.")
+				return reconcile.Result{}, nil
+			}
+			return reconcile.Result{}, err
+		}
 	}
 	if cr.UID != p.Status.CertificateRequest.UID || requestFailed(cr) {
 		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest was denied or failed.")
