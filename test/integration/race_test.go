@@ -80,3 +80,43 @@ func readyMessage(c *custodyv1alpha1.Claim) string {
 	}
 	return ""
 }
+
+// TestConcurrentClaimsUnderCoolingOffDispute: under a cooling-off policy,
+// tenants claiming one device at once with the right code never bind it and
+// never leave two claims cooling off: every claim ends up in the device's
+// dispute, and every Claim says so.
+func TestConcurrentClaimsUnderCoolingOffDispute(t *testing.T) {
+	const tenants = 6
+	startManager(t, coolingOff, func(o *controllers.Options) { o.MaxConcurrentClaims = 8 })
+	ctx := context.Background()
+	var ts []*custodyv1alpha1.Tenant
+	for range tenants {
+		ts = append(ts, newTenant(t))
+	}
+	rec := newDevice(t)
+	d := rec.Device
+	claims := make([]*custodyv1alpha1.Claim, tenants)
+	var wg sync.WaitGroup
+	for i, tn := range ts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			claims[i] = claimWithCode(t, admin, tn.Status.Namespace, d.Spec.SerialNumber, d.Spec.Model, rec.Code.String())
+		}()
+	}
+	wg.Wait()
+	for _, c := range claims {
+		got := &custodyv1alpha1.Claim{}
+		waitFor(t, "claim "+c.Name+" to be in the dispute", func() bool {
+			return admin.Get(ctx, clientKey(c), got) == nil && got.Status.Phase == custodyv1alpha1.ClaimPhaseDisputed
+		})
+		if readyReason(got) != custodyv1alpha1.ClaimReasonDisputed {
+			t.Fatalf("claim %s: reason %s", c.Name, readyReason(got))
+		}
+	}
+	dev := getDevice(t, d.Name)
+	if dev.Spec.ClaimRef != nil || dev.Spec.PendingClaim != nil || dev.Spec.Dispute == nil || len(dev.Spec.Dispute.Claims) != tenants {
+		t.Fatalf("binding %v, pending %v, dispute %+v: want all %d claims in the dispute and nothing else", dev.Spec.ClaimRef, dev.Spec.PendingClaim, dev.Spec.Dispute, tenants)
+	}
+	assertChain(t, d.Name)
+}
