@@ -198,8 +198,11 @@ func (r *ApproverReconciler) decideDevice(ctx context.Context, cr *cmapi.Certifi
 		return deny("The request is not the one the device proved.")
 	}
 	csr, err := protocol.ParseCSRPEM(cr.Spec.Request)
-	if err != nil || !protocol.CheckIdentity(csr, protocol.DeriveIdentity(r.Options.TrustDomain, bound.Tenant, dev.Name, dev.Spec.SerialNumber)) {
-		return deny("The request asks for another identity than the one derived from the Device.")
+	if err != nil {
+		return deny("The request's CSR does not parse or verify.")
+	}
+	if err := protocol.CheckCSRIdentity(csr.Raw, protocol.DeriveIdentity(r.Options.TrustDomain, bound.Tenant, dev.Name, dev.Spec.SerialNumber)); err != nil {
+		return deny("The request must ask for exactly the identity derived from the Device and nothing else: " + err.Error() + ".")
 	}
 	for _, u := range cr.Spec.Usages {
 		if u != cmapi.UsageDigitalSignature && u != cmapi.UsageClientAuth {

@@ -212,8 +212,9 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device's binding changed while its certificate was being issued.")
 		return reconcile.Result{}, nil
 	}
-	if !protocol.CheckIdentity(csr, protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)) {
-		reject(p, custodyv1alpha1.DeviceProofReasonIdentityMismatch, "The CSR asks for another identity than the one derived from the Device.")
+	id := protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)
+	if err := protocol.CheckCSRIdentity(csr.Raw, id); err != nil {
+		reject(p, custodyv1alpha1.DeviceProofReasonIdentityMismatch, "The CSR must ask for exactly the identity derived from the Device and nothing else: "+err.Error()+".")
 		return reconcile.Result{}, nil
 	}
 
@@ -258,6 +259,15 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	chain, err := protocol.ParseCertificatesPEM(cr.Status.Certificate)
 	if err != nil {
 		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "cert-manager returned an unparsable certificate.")
+		return reconcile.Result{}, nil
+	}
+	// Defence in depth: whatever the CA made of the CSR, a certificate that
+	// carries more than the device's identity is never published, so the
+	// gateway never accepts it.
+	if err := protocol.CheckCertificateIdentity(chain[0].Raw, id); err != nil {
+		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The tenant CA issued a certificate that carries more than the device's identity; it was not published to the device: "+err.Error()+".")
+		r.Recorder.Eventf(dev, p, corev1.EventTypeWarning, "CertificateWithheld", "Enroll", "Certificate %s from CertificateRequest %s was not published: %s.",
+			protocol.CertFingerprint(chain[0].Raw), cr.Name, err.Error())
 		return reconcile.Result{}, nil
 	}
 	if err := r.publish(ctx, dev, chain[0], string(cr.Status.Certificate)); err != nil {

@@ -26,6 +26,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -345,8 +346,8 @@ func (g *Gateway) enroll(r *http.Request, body []byte) response {
 		return resp
 	}
 	id := protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)
-	if !protocol.CheckIdentity(csr, id) {
-		b, _ := json.Marshal(protocol.Error{Code: protocol.ErrIdentityMismatch, Message: "The CSR must ask for exactly this identity.", Identity: &id})
+	if err := protocol.CheckCSRIdentity(csr.Raw, id); err != nil {
+		b, _ := json.Marshal(protocol.Error{Code: protocol.ErrIdentityMismatch, Message: "The CSR must ask for exactly this identity and nothing else: " + err.Error() + ".", Identity: &id})
 		return response{status: http.StatusConflict, body: b, outcome: protocol.ErrIdentityMismatch, device: dev.Name}
 	}
 	proof := &custodyv1alpha1.DeviceProof{
@@ -479,10 +480,17 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 	}
 	refused := errorResponse(http.StatusForbidden, protocol.ErrCertificateRefused, "The client certificate is not a current certificate of a bound device.")
 	leaf := r.TLS.PeerCertificates[0]
-	if len(leaf.URIs) != 1 {
+	// The identity is read from the certificate's DER, which must hold it
+	// and nothing else; Go's parsed view is not trusted with it.
+	claimed, err := protocol.CertificateIdentity(leaf.Raw)
+	if err != nil {
 		return nil, nil, nil, refused, false
 	}
-	tenant, name, ok := protocol.ParseSPIFFEID(g.opts.TrustDomain, leaf.URIs[0])
+	u, err := url.Parse(claimed.URI)
+	if err != nil {
+		return nil, nil, nil, refused, false
+	}
+	tenant, name, ok := protocol.ParseSPIFFEID(g.opts.TrustDomain, u)
 	if !ok {
 		return nil, nil, nil, refused, false
 	}
@@ -494,7 +502,8 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 		return nil, nil, nil, unavailable(), false
 	}
 	ref := dev.Spec.ClaimRef
-	if ref == nil || ref.Tenant != tenant || !controllers.CurrentCertificate(dev, protocol.CertFingerprint(leaf.Raw)) {
+	if ref == nil || ref.Tenant != tenant || claimed != protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber) ||
+		!controllers.CurrentCertificate(dev, protocol.CertFingerprint(leaf.Raw)) {
 		refused.device = dev.Name
 		return nil, nil, nil, refused, false
 	}
@@ -597,8 +606,11 @@ func (g *Gateway) estReenroll(r *http.Request, body []byte) response {
 		return badRequest(err.Error())
 	}
 	ref := dev.Spec.ClaimRef
-	if !protocol.SameKey(csr.PublicKey, leaf.PublicKey) || !protocol.CheckIdentity(csr, protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)) {
+	if !protocol.SameKey(csr.PublicKey, leaf.PublicKey) {
 		return errorResponse(http.StatusBadRequest, protocol.ErrIdentityMismatch, "A renewal keeps the certificate's key and identity; enroll with a fresh challenge to change keys.")
+	}
+	if err := protocol.CheckCSRIdentity(csr.Raw, protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)); err != nil {
+		return errorResponse(http.StatusBadRequest, protocol.ErrIdentityMismatch, "A renewal asks for the certificate's identity and nothing else: "+err.Error()+".")
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})
 	sum := sha256.Sum256(append(append([]byte{}, leaf.Raw...), csr.Raw...))

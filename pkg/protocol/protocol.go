@@ -176,19 +176,6 @@ func ParseSPIFFEID(trustDomain string, u *url.URL) (tenant, device string, ok bo
 	return parts[2], parts[4], true
 }
 
-// CheckIdentity reports whether csr asks for exactly id: subject CN only,
-// one URI SAN, nothing else.
-func CheckIdentity(csr *x509.CertificateRequest, id Identity) bool {
-	s := csr.Subject
-	if s.CommonName != id.CommonName || len(s.Organization)+len(s.OrganizationalUnit)+len(s.Country)+len(s.Locality)+len(s.Province)+len(s.StreetAddress)+len(s.PostalCode)+len(s.ExtraNames) > 0 || s.SerialNumber != "" { //nolint:misspell // crypto/x509/pkix's field name
-		return false
-	}
-	if len(csr.DNSNames)+len(csr.EmailAddresses)+len(csr.IPAddresses) > 0 || len(csr.URIs) != 1 {
-		return false
-	}
-	return csr.URIs[0].String() == id.URI
-}
-
 // Signing payloads. Each starts with a per-purpose prefix so that a signature
 // made for one purpose is worthless for another.
 const (
