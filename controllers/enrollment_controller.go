@@ -173,6 +173,11 @@ func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.De
 			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding.")
 			return nil, nil, nil
 		}
+		ref := dev.Spec.ClaimRef
+		if err := protocol.CheckCertificateIdentity(certs[0].Raw, protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)); err != nil {
+			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented does not carry exactly the device's identity: "+err.Error()+".")
+			return nil, nil, nil
+		}
 		if !protocol.SameKey(csr.PublicKey, certs[0].PublicKey) {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A renewal must keep the certificate's key; enroll with a fresh challenge to change keys.")
 			return nil, nil, nil
@@ -265,7 +270,7 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	// carries more than the device's identity is never published, so the
 	// gateway never accepts it.
 	if err := protocol.CheckCertificateIdentity(chain[0].Raw, id); err != nil {
-		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The tenant CA issued a certificate that carries more than the device's identity; it was not published to the device: "+err.Error()+".")
+		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The tenant CA issued a certificate that does not carry exactly the device's identity; it was not published to the device: "+err.Error()+".")
 		r.Recorder.Eventf(dev, p, corev1.EventTypeWarning, "CertificateWithheld", "Enroll", "Certificate %s from CertificateRequest %s was not published: %s.",
 			protocol.CertFingerprint(chain[0].Raw), cr.Name, err.Error())
 		return reconcile.Result{}, nil

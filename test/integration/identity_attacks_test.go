@@ -19,9 +19,11 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -388,4 +390,120 @@ func TestGatewayRefusesCertificatesWithExtraContent(t *testing.T) {
 	if n := countRequests(t, name); n != 0 {
 		t.Fatalf("%d CertificateRequests from refused certificates", n)
 	}
+}
+
+// TestIssuedCertificateWithExtraContentIsWithheld: defence in depth. The
+// CertificateRequest of a genuine, proven enrollment comes back with a
+// certificate that carries more than the identity (as a compromised or
+// misbehaving issuer would sign it, here with the tenant CA's own key): the
+// manager does not publish it to the Device or the Claim, rejects the proof
+// saying so, and records a Warning Event on the Device.
+func TestIssuedCertificateWithExtraContentIsWithheld(t *testing.T) {
+	m := startManager(t)
+	g := startGateway(t)
+	ctx := context.Background()
+	acme := newTenant(t)
+	rec := newDevice(t)
+	serial, model, name := rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Device.Name
+	key := deviceKey(t, rec)
+	cl := claimWithCode(t, admin, acme.Status.Namespace, serial, model, rec.Code.String())
+	waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	want := identityOf(serial, acme.Name, name)
+	ref := getDevice(t, name).Spec.ClaimRef
+
+	// With the manager stopped, record a genuine proof and the request the
+	// manager would have made for it, already "signed" with extra content.
+	m.stop()
+	csrDER, err := device.NewCSR(key, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := g.Challenges.Issue(protocol.PurposeEnroll, serial, model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, _ := protocol.Sign(key, protocol.EnrollPayload(tok, csrDER))
+	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
+	proof := &custodyv1alpha1.DeviceProof{
+		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
+		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: name, Challenge: tok,
+			Signature: base64.StdEncoding.EncodeToString(sig), CSR: string(csrPEM)},
+	}
+	if err := admin.Create(ctx, proof); err != nil {
+		t.Fatal(err)
+	}
+	caSecret := &corev1.Secret{}
+	if err := admin.Get(ctx, client.ObjectKey{Namespace: cp.OperatorNamespace, Name: controllers.TenantCAName(acme.Name)}, caSecret); err != nil {
+		t.Fatal(err)
+	}
+	caCert := parseCert(t, caSecret.Data[corev1.TLSCertKey])
+	block, _ := pem.Decode(caSecret.Data[corev1.TLSPrivateKeyKey])
+	caKey, err := x509.ParseECPrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(4242), RawSubject: rawSubject([]rdnAttr{{oidCN, "admin"}}, []rdnAttr{{oidCN, serial}}),
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtraExtensions: []pkix.Extension{{Id: oidSAN, Value: sanOf(uriGN(want.URI), otherNameGN())}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	cr := &cmapi.CertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: proof.Name, Namespace: cp.OperatorNamespace,
+			Labels: map[string]string{custodyv1alpha1.LabelTenant: acme.Name, controllers.LabelDevice: name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "DeviceProof", Name: proof.Name, UID: proof.UID,
+				Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
+		Spec: cmapi.CertificateRequestSpec{Request: csrPEM, IssuerRef: cmmeta.IssuerReference{Name: controllers.TenantIssuerName(acme.Name), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+			Usages: []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth}},
+	}
+	if err := admin.Create(ctx, cr); err != nil {
+		t.Fatal(err)
+	}
+	cr.Status.Certificate, cr.Status.CA = bad, caSecret.Data[corev1.TLSCertKey]
+	cr.Status.Conditions = []cmapi.CertificateRequestCondition{{Type: cmapi.CertificateRequestConditionReady, Status: cmmeta.ConditionTrue, Reason: cmapi.CertificateRequestReasonIssued}}
+	if err := admin.Status().Update(ctx, cr); err != nil {
+		t.Fatal(err)
+	}
+	proof.Status = custodyv1alpha1.DeviceProofStatus{Phase: custodyv1alpha1.DeviceProofPhasePending, Tenant: ref.Tenant, ClaimUID: ref.UID,
+		CertificateRequest: &custodyv1alpha1.ObjectReference{Name: cr.Name, UID: cr.UID}}
+	if err := admin.Status().Update(ctx, proof); err != nil {
+		t.Fatal(err)
+	}
+
+	startManager(t)
+	waitFor(t, "the proof to be decided", func() bool {
+		return admin.Get(ctx, client.ObjectKeyFromObject(proof), proof) == nil && proof.Status.Phase != custodyv1alpha1.DeviceProofPhasePending
+	})
+	if proof.Status.Phase != custodyv1alpha1.DeviceProofPhaseRejected || proof.Status.Reason != custodyv1alpha1.DeviceProofReasonIssuanceFailed ||
+		!strings.Contains(proof.Status.Message, "not published") || proof.Status.Certificate != "" {
+		t.Fatalf("proof: %s %s %q, want Rejected IssuanceFailed saying the certificate was not published", proof.Status.Phase, proof.Status.Reason, proof.Status.Message)
+	}
+	fp := protocol.CertFingerprint(der)
+	for _, c := range getDevice(t, name).Status.Certificates {
+		if c.Fingerprint == fp {
+			t.Fatal("the certificate was published on the Device")
+		}
+	}
+	got := &custodyv1alpha1.Claim{}
+	if err := admin.Get(ctx, client.ObjectKeyFromObject(cl), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Certificate != nil && got.Status.Certificate.Fingerprint == fp {
+		t.Fatal("the certificate was published on the Claim")
+	}
+	waitFor(t, "a CertificateWithheld Event on the Device", func() bool {
+		var evs corev1.EventList
+		if err := admin.List(ctx, &evs); err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "CertificateWithheld" && e.InvolvedObject.Name == name && e.Type == corev1.EventTypeWarning {
+				return true
+			}
+		}
+		return false
+	})
 }
