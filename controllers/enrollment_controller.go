@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -458,8 +457,9 @@ func (r *EnrollmentReconciler) confirmPossession(ctx context.Context, p *custody
 // The token must be valid for the device (expiry, usage limit, revocation,
 // allowed serials) and the device free: a token never takes a device that
 // is bound, claimed, disputed, decommissioned or in another's custody. Its
-// use is counted on the Secret before the Claim is created, so a crash in
-// between over-counts, never under-counts. The claim controller binds the
+// use is counted, in the manager's claim.TokenStateConfigMap, before the
+// Claim is created, once per DeviceProof: a retry after a crash in between
+// creates the Claim without counting again. The claim controller binds the
 // Claim as it binds any other, under the tenant's claim policy.
 func (r *EnrollmentReconciler) claimWithToken(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, now time.Time) error {
 	tok := p.Spec.PairingToken
@@ -497,23 +497,34 @@ func (r *EnrollmentReconciler) claimWithToken(ctx context.Context, p *custodyv1a
 	case !apierrors.IsNotFound(err):
 		return err
 	}
-	if v := claim.CheckToken(secret, tok.Tenant, dev.Name, dev.Spec.SerialNumber, p.Spec.PairingDigest, now); v != claim.TokenAccepted {
-		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token: %s.", dev.Name, v)
-		return refuse(string(v))
+	// The state (usage count, revocation) is the manager's, in
+	// claim.TokenStateConfigMap: what a tenant user writes to the Secret
+	// never resets the count or un-revokes the token. The use is checked
+	// and counted in one write under optimistic locking, so the count is
+	// exact under concurrent devices; it is counted once per DeviceProof, so
+	// a retry after a crash before the Claim exists does not count again.
+	var verdict claim.TokenVerdict
+	free := claim.DeviceFree(dev, tenant.Name)
+	st, err := updateTokenState(ctx, r.Client, r.APIReader, ns, tok.TokenID, func(st *claim.TokenState) bool {
+		changed := claim.ObserveToken(st, secret, now)
+		verdict = claim.CheckToken(secret, st, tok.Tenant, dev.Name, dev.Spec.SerialNumber, p.Spec.PairingDigest, p.Name, now)
+		if verdict != claim.TokenAccepted || !free {
+			return changed
+		}
+		return claim.RecordUse(st, dev.Name, p.Name, now) || changed
+	})
+	if err != nil {
+		return err
 	}
-	if !claim.DeviceFree(dev, tenant.Name) {
+	if verdict != claim.TokenAccepted {
+		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token: %s.", dev.Name, verdict)
+		return refuse(string(verdict))
+	}
+	if !free {
 		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token but is not free to claim (bound, claimed, disputed, decommissioned or in another's custody); support staff can help.", dev.Name)
 		return refuse("the device is not free to claim")
 	}
-	used := claim.TokenUsage(secret) + 1
-	if secret.Annotations == nil {
-		secret.Annotations = map[string]string{}
-	}
-	secret.Annotations[claim.AnnotationUsageCount] = strconv.Itoa(used)
-	// The resourceVersion makes the count exact under concurrent devices.
-	if err := r.Client.Update(ctx, secret, client.FieldOwner(FieldOwner)); err != nil {
-		return err
-	}
+	used := st.Used
 	c := &custodyv1alpha1.Claim{
 		ObjectMeta: metav1.ObjectMeta{Name: dev.Name, Namespace: ns,
 			Labels:      map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},

@@ -206,6 +206,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"supportaction", (&SupportActionReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"notification", (&NotificationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts, HTTP: NotificationHTTPClient(opts.NotificationRoots)}).SetupWithManager},
+		{"pairingtoken", (&PairingTokenReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts}).SetupWithManager},
 		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
 	}

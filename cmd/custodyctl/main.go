@@ -184,7 +184,8 @@ func pairingToken(args []string, stdout, stderr io.Writer, now time.Time) error 
 	if _, err := stdout.Write(out); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stderr, "Apply the Secret in namespace %s, then give field staff this token (custody-device pair --token ...):\n%s\n", *namespace, tok)
+	_, err = fmt.Fprintf(stderr, "Apply the Secret in namespace %[1]s. The manager counts its uses and records its revocation (delete the Secret or set revoked: \"true\"; final) in ConfigMap %[2]s:\n  kubectl -n %[1]s get configmap %[2]s -o jsonpath='{.data.%[3]s}'\nGive field staff this token (custody-device pair --token ...):\n%[4]s\n",
+		*namespace, claim.TokenStateConfigMap, tok.ID, tok)
 	return err
 }
 

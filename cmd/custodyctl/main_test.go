@@ -127,10 +127,10 @@ func TestPairingTokenManifest(t *testing.T) {
 	}
 	// The manifest and the token belong together: the manager accepts it.
 	digest := protocol.PairingTokenDigest("xr200.sn-1", tok)
-	if v := claim.CheckToken(&s, "acme", "xr200.sn-1", "SN-1", digest, now.Add(71*time.Hour)); v != claim.TokenAccepted {
+	if v := claim.CheckToken(&s, &claim.TokenState{}, "acme", "xr200.sn-1", "SN-1", digest, "proof", now.Add(71*time.Hour)); v != claim.TokenAccepted {
 		t.Fatalf("the manager would refuse the token: %s", v)
 	}
-	if v := claim.CheckToken(&s, "acme", "xr200.sn-1", "SN-1", digest, now.Add(73*time.Hour)); v != claim.TokenExpired {
+	if v := claim.CheckToken(&s, &claim.TokenState{}, "acme", "xr200.sn-1", "SN-1", digest, "proof", now.Add(73*time.Hour)); v != claim.TokenExpired {
 		t.Fatalf("after 72h: %s", v)
 	}
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -88,13 +90,31 @@ func proofsOfList(t *testing.T, device string) []custodyv1alpha1.DeviceProof {
 	return list.Items
 }
 
-func usage(t *testing.T, s *corev1.Secret) string {
+// tokenState reads the manager's record of the token of Secret s, as c
+// (a tenant user may read it).
+func tokenState(t *testing.T, c client.Client, s *corev1.Secret) claim.TokenState {
 	t.Helper()
-	cur := &corev1.Secret{}
-	if err := admin.Get(context.Background(), client.ObjectKeyFromObject(s), cur); err != nil {
+	cm := &corev1.ConfigMap{}
+	err := c.Get(context.Background(), client.ObjectKey{Namespace: s.Namespace, Name: claim.TokenStateConfigMap}, cm)
+	if apierrors.IsNotFound(err) {
+		return claim.TokenState{}
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	return cur.Annotations[claim.AnnotationUsageCount]
+	var st claim.TokenState
+	if raw, ok := cm.Data[strings.TrimPrefix(s.Name, claim.PairingTokenSecretPrefix)]; ok {
+		if err := json.Unmarshal([]byte(raw), &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
+
+// usage is how many devices the manager counted for the token of Secret s.
+func usage(t *testing.T, s *corev1.Secret) int {
+	t.Helper()
+	return tokenState(t, admin, s).Used
 }
 
 // TestPairingTokenClaimsDevices: field staff give a tenant's pairing token
@@ -126,8 +146,8 @@ func TestPairingTokenClaimsDevices(t *testing.T) {
 	if b := lastBound(t, rec.Device.Name); b.Proof != claim.ProofPairingToken || b.Actor != "device" || b.Tenant != acme.Name {
 		t.Fatalf("token claim recorded as %+v", b)
 	}
-	if got := usage(t, secret); got != "1" {
-		t.Fatalf("usage count %q, want 1", got)
+	if got := usage(t, secret); got != 1 {
+		t.Fatalf("usage count %d, want 1", got)
 	}
 	if _, err := readFile(a.Dir, "pairing.token"); err == nil {
 		t.Fatal("the device kept the token after enrolling")
@@ -202,8 +222,8 @@ func TestPairingTokenAttacks(t *testing.T) {
 	}
 	inCustody := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
 	refused("in another tenant's custody", inCustody, limited, "")
-	if got := usage(t, ls); got != "" {
-		t.Fatalf("refused attempts counted: usage %q", got)
+	if got := usage(t, ls); got != 0 {
+		t.Fatalf("refused attempts counted: usage %d", got)
 	}
 
 	// Within its limit the token works once; then it is used up.
@@ -211,8 +231,8 @@ func TestPairingTokenAttacks(t *testing.T) {
 	if p := presentToken(t, g, ok, limited); p.Status.Phase != custodyv1alpha1.DeviceProofPhaseConfirmed {
 		t.Fatalf("a valid token was refused: %s", p.Status.Message)
 	}
-	if got := usage(t, ls); got != "1" {
-		t.Fatalf("usage %q, want 1", got)
+	if got := usage(t, ls); got != 1 {
+		t.Fatalf("usage %d, want 1", got)
 	}
 	refused("over its usage limit", newDevice(t), limited, claim.TokenUsedUp)
 
@@ -222,5 +242,100 @@ func TestPairingTokenAttacks(t *testing.T) {
 	}
 	if p := presentToken(t, g, listed, allow); p.Status.Phase != custodyv1alpha1.DeviceProofPhaseConfirmed {
 		t.Fatalf("a listed serial was refused: %s", p.Status.Message)
+	}
+}
+
+// TestPairingTokenStateIsTheManagers: the usage count and the revocation of
+// a pairing token live where only the manager writes. A tenant Admin who
+// resets the Secret after each use (the old usage annotation, the revoked
+// key) cannot make a usage-limit-1 token claim a second device; an Operator
+// who un-revokes a token an Admin revoked, or creates a deleted token's
+// Secret again, gets nothing; tenant users see the count but cannot write
+// it.
+func TestPairingTokenStateIsTheManagers(t *testing.T) {
+	m := startManager(t)
+	g := startGateway(t)
+	ctx := context.Background()
+	member := func(name string, role custodyv1alpha1.TenantRole) custodyv1alpha1.TenantMember {
+		return custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: name, Role: role}
+	}
+	adminUser, operatorUser, viewerUser := uniq("tok-admin"), uniq("tok-operator"), uniq("tok-viewer")
+	acme := newTenant(t, member(adminUser, custodyv1alpha1.TenantRoleAdmin), member(operatorUser, custodyv1alpha1.TenantRoleOperator),
+		member(viewerUser, custodyv1alpha1.TenantRoleViewer))
+	tenantAdmin, operator, viewer := userClient(t, adminUser), userClient(t, operatorUser), userClient(t, viewerUser)
+	patch := func(c client.Client, s *corev1.Secret, body string) {
+		t.Helper()
+		if err := c.Patch(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}}, client.RawPatch(types.MergePatchType, []byte(body))); err != nil {
+			t.Fatalf("patching the token Secret: %v", err)
+		}
+	}
+	refusedWith := func(label string, p *custodyv1alpha1.DeviceProof, why claim.TokenVerdict) {
+		t.Helper()
+		if p.Status.Phase != custodyv1alpha1.DeviceProofPhaseRejected || !strings.Contains(p.Status.Message, string(why)) {
+			t.Fatalf("%s: proof %s %q, want it refused: %s", label, p.Status.Phase, p.Status.Message, why)
+		}
+	}
+
+	// A usage-limit-1 token claims one device, however often the Admin
+	// resets what the Secret says after each use.
+	tok, secret := pairingToken(t, m, acme, 1, nil)
+	if p := presentToken(t, g, newDevice(t), tok); p.Status.Phase != custodyv1alpha1.DeviceProofPhaseConfirmed {
+		t.Fatalf("a valid token was refused: %s", p.Status.Message)
+	}
+	for i := range 4 {
+		patch(tenantAdmin, secret, `{"metadata":{"annotations":{"`+claim.AnnotationUsageCount+`":"0"}},"stringData":{"revoked":"false"}}`)
+		refusedWith(fmt.Sprintf("use %d after a reset", i+2), presentToken(t, g, newDevice(t), tok), claim.TokenUsedUp)
+	}
+	var claims custodyv1alpha1.ClaimList
+	if err := admin.List(ctx, &claims, client.InNamespace(acme.Status.Namespace)); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range claims.Items {
+		if c.Spec.PairingToken != nil && c.Spec.PairingToken.SecretName == secret.Name {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the usage-limit-1 token opened %d Claims", n)
+	}
+	// Every tenant user sees the count; none writes it.
+	for name, c := range map[string]client.Client{"viewer": viewer, "operator": operator, "admin": tenantAdmin} {
+		if st := tokenState(t, c, secret); st.Used != 1 || len(st.Recent) != 1 {
+			t.Fatalf("the %s reads the token state %+v, want 1 use", name, st)
+		}
+	}
+	for name, c := range map[string]client.Client{"operator": operator, "admin": tenantAdmin} {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: acme.Status.Namespace, Name: claim.TokenStateConfigMap}}
+		if err := c.Patch(ctx, cm, client.RawPatch(types.MergePatchType, []byte(`{"data":{"x":"y"}}`))); !apierrors.IsForbidden(err) {
+			t.Fatalf("the tenant %s wrote the token state: %v", name, err)
+		}
+		if err := c.Delete(ctx, cm); !apierrors.IsForbidden(err) {
+			t.Fatalf("the tenant %s deleted the token state: %v", name, err)
+		}
+	}
+
+	// An Admin revokes a token; an Operator un-revokes it: it stays revoked.
+	revoked, rs := pairingToken(t, m, acme, 5, nil)
+	patch(tenantAdmin, rs, `{"stringData":{"revoked":"true"}}`)
+	waitFor(t, "the manager to record the revocation", func() bool { return tokenState(t, viewer, rs).RevokedAt != nil })
+	patch(operator, rs, `{"stringData":{"revoked":"false"}}`)
+	refusedWith("un-revoked by an Operator", presentToken(t, g, newDevice(t), revoked), claim.TokenRevoked)
+
+	// An Admin deletes a token; an Operator who knows it creates its Secret
+	// again: it stays revoked.
+	deleted, ds := pairingToken(t, m, acme, 5, nil)
+	waitFor(t, "the manager to see the token", func() bool { return tokenState(t, viewer, ds).UID != "" })
+	if err := tenantAdmin.Delete(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the manager to record the deletion", func() bool { return tokenState(t, viewer, ds).RevokedAt != nil })
+	again := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ds.Namespace, Name: ds.Name}, Type: claim.PairingTokenSecretType, Data: ds.Data, StringData: ds.StringData}
+	if err := operator.Create(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	refusedWith("created again by an Operator", presentToken(t, g, newDevice(t), deleted), claim.TokenRevoked)
+	if st := tokenState(t, viewer, ds); st.Used != 0 || st.Revoked != claim.RevokedDeleted {
+		t.Fatalf("deleted token state %+v", st)
 	}
 }

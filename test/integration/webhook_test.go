@@ -2,12 +2,15 @@ package integration
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -153,4 +156,93 @@ func claimCodeSecret(t testing.TB, c client.Client, ns, code string) string {
 		t.Fatal(err)
 	}
 	return s.Name
+}
+
+// TestDeviceManagerOnlyFields: every manager-only Device field (the binding
+// and the custody bookkeeping) is refused, with a message naming it, when
+// the ERP or a cluster admin creates a Device with it, or sets or clears it
+// by an update; the manager itself may write it. The unit test
+// TestManagerOnlyFieldsCoverDeviceSpec keeps the list complete.
+func TestDeviceManagerOnlyFields(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: uniq("test-erp")},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "custody-erp"},
+		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: rbacv1.GroupName, Name: "erp-manager-only"}},
+	}
+	if err := admin.Create(ctx, crb); err != nil {
+		t.Fatal(err)
+	}
+	users := map[string]client.Client{"the ERP": userClient(t, "erp-manager-only"), "a cluster admin": admin}
+	mcfg, err := cp.ManagerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := client.New(mcfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := custodyv1alpha1.DeviceClaimReference{Tenant: "victim", Namespace: "victim", Name: "c", UID: "u"}
+	now := metav1.Now()
+	fields := map[string]struct {
+		set, clear func(*custodyv1alpha1.DeviceSpec)
+	}{
+		"claimRef": {func(s *custodyv1alpha1.DeviceSpec) { s.ClaimRef = &ref }, func(s *custodyv1alpha1.DeviceSpec) { s.ClaimRef = nil }},
+		"consumedClaimCodes": {func(s *custodyv1alpha1.DeviceSpec) { s.ConsumedClaimCodes = []string{"sha256:00"} },
+			func(s *custodyv1alpha1.DeviceSpec) { s.ConsumedClaimCodes = nil }},
+		"consumedSaleRecords": {func(s *custodyv1alpha1.DeviceSpec) { s.ConsumedSaleRecords = []string{"SO-1"} },
+			func(s *custodyv1alpha1.DeviceSpec) { s.ConsumedSaleRecords = nil }},
+		"pendingClaim": {func(s *custodyv1alpha1.DeviceSpec) {
+			s.PendingClaim = &custodyv1alpha1.PendingClaim{DeviceClaimReference: ref, Proof: "ClaimCode", Until: now}
+		}, func(s *custodyv1alpha1.DeviceSpec) { s.PendingClaim = nil }},
+		"dispute": {func(s *custodyv1alpha1.DeviceSpec) {
+			s.Dispute = &custodyv1alpha1.Dispute{Since: now, Claims: []custodyv1alpha1.DisputedClaim{{DeviceClaimReference: ref, Proof: "ClaimCode"}}}
+		}, func(s *custodyv1alpha1.DeviceSpec) { s.Dispute = nil }},
+	}
+	refused := func(what string, err error, field string) {
+		t.Helper()
+		if err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec."+field) || !strings.Contains(err.Error(), "only the Custody manager") {
+			t.Errorf("%s: %v, want a refusal naming spec.%s", what, err, field)
+		}
+	}
+	for field, f := range fields {
+		for user, c := range users {
+			d := newDeviceRecord(t).Device
+			f.set(&d.Spec)
+			refused(user+" creates a Device with spec."+field, c.Create(ctx, d), field)
+			if err := admin.Get(ctx, client.ObjectKeyFromObject(d), &custodyv1alpha1.Device{}); !apierrors.IsNotFound(err) {
+				t.Errorf("%s created a Device with spec.%s: %v", user, field, err)
+			}
+			plain := newDevice(t).Device
+			refused(user+" sets spec."+field, updateDevice(c, plain.Name, func(d *custodyv1alpha1.Device) { f.set(&d.Spec) }), field)
+		}
+
+		// The manager may set the field (it never creates Devices: RBAC
+		// does not let it; TestManagerOnlyFieldsOnCreateAndUpdate shows the
+		// webhook would admit it), and no user then clears it.
+		d := newDevice(t).Device
+		if err := updateDevice(mgr, d.Name, func(d *custodyv1alpha1.Device) { f.set(&d.Spec) }); err != nil {
+			t.Errorf("the manager could not set spec.%s: %v", field, err)
+			continue
+		}
+		for user, c := range users {
+			gone := false
+			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				cur := getDevice(t, d.Name)
+				cleared := cur.DeepCopy()
+				f.clear(&cleared.Spec)
+				gone = reflect.DeepEqual(cur.Spec, cleared.Spec)
+				if gone {
+					return nil
+				}
+				return c.Update(ctx, cleared)
+			})
+			if gone {
+				t.Logf("the manager's controllers already cleared spec.%s of their own test Device", field)
+				break
+			}
+			refused(user+" clears spec."+field, err, field)
+		}
+	}
 }
