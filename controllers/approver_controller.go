@@ -26,9 +26,10 @@ import (
 )
 
 // ApproverReconciler is the only approver of CertificateRequests that target
-// a custody issuer: the root ClusterIssuer and the tenants' Issuers in the
-// operator namespace. It approves a request only if the manager made it (a
-// tenant's intermediate CA, requested through the Certificate the Tenant
+// a custody issuer: the root ClusterIssuer, the self-signed tenant-root
+// Issuer and the tenants' Issuers in the operator namespace. It approves a
+// request only if the manager made it (a tenant's root CA, requested from
+// the tenant-root Issuer through the Certificate the Tenant
 // controller owns; or a device certificate, requested by the enrollment
 // controller for a verified DeviceProof) and denies every other request to
 // those issuers.
@@ -99,7 +100,7 @@ func (r *ApproverReconciler) inScope(cr *cmapi.CertificateRequest) bool {
 	case cmapi.ClusterIssuerKind:
 		return ref.Name == r.Options.RootIssuer
 	case "", cmapi.IssuerKind:
-		return cr.Namespace == r.Options.OperatorNamespace && strings.HasPrefix(ref.Name, "tenant-")
+		return cr.Namespace == r.Options.OperatorNamespace && (ref.Name == TenantRootIssuerName || strings.HasPrefix(ref.Name, "tenant-"))
 	}
 	return false
 }
@@ -110,15 +111,19 @@ const (
 	ApproverReasonDenied   = "CustodyDenied"
 )
 
-// decide approves exactly the requests for tenant intermediate CAs that the
+// decide approves exactly the requests for tenant root CAs that the
 // Tenant controller's Certificate made, with the subject it set.
 func (r *ApproverReconciler) decide(ctx context.Context, cr *cmapi.CertificateRequest) (bool, string, string, error) {
 	deny := func(msg string) (bool, string, string, error) { return false, ApproverReasonDenied, msg, nil }
 	ref := cr.Spec.IssuerRef
-	if ref.Kind != cmapi.ClusterIssuerKind && cr.Namespace == r.Options.OperatorNamespace {
+	tenantRoot := ref.Kind != cmapi.ClusterIssuerKind && ref.Name == TenantRootIssuerName
+	if ref.Kind != cmapi.ClusterIssuerKind && !tenantRoot && cr.Namespace == r.Options.OperatorNamespace {
 		return r.decideDevice(ctx, cr)
 	}
-	if ref.Kind != cmapi.ClusterIssuerKind || ref.Name != r.Options.RootIssuer || cr.Namespace != r.Options.OperatorNamespace {
+	// A tenant CA is a self-signed root: its request must target the
+	// tenant-root Issuer. The shared root ClusterIssuer signs nothing for
+	// Custody any more; every request to it is denied.
+	if !tenantRoot || cr.Namespace != r.Options.OperatorNamespace {
 		return deny("Only the Custody manager may request certificates from custody issuers.")
 	}
 	certName := cr.Annotations[cmapi.CertificateNameKey]
@@ -147,7 +152,7 @@ func (r *ApproverReconciler) decide(ctx context.Context, cr *cmapi.CertificateRe
 	if !cr.Spec.IsCA || csr.Subject.CommonName != cert.Spec.CommonName || len(csr.DNSNames)+len(csr.URIs)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
 		return deny("The request asks for something other than the tenant CA the manager defined.")
 	}
-	return true, ApproverReasonApproved, fmt.Sprintf("Intermediate CA for tenant %s, requested by the Custody manager.", tenantName), nil
+	return true, ApproverReasonApproved, fmt.Sprintf("Root CA for tenant %s, requested by the Custody manager.", tenantName), nil
 }
 
 // errUndecided: the request cannot be decided yet.

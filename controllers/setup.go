@@ -26,7 +26,9 @@ const FieldOwner = "custody-manager"
 type Options struct {
 	// OperatorNamespace holds CA material and CertificateRequests.
 	OperatorNamespace string
-	// RootIssuer is the ClusterIssuer that signs tenant intermediate CAs.
+	// RootIssuer is the shared root ClusterIssuer that signed tenant
+	// intermediate CAs in earlier versions. Tenant CAs are now self-signed
+	// roots (TenantRootIssuerName); the approver denies every request to it.
 	RootIssuer string
 	// Clock is injected so that lockouts are tested without sleeping.
 	Clock clock.PassiveClock

@@ -31,6 +31,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // Names of objects the Tenant controller owns.
@@ -38,14 +39,28 @@ const (
 	// TrustBundleName is the ConfigMap in a tenant namespace holding the
 	// tenant's CA certificate under TrustBundleKey.
 	TrustBundleName = "custody-trust-bundle"
-	// TrustBundleKey is the ConfigMap key of the PEM CA certificate.
+	// TrustBundleKey is the ConfigMap key of the PEM CA certificates.
 	TrustBundleKey = "ca.crt"
-	// tenantCADuration is the lifetime of a tenant's intermediate CA.
+	// AnnotationRetainedCAs, on the trust bundle, maps the fingerprint of
+	// each replaced tenant CA still in the bundle to the time (RFC 3339) it
+	// leaves it (JSON).
+	AnnotationRetainedCAs = "custody.dev/retained-cas"
+	// TenantRootIssuerName is the SelfSigned Issuer in the operator namespace
+	// that issues every tenant CA as a root of its own, signed with that
+	// tenant's own key: a tenant's bundle holds one self-signed trust anchor
+	// that no other tenant's certificates chain to. Only the Custody manager
+	// approves requests to it.
+	TenantRootIssuerName = "custody-tenant-root-selfsigned"
+	// tenantCADuration is the lifetime of a tenant's root CA.
 	tenantCADuration = 365 * 24 * time.Hour
+	// caRetentionSlack is added to the device certificate lifetime when a
+	// replaced CA is kept in the bundle: cert-manager may still sign with a
+	// cached key shortly after the manager sees the new one.
+	caRetentionSlack = 10 * time.Minute
 )
 
-// TenantCAName is the name of the Certificate and Secret of a tenant's
-// intermediate CA in the operator namespace.
+// TenantCAName is the name of the Certificate and Secret of a tenant's root
+// CA in the operator namespace.
 func TenantCAName(tenant string) string { return "tenant-" + tenant + "-ca" }
 
 // TenantIssuerName is the name of the tenant's Issuer in the operator
@@ -141,6 +156,7 @@ func (r *TenantReconciler) reconcileNormal(ctx context.Context, t *custodyv1alph
 	t.Status.Namespace = ns
 	t.Status.Issuer = TenantIssuerName(t.Name)
 
+	var bundleChange time.Time // when a replaced CA leaves the trust bundle
 	steps := []struct {
 		condition string
 		run       func(context.Context, *custodyv1alpha1.Tenant) (bool, string, string, error)
@@ -148,7 +164,11 @@ func (r *TenantReconciler) reconcileNormal(ctx context.Context, t *custodyv1alph
 		{custodyv1alpha1.TenantConditionNamespaceReady, r.ensureNamespace},
 		{custodyv1alpha1.TenantConditionMembersBound, r.ensureRoleBindings},
 		{custodyv1alpha1.TenantConditionCertificateAuthorityReady, r.ensureCA},
-		{custodyv1alpha1.TenantConditionTrustBundleReady, r.ensureTrustBundle},
+		{custodyv1alpha1.TenantConditionTrustBundleReady, func(ctx context.Context, t *custodyv1alpha1.Tenant) (bool, string, string, error) {
+			ok, reason, msg, next, err := r.ensureTrustBundle(ctx, t)
+			bundleChange = next
+			return ok, reason, msg, err
+		}},
 	}
 	ready, readyReason, readyMsg := true, custodyv1alpha1.TenantReasonReady, "The tenant's namespace, members, certificate authority and trust bundle are in place."
 	for _, s := range steps {
@@ -181,6 +201,9 @@ func (r *TenantReconciler) reconcileNormal(ctx context.Context, t *custodyv1alph
 	if !ready {
 		// cert-manager's progress is watched; this only bounds the wait.
 		return reconcile.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	if !bundleChange.IsZero() {
+		return reconcile.Result{RequeueAfter: max(bundleChange.Sub(r.Options.Clock.Now()), time.Second)}, nil
 	}
 	return reconcile.Result{}, nil
 }
@@ -250,6 +273,19 @@ func tenantLabels(t *custodyv1alpha1.Tenant) map[string]string {
 func (r *TenantReconciler) ensureCA(ctx context.Context, t *custodyv1alpha1.Tenant) (bool, string, string, error) {
 	opNS := r.Options.OperatorNamespace
 	caName := TenantCAName(t.Name)
+	// Each tenant CA is a self-signed root: a bundle holding it alone is a
+	// complete trust anchor for plain OpenSSL, and no other tenant's
+	// certificate chains to it. A tenant made by an earlier version (an
+	// intermediate under the shared root) is moved here by this apply:
+	// cert-manager re-issues on the issuer change, with a new key
+	// (rotation policy Always), and the trust bundle keeps the replaced CA
+	// while certificates it signed may still be valid.
+	selfSigned := cmac.Issuer(TenantRootIssuerName, opNS).
+		WithLabels(map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}).
+		WithSpec(cmac.IssuerSpec().WithSelfSigned(cmac.SelfSignedIssuer()))
+	if err := r.Client.Apply(ctx, selfSigned, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return false, "", "", err
+	}
 	cert := cmac.Certificate(caName, opNS).
 		WithLabels(tenantLabels(t)).
 		WithSpec(cmac.CertificateSpec().
@@ -259,7 +295,7 @@ func (r *TenantReconciler) ensureCA(ctx context.Context, t *custodyv1alpha1.Tena
 			WithSecretTemplate(cmac.CertificateSecretTemplate().WithLabels(tenantLabels(t))).
 			WithDuration(metav1.Duration{Duration: tenantCADuration}).
 			WithPrivateKey(cmac.CertificatePrivateKey().WithAlgorithm(cmapi.ECDSAKeyAlgorithm).WithSize(256).WithRotationPolicy(cmapi.RotationPolicyAlways)).
-			WithIssuerRef(cmmetaac.IssuerReference().WithName(r.Options.RootIssuer).WithKind(cmapi.ClusterIssuerKind).WithGroup("cert-manager.io")))
+			WithIssuerRef(cmmetaac.IssuerReference().WithName(TenantRootIssuerName).WithKind(cmapi.IssuerKind).WithGroup("cert-manager.io")))
 	if err := r.Client.Apply(ctx, cert, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return false, "", "", err
 	}
@@ -275,7 +311,7 @@ func (r *TenantReconciler) ensureCA(ctx context.Context, t *custodyv1alpha1.Tena
 		return false, "", "", err
 	}
 	if !certificateReady(current) {
-		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "cert-manager has not issued the tenant's intermediate CA yet.", nil
+		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "cert-manager has not issued the tenant's root CA yet.", nil
 	}
 	iss := &cmapi.Issuer{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: opNS, Name: TenantIssuerName(t.Name)}, iss); err != nil {
@@ -284,7 +320,7 @@ func (r *TenantReconciler) ensureCA(ctx context.Context, t *custodyv1alpha1.Tena
 	if !issuerReady(iss) {
 		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "The tenant's Issuer is not ready yet.", nil
 	}
-	return true, custodyv1alpha1.TenantReasonReady, "The tenant's intermediate CA is issued and its Issuer is ready.", nil
+	return true, custodyv1alpha1.TenantReasonReady, "The tenant's root CA is issued and its Issuer is ready.", nil
 }
 
 func certificateReady(c *cmapi.Certificate) bool {
@@ -305,28 +341,54 @@ func issuerReady(i *cmapi.Issuer) bool {
 	return false
 }
 
-func (r *TenantReconciler) ensureTrustBundle(ctx context.Context, t *custodyv1alpha1.Tenant) (bool, string, string, error) {
+// ensureTrustBundle publishes the tenant's CA, and the CAs it replaced while
+// certificates they signed may still be valid (see NextTrustBundle), in the
+// tenant namespace. It returns when a retained CA next leaves the bundle.
+func (r *TenantReconciler) ensureTrustBundle(ctx context.Context, t *custodyv1alpha1.Tenant) (bool, string, string, time.Time, error) {
 	secret := &corev1.Secret{}
 	err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Options.OperatorNamespace, Name: TenantCAName(t.Name)}, secret)
 	if apierrors.IsNotFound(err) {
-		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "Waiting for the tenant's intermediate CA.", nil
+		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "Waiting for the tenant's CA.", time.Time{}, nil
 	}
 	if err != nil {
-		return false, "", "", err
+		return false, "", "", time.Time{}, err
 	}
-	caPEM := secret.Data[corev1.TLSCertKey]
-	if len(caPEM) == 0 {
-		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "Waiting for the tenant's intermediate CA.", nil
+	chain, err := protocol.ParseCertificatesPEM(secret.Data[corev1.TLSCertKey])
+	if err != nil || len(chain) == 0 {
+		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "Waiting for the tenant's CA.", time.Time{}, nil
 	}
-	// Only the tenant's own intermediate is a trust anchor: the shared root
-	// would make every tenant's devices verify under every bundle.
+	var previous *TrustBundle
+	existing := &corev1.ConfigMap{}
+	err = r.Client.Get(ctx, client.ObjectKey{Namespace: t.TargetNamespace(), Name: TrustBundleName}, existing)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return false, "", "", time.Time{}, err
+	default:
+		// An unreadable bundle is replaced by the current CA alone.
+		previous, _ = ParseTrustBundle(existing.Data[TrustBundleKey], existing.Annotations[AnnotationRetainedCAs])
+	}
+	keep := r.Options.CertificateDuration
+	if c := t.Spec.Certificates; c != nil && c.Duration != nil && c.Duration.Duration > keep {
+		keep = c.Duration.Duration
+	}
+	// Only the tenant's own CA (chain[0]) is a trust anchor: never the shared
+	// root or anything above an earlier intermediate, which would make every
+	// tenant's devices verify under every bundle.
+	bundle := NextTrustBundle(chain[0], previous, r.Options.Clock.Now(), keep+caRetentionSlack)
 	cm := corev1ac.ConfigMap(TrustBundleName, t.TargetNamespace()).
 		WithLabels(tenantLabels(t)).
-		WithData(map[string]string{TrustBundleKey: string(caPEM)})
-	if err := r.Client.Apply(ctx, cm, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return false, "", "", err
+		WithData(map[string]string{TrustBundleKey: bundle.PEM()})
+	if a := bundle.RetainedAnnotation(); a != "" {
+		cm.WithAnnotations(map[string]string{AnnotationRetainedCAs: a})
 	}
-	return true, custodyv1alpha1.TenantReasonReady, "ConfigMap " + TrustBundleName + " holds the tenant's CA certificate.", nil
+	if err := r.Client.Apply(ctx, cm, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return false, "", "", time.Time{}, err
+	}
+	if n := len(bundle.Certificates) - 1; n > 0 {
+		return true, custodyv1alpha1.TenantReasonReady, fmt.Sprintf("ConfigMap %s holds the tenant's root CA, and %d replaced CA(s) until %s.", TrustBundleName, n, bundle.NextChange().Format(time.RFC3339)), bundle.NextChange(), nil
+	}
+	return true, custodyv1alpha1.TenantReasonReady, "ConfigMap " + TrustBundleName + " holds the tenant's root CA.", time.Time{}, nil
 }
 
 // reconcileDelete ends every binding of the tenant before anything else

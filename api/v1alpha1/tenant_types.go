@@ -265,7 +265,7 @@ type TenantStatus struct {
 	Namespace string `json:"namespace,omitempty"`
 
 	// issuer names the cert-manager Issuer, in the manager's namespace, that
-	// signs this tenant's device certificates with the tenant's intermediate CA.
+	// signs this tenant's device certificates with the tenant's own root CA.
 	// +optional
 	Issuer string `json:"issuer,omitempty"`
 
@@ -309,10 +309,11 @@ const (
 	// TenantConditionMembersBound is True when the RoleBindings match members.
 	TenantConditionMembersBound = "MembersBound"
 	// TenantConditionCertificateAuthorityReady is True when the tenant's
-	// intermediate CA has been issued and its Issuer is ready.
+	// root CA has been issued and its Issuer is ready.
 	TenantConditionCertificateAuthorityReady = "CertificateAuthorityReady"
 	// TenantConditionTrustBundleReady is True when the trust-bundle ConfigMap
-	// in the tenant namespace holds the current CA certificate.
+	// in the tenant namespace holds the current CA certificate (and, for a
+	// device certificate's lifetime, the CA it replaced).
 	TenantConditionTrustBundleReady = "TrustBundleReady"
 )
 
@@ -326,7 +327,7 @@ const (
 	// TenantReasonNamespaceReserved: the namespace is the manager's own.
 	TenantReasonNamespaceReserved = "NamespaceReserved"
 	// TenantReasonCertificateAuthorityPending: cert-manager has not issued
-	// the intermediate CA yet; it is retried automatically.
+	// the tenant's root CA yet; it is retried automatically.
 	TenantReasonCertificateAuthorityPending = "CertificateAuthorityPending"
 	// TenantReasonWaitingForNamespace: a dependency waits for the namespace.
 	TenantReasonWaitingForNamespace = "WaitingForNamespace"

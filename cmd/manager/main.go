@@ -27,7 +27,7 @@ func main() {
 		lockoutBase, certDuration, transferTTL                                                                               time.Duration
 	)
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")
-	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "ClusterIssuer that signs tenant intermediate CAs.")
+	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "Shared root ClusterIssuer of earlier versions: tenant CAs are now self-signed roots, and every request to it is denied.")
 	flag.StringVar(&managerUsers, "manager-usernames", "system:serviceaccount:custody-system:custody-manager", "Comma-separated users allowed to write Device bindings (the manager's ServiceAccount).")
 	flag.StringVar(&gatewayUsers, "gateway-usernames", "system:serviceaccount:custody-system:custody-gateway", "Comma-separated users of the gateway: on Devices they may record heartbeats only.")
 	flag.StringVar(&trustDomain, "trust-domain", controllers.DefaultTrustDomain, "SPIFFE trust domain of device identities.")

@@ -199,14 +199,15 @@ func writeTemp(t testing.TB, name, data string) string {
 	return p
 }
 
-// opensslVerify runs `openssl verify` with the tenant bundle as the only
-// trust anchor (-partial_chain: the tenant intermediate is the anchor, not
-// the shared root). When openssl is missing, Go's verifier stands in.
+// opensslVerify runs plain `openssl verify` with the tenant bundle as the
+// only trust store: no -partial_chain, as an OpenSSL-based TLS server
+// (nginx, mosquitto) would verify. The tenant's CA is a self-signed root.
+// When openssl is missing, Go's verifier stands in.
 func opensslVerify(t testing.TB, bundle, certFile string) (string, error) {
 	t.Helper()
 	ca := writeTemp(t, "bundle.crt", bundle)
 	if path, err := exec.LookPath("openssl"); err == nil {
-		out, err := exec.Command(path, "verify", "-partial_chain", "-purpose", "sslclient", "-CAfile", ca, certFile).CombinedOutput()
+		out, err := exec.Command(path, "verify", "-purpose", "sslclient", "-CAfile", ca, certFile).CombinedOutput()
 		return string(out), err
 	}
 	t.Log("openssl not installed: verifying with crypto/x509")

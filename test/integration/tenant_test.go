@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
 	"testing"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -21,10 +22,12 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
-// TestTenantProvisioning: a Tenant gets its namespace, RoleBindings, an
-// intermediate CA signed by cert-manager after the manager approved it, an
+// TestTenantProvisioning: a Tenant gets its namespace, RoleBindings, a
+// self-signed root CA of its own issued by cert-manager after the manager
+// approved it, an
 // Issuer and a trust bundle; it is Ready only when all of them hold.
 func TestTenantProvisioning(t *testing.T) {
 	startManager(t)
@@ -60,7 +63,8 @@ func TestTenantProvisioning(t *testing.T) {
 		}
 	}
 
-	// The CA was requested from the root and approved by the manager.
+	// The CA was requested from the tenant-root self-signed Issuer and
+	// approved by the manager.
 	var crs cmapi.CertificateRequestList
 	if err := admin.List(ctx, &crs, client.InNamespace(cp.OperatorNamespace)); err != nil {
 		t.Fatal(err)
@@ -69,6 +73,9 @@ func TestTenantProvisioning(t *testing.T) {
 	for _, cr := range crs.Items {
 		if cr.Annotations[cmapi.CertificateNameKey] != controllers.TenantCAName(tn.Name) {
 			continue
+		}
+		if cr.Spec.IssuerRef.Name != controllers.TenantRootIssuerName || cr.Spec.IssuerRef.Kind != cmapi.IssuerKind {
+			t.Fatalf("the tenant CA was requested from %+v", cr.Spec.IssuerRef)
 		}
 		for _, c := range cr.Status.Conditions {
 			if c.Type == cmapi.CertificateRequestConditionApproved && c.Status == cmmeta.ConditionTrue && c.Reason == controllers.ApproverReasonApproved {
@@ -80,7 +87,7 @@ func TestTenantProvisioning(t *testing.T) {
 		t.Fatal("the tenant CA's request was not approved by the Custody manager")
 	}
 
-	// The trust bundle is the tenant's intermediate, which the root signed.
+	// The trust bundle is exactly the tenant's own self-signed root.
 	bundle := &corev1.ConfigMap{}
 	if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: controllers.TrustBundleName}, bundle); err != nil {
 		t.Fatal(err)
@@ -93,9 +100,11 @@ func TestTenantProvisioning(t *testing.T) {
 		t.Fatal("the trust bundle is not the tenant's CA certificate")
 	}
 	ca := parseCert(t, []byte(bundle.Data[controllers.TrustBundleKey]))
-	root := parseCert(t, caSecret.Data["ca.crt"])
-	if !ca.IsCA || ca.CheckSignatureFrom(root) != nil || ca.Equal(root) {
-		t.Fatal("the tenant CA is not an intermediate signed by the root")
+	if !ca.IsCA || ca.CheckSignatureFrom(ca) != nil || string(ca.RawSubject) != string(ca.RawIssuer) {
+		t.Fatal("the tenant CA is not a self-signed root")
+	}
+	if certs, _ := protocol.ParseCertificatesPEM([]byte(bundle.Data[controllers.TrustBundleKey])); len(certs) != 1 {
+		t.Fatalf("the trust bundle holds %d certificates, want the tenant's root alone", len(certs))
 	}
 	// No CA material lands in the tenant namespace.
 	var secrets corev1.SecretList
@@ -108,7 +117,8 @@ func TestTenantProvisioning(t *testing.T) {
 }
 
 // TestTenantBundlesDoNotCrossVerify: a certificate from tenant A's issuer
-// does not verify under tenant B's trust bundle.
+// verifies under A's trust bundle, with Go and with plain openssl, and not
+// under tenant B's.
 func TestTenantBundlesDoNotCrossVerify(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
@@ -125,7 +135,7 @@ func TestTenantBundlesDoNotCrossVerify(t *testing.T) {
 			t.Fatal(err)
 		}
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: caCert.SerialNumber, Subject: pkix.Name{CommonName: "device"}, NotBefore: caCert.NotBefore, NotAfter: caCert.NotAfter, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		tmpl := &x509.Certificate{SerialNumber: new(big.Int).Add(caCert.SerialNumber, big.NewInt(1)), Subject: pkix.Name{CommonName: "device"}, NotBefore: caCert.NotBefore, NotAfter: caCert.NotAfter, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 		if err != nil {
 			t.Fatal(err)
@@ -151,6 +161,15 @@ func TestTenantBundlesDoNotCrossVerify(t *testing.T) {
 	}
 	if _, err := leafA.Verify(opts(poolOf(b))); err == nil {
 		t.Fatal("A's certificate verifies under B's bundle")
+	}
+	// Plain openssl (no -partial_chain) agrees: the bundle is a complete
+	// trust anchor for A's certificates and for nobody else's.
+	leafFile := writeTemp(t, "leaf-a.crt", string(pemCert(leafA.Raw)))
+	if out, err := opensslVerify(t, trustBundle(t, a), leafFile); err != nil {
+		t.Fatalf("openssl rejected A's certificate under A's bundle: %v\n%s", err, out)
+	}
+	if out, err := opensslVerify(t, trustBundle(t, b), leafFile); err == nil {
+		t.Fatalf("openssl accepted A's certificate under B's bundle:\n%s", out)
 	}
 }
 
@@ -184,12 +203,18 @@ func TestRogueCertificateRequestsAreDenied(t *testing.T) {
 	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "rogue"}}, key)
 	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 	for name, ref := range map[string]cmmeta.IssuerReference{
-		"root":   {Name: cp.RootIssuer, Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"},
-		"tenant": {Name: controllers.TenantIssuerName(tn.Name), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+		"root":        {Name: cp.RootIssuer, Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"},
+		"tenant-root": {Name: controllers.TenantRootIssuerName, Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+		"tenant":      {Name: controllers.TenantIssuerName(tn.Name), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
 	} {
 		cr := &cmapi.CertificateRequest{
 			ObjectMeta: metav1.ObjectMeta{Name: uniq("rogue-" + name), Namespace: cp.OperatorNamespace},
-			Spec:       cmapi.CertificateRequestSpec{Request: csr, IssuerRef: ref, IsCA: name == "root"},
+			Spec:       cmapi.CertificateRequestSpec{Request: csr, IssuerRef: ref, IsCA: name != "tenant"},
+		}
+		if name == "tenant-root" {
+			// The self-signed issuer signs with the key of the Secret this
+			// annotation names: here, the tenant's own CA key.
+			cr.Annotations = map[string]string{cmapi.CertificateRequestPrivateKeyAnnotationKey: controllers.TenantCAName(tn.Name)}
 		}
 		if err := admin.Create(ctx, cr); err != nil {
 			t.Fatal(err)
