@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
@@ -67,6 +68,26 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, err
 	}
 	d := claim.Decide(in, r.Options.Verifier)
+	if d.Action == claim.ActionReserve {
+		// Count the attempt before verifying the code, then decide again.
+		if err := r.reserve(ctx, c, &in); err != nil {
+			if apierrors.IsConflict(err) {
+				return reconcile.Result{RequeueAfter: conflictRetry}, nil
+			}
+			return reconcile.Result{}, err
+		}
+		d = claim.Decide(in, r.Options.Verifier)
+		if in.Reserved && d.CodeProven {
+			// The code is right: the attempt is no failure.
+			if err := retry.RetryOnConflict(unreserveBackoff, func() error {
+				return r.mutateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+					return claim.Unreserve(s, c.DeviceName(), c.UID)
+				})
+			}); err != nil {
+				return reconcile.Result{}, err
+			}
+		}
+	}
 
 	if err := r.act(ctx, c, in, d); err != nil {
 		if apierrors.IsConflict(err) {
@@ -75,7 +96,7 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		}
 		return reconcile.Result{}, err
 	}
-	if err := r.writeStatus(ctx, c, d); err != nil {
+	if err := r.writeStatus(ctx, c, d, in.Reserved); err != nil {
 		if apierrors.IsConflict(err) {
 			// Decided from a stale read: decide again from a fresh one, so
 			// that each outcome is recorded (Event, metric) exactly once.
@@ -420,26 +441,46 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 	return nil
 }
 
-// recordFailure counts a failed attempt, first on the Tenant (which
-// throttles), then on the Device (which support staff read).
+// reserve counts the Claim's attempt on its Tenant before any code is
+// verified (claim.Reserve). The Tenant is read from the API server, never
+// from the cache, and written with its resourceVersion; a conflict means
+// another reservation came first, so it reads again. in.Tenant becomes the
+// fresh Tenant, and in.Reserved reports whether this call counted the
+// attempt (only then may the code be verified).
+func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim, in *claim.Input) error {
+	return retry.RetryOnConflict(historyBackoff, func() error {
+		t := &custodyv1alpha1.Tenant{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: in.Tenant.Name}, t); err != nil {
+			return err
+		}
+		before := t.DeepCopy()
+		in.Reserved = claim.Reserve(&t.Status, c.DeviceName(), c.UID, in.Now, in.Policy) == claim.Reserved
+		if in.Reserved {
+			if err := r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+				in.Reserved = false
+				return err
+			}
+		}
+		in.Tenant = t
+		return nil
+	})
+}
+
+// unreserveBackoff retries taking back a right code's reservation longer
+// than other writes: giving up would leave the owner's attempt counted.
+var unreserveBackoff = wait.Backoff{Steps: 30, Duration: 10 * time.Millisecond, Factor: 1.5, Jitter: 0.2, Cap: time.Second}
+
+// recordFailure records a verified, failed attempt: it is already counted on
+// the Tenant (its reservation), so it is counted on the Device (which
+// support staff read) and in the metric.
 func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
-	name := c.DeviceName()
-	counted := false
-	if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
-		counted = claim.RecordFailure(s, name, c.UID, in.Now, in.Policy)
-		return counted
-	}); err != nil {
-		return err
-	}
-	if counted {
-		claimFailures.WithLabelValues(in.Tenant.Name).Inc()
-	}
-	if !counted || in.Device == nil {
+	claimFailures.WithLabelValues(in.Tenant.Name).Inc()
+	if in.Device == nil {
 		return nil
 	}
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		dev := &custodyv1alpha1.Device{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, dev); err != nil {
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: in.Device.Name}, dev); err != nil {
 			return client.IgnoreNotFound(err)
 		}
 		before := dev.DeepCopy()
@@ -457,22 +498,29 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.
 // updateTenantStatus applies mutate to the Tenant's status with optimistic
 // concurrency, retrying on conflict with a fresh read.
 func (r *ClaimReconciler) updateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
-	return retry.RetryOnConflict(historyBackoff, func() error {
-		t := &custodyv1alpha1.Tenant{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
-			return err
-		}
-		before := t.DeepCopy()
-		if !mutate(&t.Status) {
-			return nil
-		}
-		return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
-	})
+	return retry.RetryOnConflict(historyBackoff, func() error { return r.mutateTenantStatus(ctx, name, mutate) })
+}
+
+// mutateTenantStatus applies mutate to a fresh read of the Tenant's status
+// and writes it with the Tenant's resourceVersion, once.
+func (r *ClaimReconciler) mutateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
+	t := &custodyv1alpha1.Tenant{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
+		return err
+	}
+	before := t.DeepCopy()
+	if !mutate(&t.Status) {
+		return nil
+	}
+	return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 }
 
 // writeStatus writes the Decision into the Claim's status and records its
-// Event when the outcome changes.
-func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision) error {
+// Event when the outcome changes. A code verified under a fresh
+// reservation (reserved) that failed is written without the Claim's
+// resourceVersion: the attempt is spent, and an edit of the Claim meanwhile
+// must not turn its true answer into "cannot be verified again".
+func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision, reserved bool) error {
 	before := c.DeepCopy()
 	prev := meta.FindStatusCondition(c.Status.Conditions, custodyv1alpha1.ConditionReady)
 	changed := c.Status.Phase != d.Phase || prev == nil || prev.Reason != d.Reason
@@ -528,7 +576,11 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	if equality.Semantic.DeepEqual(before.Status, c.Status) {
 		return nil
 	}
-	if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+	var patch client.Patch = client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
+	if reserved && d.Action == claim.ActionRecordFailure {
+		patch = client.MergeFrom(before)
+	}
+	if err := r.Client.Status().Patch(ctx, c, patch); err != nil {
 		return client.IgnoreNotFound(err)
 	}
 	if changed {

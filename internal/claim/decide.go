@@ -36,8 +36,13 @@ type Action string
 const (
 	// ActionNone: write the Claim's status only.
 	ActionNone Action = "None"
-	// ActionRecordFailure: count a failed attempt on the Tenant (and the
-	// Device if it exists) before writing the Claim's status.
+	// ActionReserve: count the attempt on the Tenant (claim.Reserve, with
+	// the Tenant's resourceVersion) before any code is verified, then decide
+	// again with Input.Reserved set. Never written as the Claim's status.
+	ActionReserve Action = "Reserve"
+	// ActionRecordFailure: the code was verified and failed. The attempt is
+	// already counted on the Tenant (its reservation stands); count it on
+	// the Device, if it exists, for support staff.
 	ActionRecordFailure Action = "RecordFailure"
 	// ActionBind: bind the Device to the Claim and consume the code.
 	ActionBind Action = "Bind"
@@ -82,6 +87,10 @@ type Input struct {
 	Offer *custodyv1alpha1.Transfer
 	// OfferingNamespace is the namespace of the Tenant spec.transfer names.
 	OfferingNamespace string
+	// Reserved: this reconcile has just counted the Claim's attempt on the
+	// Tenant (ActionReserve) and Tenant holds the status it wrote. Only
+	// then is a code verified.
+	Reserved bool
 }
 
 // Verifier checks a code against a verifier string. It is injected so that
@@ -122,6 +131,9 @@ type Decision struct {
 	ConsumeSale bool
 	// CoolingOffUntil is when the Claim's cooling-off ends.
 	CoolingOffUntil time.Time
+	// CodeProven: the claim code was verified and proves ownership, so the
+	// attempt reserved for it is not a failure (claim.Unreserve).
+	CodeProven bool
 }
 
 // Messages shown to tenant users. They never name the device's state unless
@@ -139,6 +151,7 @@ const (
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
 	MsgVerifying          = "The claim is being verified."
+	MsgAttemptSpent       = "This claim attempt was counted against this tenant's failed attempts and cannot be verified again (its verification failed, or the manager stopped before verifying it). Create a new Claim to try again."
 	MsgAwaitingDevice     = "Enter the pairing code from status.pairing.code into the device (custody-device pair); the claim proceeds when the device proves possession through the gateway, until status.pairing.expiresAt."
 	MsgTenantLimitReached = "Too many failed claim attempts from this tenant. The claim is verified automatically after status.retryAfter."
 	MsgCoolingOff         = "Ownership is proven with fewer proofs than the device's claim policy wants for an immediate binding. The claim binds at status.coolingOffUntil unless another claim competes; the seller has been told."
@@ -202,15 +215,20 @@ func Decide(in Input, v Verifier) Decision {
 		return decideSaleRecord(in)
 	}
 
-	// An attempt already counted as failed is denied without another try.
-	if Counted(&tenant.Status, name, c.UID) {
-		return notVerified(ActionNone)
-	}
-	if until := LockedUntil(&tenant.Status, name, in.Now); !until.IsZero() {
-		return throttled(until, in.Now, MsgThrottled)
-	}
-	if full, until := Full(&tenant.Status, name, in.Now); full {
-		return throttled(until, in.Now, MsgTenantLimitReached)
+	if !in.Reserved {
+		// An attempt counted by an earlier reconcile is never verified
+		// again: it was verified and failed, or the manager stopped between
+		// counting and verifying. Either way it is spent.
+		if Counted(&tenant.Status, name, c.UID) {
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonNotVerified, Message: MsgAttemptSpent,
+				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonNotVerified, MsgAttemptSpent}}
+		}
+		if until := LockedUntil(&tenant.Status, name, in.Now); !until.IsZero() {
+			return throttled(until, in.Now, MsgThrottled)
+		}
+		if full, until := Full(&tenant.Status, name, in.Now); full {
+			return throttled(until, in.Now, MsgTenantLimitReached)
+		}
 	}
 
 	// The claim code, when offered, is verified first: a wrong code is a
@@ -225,6 +243,11 @@ func Decide(in Input, v Verifier) Decision {
 		case in.CodeErr != nil:
 			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
 				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
+		}
+		// The attempt is counted before the code is verified, for an
+		// unknown serial as for a known one.
+		if !in.Reserved {
+			return Decision{Action: ActionReserve, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonVerifying, Message: MsgVerifying}
 		}
 		// Every path spends one argon2id computation, so that an unknown
 		// serial answers like a wrong code.
@@ -242,6 +265,14 @@ func Decide(in Input, v Verifier) Decision {
 		}
 		codeOK = true
 	}
+	dec := decideProven(in, codeOK)
+	dec.CodeProven = codeOK
+	return dec
+}
+
+// decideProven decides a Claim whose code, if it offered one, proved right.
+func decideProven(in Input, codeOK bool) Decision {
+	c, d, tenant := in.Claim, in.Device, in.Tenant
 	// Possession is proven when the device signed this Claim's pairing code
 	// (the enrollment controller checked the signature and the code).
 	// A pairing-token Claim is created by the manager only after the device

@@ -131,7 +131,7 @@ func TestDecideJourneys(t *testing.T) {
 			if tt.policy != nil {
 				in.Policy = *tt.policy
 			}
-			d := Decide(in, &fakeVerifier{right: right})
+			d := decideAsController(t, &in, &fakeVerifier{right: right})
 			if d.Action != tt.action || d.Phase != tt.phase || d.Reason != tt.reason {
 				t.Fatalf("got %s/%s/%s, want %s/%s/%s", d.Action, d.Phase, d.Reason, tt.action, tt.phase, tt.reason)
 			}
@@ -154,7 +154,7 @@ func TestWrongCodeNeverJoinsADispute(t *testing.T) {
 	wrong, _ := claimcode.Generate()
 	d := device()
 	d.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.NewTime(now), Claims: []custodyv1alpha1.DisputedClaim{{Proof: ProofCode}}}
-	got := Decide(Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Device: d, Code: wrong, Now: now, Policy: DefaultPolicy}, &fakeVerifier{right: right})
+	got := decideAsController(t, &Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Device: d, Code: wrong, Now: now, Policy: DefaultPolicy}, &fakeVerifier{right: right})
 	if got.Action != ActionRecordFailure || got.Reason != custodyv1alpha1.ClaimReasonNotVerified {
 		t.Fatalf("got %s/%s", got.Action, got.Reason)
 	}
