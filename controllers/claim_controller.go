@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -96,13 +97,17 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		}
 		return reconcile.Result{}, err
 	}
-	if err := r.writeStatus(ctx, c, d, in.Reserved); err != nil {
+	changed, err := r.writeStatus(ctx, c, d, in.Reserved)
+	if err != nil {
 		if apierrors.IsConflict(err) {
 			// Decided from a stale read: decide again from a fresh one, so
 			// that each outcome is recorded (Event, metric) exactly once.
 			return reconcile.Result{RequeueAfter: conflictRetry}, nil
 		}
 		return reconcile.Result{}, err
+	}
+	if changed && d.Action == claim.ActionReportDispute {
+		r.reportCompetingClaim(in)
 	}
 	if d.IssuePairing {
 		// Another look when the new pairing code expires.
@@ -328,10 +333,10 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 				dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, custodyv1alpha1.DisputedClaim{DeviceClaimReference: p.DeviceClaimReference, Proof: p.Proof})
 			}
 		}
-		if len(dev.Spec.Dispute.Claims) >= 8 {
-			// The dispute is full; this claim is refused like any other
-			// that arrives while support staff decide.
-			return nil
+		if len(dev.Spec.Dispute.Claims) >= claim.MaxDisputeClaims {
+			// Decide saw room; look again rather than write a status the
+			// Device does not show.
+			return apierrors.NewConflict(custodyv1alpha1.GroupVersion.WithResource("devices").GroupResource(), dev.Name, errors.New("the dispute is full"))
 		}
 		dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, me)
 		dev.Spec.PendingClaim = nil
@@ -341,15 +346,21 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		r.Recorder.Eventf(dev, c, corev1.EventTypeWarning, "Disputed", "Claim", "Tenant %s proved ownership (%s) with Claim %s/%s while another claim competes: support staff must resolve the dispute.",
 			in.Tenant.Name, d.Proof, c.Namespace, c.Name)
 		return r.record(ctx, dev, c, in, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventDisputed, Proof: d.Proof})
-	case claim.ActionReportDispute:
-		holder := "another tenant"
-		if ref := in.Device.Spec.ClaimRef; ref != nil {
-			holder = "tenant " + ref.Tenant
-		}
-		r.Recorder.Eventf(in.Device, c, corev1.EventTypeWarning, "CompetingClaim", "Claim",
-			"Tenant %s proved ownership (%s) with Claim %s/%s while the device is held or claimed by %s: investigate.", in.Tenant.Name, d.Proof, c.Namespace, c.Name, holder)
 	}
 	return nil
+}
+
+// reportCompetingClaim tells support staff, on the Device, that a tenant
+// proved ownership of a device that is held or claimed by another. It runs
+// once per Claim decision (after its status is written). The Event is
+// related to the claimant's Tenant, not the Claim, and its note names only
+// that tenant, so that the events API aggregates a burst of competing
+// Claims into one Event per tenant (a series) whose note stays true.
+func (r *ClaimReconciler) reportCompetingClaim(in claim.Input) {
+	r.Recorder.Eventf(in.Device, in.Tenant, corev1.EventTypeWarning, "CompetingClaim", "Claim",
+		"Tenant %s proved ownership of this device while it is held or claimed by another claim (spec.claimRef, spec.pendingClaim or spec.dispute), which stands. "+
+			"Its competing Claims are Disputed with reason %s (kubectl get events -n %s --field-selector reason=%s); a SupportAction can award the device to one of them.",
+		in.Tenant.Name, custodyv1alpha1.ClaimReasonHeldByAnotherTenant, in.Tenant.TargetNamespace(), custodyv1alpha1.ClaimReasonHeldByAnotherTenant)
 }
 
 // record appends a history entry about Claim c to the device's history,
@@ -358,29 +369,55 @@ func (r *ClaimReconciler) record(ctx context.Context, dev *custodyv1alpha1.Devic
 	rec.Time = metav1.NewTime(r.Options.Clock.Now())
 	rec.Tenant = in.Tenant.Name
 	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
-	rec.Actor = claimActor(dev, c, rec.Proof)
+	rec.Actor = r.claimActor(dev, c, rec.Proof, rec.Tenant)
 	return recordHistory(ctx, r.Client, dev.Name, rec)
 }
 
-// claimActor says who caused a change made for Claim c: the ERP for a
-// sale-record proof, the device for a pairing token, else the user who
-// created the Claim.
-func claimActor(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, proof string) string {
+// claimActor says who caused a change made for Claim c, for the history:
+//   - a pairing token: the device, which proved possession with the token
+//     of tenant (the manager made the Claim on its behalf);
+//   - a direct sale: the ERP that recorded the sale (the manager made the
+//     Claim for the owner, as the sale asked), as its Sold entry names it;
+//   - a support award: the support user of the SupportAction;
+//   - otherwise (a code, possession, a custodian's or owner's sale-record
+//     Claim, a transfer accepted): the user who created the Claim, as the
+//     API server authenticated it (spec.requestedBy).
+func (r *ClaimReconciler) claimActor(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, proof, tenant string) string {
 	switch {
-	case proof == claim.ProofSaleRecord:
-		// The ERP that recorded the sale vouches for this binding.
+	case proof == claim.ProofPairingToken && c.Spec.PairingToken != nil:
+		return "device:" + dev.Name + " with the pairing token " + c.Namespace + "/" + c.Spec.PairingToken.SecretName + " of tenant " + tenant
+	case proof == claim.ProofSupportAward:
+		// Support staff bound it: the Resolved entry names who.
+		for _, h := range dev.Status.History {
+			if h.Type == custodyv1alpha1.CustodyEventResolved && h.ClaimUID == c.UID && h.Actor != "" {
+				return h.Actor
+			}
+		}
+		return "support"
+	case proof == claim.ProofSaleRecord && r.managerMade(c):
 		for _, h := range dev.Status.History {
 			if h.Type == custodyv1alpha1.CustodyEventSold && dev.Spec.Sale != nil && h.Reference == dev.Spec.Sale.OrderReference {
 				return h.Actor
 			}
 		}
 		return "erp"
-	case proof == claim.ProofPairingToken:
-		return "device"
 	case c.Spec.RequestedBy != "":
 		return "user:" + c.Spec.RequestedBy
 	}
 	return "tenant:" + c.Namespace
+}
+
+// managerMade reports whether the manager created Claim c (a direct sale's
+// Claim): the API server authenticated the manager as its creator. A
+// tenant user's Claim carrying the manager's label is still the user's.
+func (r *ClaimReconciler) managerMade(c *custodyv1alpha1.Claim) bool {
+	if c.Labels[custodyv1alpha1.LabelManagedBy] != custodyv1alpha1.ManagedByValue {
+		return false
+	}
+	if len(r.Options.ManagerUsernames) == 0 {
+		return true
+	}
+	return slices.Contains(r.Options.ManagerUsernames, c.Spec.RequestedBy)
 }
 
 // boundProof is the proof that bound c, as recorded in the device's
@@ -417,7 +454,7 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 	rec.Time = metav1.NewTime(r.Options.Clock.Now())
 	rec.Tenant = tenantName
 	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
-	rec.Actor = claimActor(dev, c, proof)
+	rec.Actor = r.claimActor(dev, c, proof, tenantName)
 	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
 		return err
 	}
@@ -490,7 +527,10 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.
 		if err := r.Client.Status().Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 			return err
 		}
-		r.Recorder.Eventf(dev, nil, corev1.EventTypeWarning, "ClaimFailed", "Claim", "A claim by tenant %s failed verification (%d failed attempts on this device).", in.Tenant.Name, dev.Status.FailedClaimAttempts)
+		// Related to the Tenant, with a note that holds for every failure
+		// of that tenant, so that the events API aggregates them.
+		r.Recorder.Eventf(dev, in.Tenant, corev1.EventTypeWarning, "ClaimFailed", "Claim",
+			"A claim by tenant %s failed verification; status.failedClaimAttempts counts the failed attempts on this device from all tenants.", in.Tenant.Name)
 		return nil
 	})
 }
@@ -520,7 +560,7 @@ func (r *ClaimReconciler) mutateTenantStatus(ctx context.Context, name string, m
 // reservation (reserved) that failed is written without the Claim's
 // resourceVersion: the attempt is spent, and an edit of the Claim meanwhile
 // must not turn its true answer into "cannot be verified again".
-func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision, reserved bool) error {
+func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision, reserved bool) (bool, error) {
 	before := c.DeepCopy()
 	prev := meta.FindStatusCondition(c.Status.Conditions, custodyv1alpha1.ConditionReady)
 	changed := c.Status.Phase != d.Phase || prev == nil || prev.Reason != d.Reason
@@ -531,7 +571,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	case d.IssuePairing && c.Status.Pairing == nil:
 		code, err := claimcode.GeneratePairingCode()
 		if err != nil {
-			return err
+			return false, err
 		}
 		c.Status.Pairing = &custodyv1alpha1.Pairing{Code: code, ExpiresAt: metav1.NewTime(r.Options.Clock.Now().Add(r.Options.PairingTTL))}
 	case d.Phase != custodyv1alpha1.ClaimPhaseAwaitingDevice && d.Phase != custodyv1alpha1.ClaimPhasePending:
@@ -574,14 +614,14 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 		c.Status.Conditions = append(c.Status.Conditions, cond)
 	}
 	if equality.Semantic.DeepEqual(before.Status, c.Status) {
-		return nil
+		return false, nil
 	}
 	var patch client.Patch = client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
 	if reserved && d.Action == claim.ActionRecordFailure {
 		patch = client.MergeFrom(before)
 	}
 	if err := r.Client.Status().Patch(ctx, c, patch); err != nil {
-		return client.IgnoreNotFound(err)
+		return false, client.IgnoreNotFound(err)
 	}
 	if changed {
 		claimDecisions.WithLabelValues(string(d.Phase), d.Reason).Inc()
@@ -589,7 +629,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 			r.Recorder.Eventf(c, nil, d.Event.Type, d.Event.Reason, "Verify", "%s", d.Event.Message)
 		}
 	}
-	return nil
+	return changed, nil
 }
 
 // reconcileDelete applies the Claim's release policy, then lets it go.

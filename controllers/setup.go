@@ -34,6 +34,10 @@ type Options struct {
 	ClaimPolicy claim.Policy
 	// Verifier checks claim codes; argon2id unless a test injects another.
 	Verifier claim.Verifier
+	// ManagerUsernames are the users the manager runs as, to tell the
+	// Claims it creates (a direct sale's) from tenant users' Claims in the
+	// history's actor; the operator fills them from the webhooks' list.
+	ManagerUsernames []string
 	// FailPoint, when set, is called at named points of the claim path
 	// ("verified", "bound") with the Claim being decided; a non-nil error
 	// aborts the reconcile there. Tests use it to stop the manager between

@@ -146,7 +146,9 @@ const (
 	MsgMalformed          = "The claim code in the Secret is not well-formed: it has 20 letters and digits in five groups of four. Check it for a typo and update the Secret; this did not count as a failed attempt."
 	MsgBound              = "The device is bound to this Claim."
 	MsgCodeUsed           = "The claim code is right but has already been used to claim this device. Ask the seller for a new claim code."
-	MsgHeldByOther        = "The claim code is right but the device is held by another tenant. Support staff have been notified of the dispute."
+	MsgHeldByOther        = "The claim code is right, but the device is already bound to another tenant and that binding stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
+	MsgSaleHeldByOther    = "The sale record names this tenant, but the device is already bound to, cooling off for, or disputed by another claim, and that stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
+	MsgDisputeFull        = "Other valid claims already dispute this device (the dispute holds at most 8 claims); this Claim was not added. Support staff are resolving the dispute."
 	MsgAlreadyYours       = "Another Claim of this tenant already holds this device. This Claim is redundant and can be deleted."
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
@@ -317,6 +319,10 @@ func decideProven(in Input, codeOK bool) Decision {
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeUsed, MsgCodeUsed}}
 	}
 	// A second valid claim while another waits or competes is a dispute.
+	if d.Spec.Dispute != nil && len(d.Spec.Dispute.Claims) >= MaxDisputeClaims {
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonDisputed, Message: MsgDisputeFull,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDisputed, MsgDisputeFull}}
+	}
 	if d.Spec.Dispute != nil || (d.Spec.PendingClaim != nil && d.Spec.PendingClaim.UID != c.UID) {
 		dd := disputed(ActionDispute)
 		dd.Proof = proof
@@ -374,8 +380,8 @@ func decideSaleRecord(in Input) Decision {
 	if d.Spec.ClaimRef != nil || d.Spec.PendingClaim != nil || d.Spec.Dispute != nil {
 		// The sale names this tenant, but someone else holds or claims the
 		// device: never a silent win.
-		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgHeldByOther,
-			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgHeldByOther}, Proof: ProofSaleRecord}
+		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgSaleHeldByOther,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgSaleHeldByOther}, Proof: ProofSaleRecord}
 	}
 	b := bound(ActionBind)
 	b.Proof, b.ConsumeSale = ProofSaleRecord, true
@@ -440,6 +446,9 @@ func coolingOff(until, now time.Time, a Action) Decision {
 	return Decision{Action: a, Phase: custodyv1alpha1.ClaimPhaseCoolingOff, Reason: custodyv1alpha1.ClaimReasonCoolingOff, Message: MsgCoolingOff,
 		Event: &Event{"Normal", custodyv1alpha1.ClaimReasonCoolingOff, MsgCoolingOff}, CoolingOffUntil: until, RequeueAfter: until.Sub(now)}
 }
+
+// MaxDisputeClaims bounds Device.spec.dispute.claims (the CRD's MaxItems).
+const MaxDisputeClaims = 8
 
 // Proofs recorded in the custody history.
 const (
