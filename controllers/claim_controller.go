@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
@@ -67,6 +69,26 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, err
 	}
 	d := claim.Decide(in, r.Options.Verifier)
+	if d.Action == claim.ActionReserve {
+		// Count the attempt before verifying the code, then decide again.
+		if err := r.reserve(ctx, c, &in); err != nil {
+			if apierrors.IsConflict(err) {
+				return reconcile.Result{RequeueAfter: conflictRetry}, nil
+			}
+			return reconcile.Result{}, err
+		}
+		d = claim.Decide(in, r.Options.Verifier)
+		if in.Reserved && d.CodeProven {
+			// The code is right: the attempt is no failure.
+			if err := retry.RetryOnConflict(unreserveBackoff, func() error {
+				return r.mutateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+					return claim.Unreserve(s, c.DeviceName(), c.UID)
+				})
+			}); err != nil {
+				return reconcile.Result{}, err
+			}
+		}
+	}
 
 	if err := r.act(ctx, c, in, d); err != nil {
 		if apierrors.IsConflict(err) {
@@ -75,13 +97,17 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		}
 		return reconcile.Result{}, err
 	}
-	if err := r.writeStatus(ctx, c, d); err != nil {
+	changed, err := r.writeStatus(ctx, c, d, in.Reserved)
+	if err != nil {
 		if apierrors.IsConflict(err) {
 			// Decided from a stale read: decide again from a fresh one, so
 			// that each outcome is recorded (Event, metric) exactly once.
 			return reconcile.Result{RequeueAfter: conflictRetry}, nil
 		}
 		return reconcile.Result{}, err
+	}
+	if changed && d.Action == claim.ActionReportDispute {
+		r.reportCompetingClaim(in)
 	}
 	if d.IssuePairing {
 		// Another look when the new pairing code expires.
@@ -307,10 +333,10 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 				dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, custodyv1alpha1.DisputedClaim{DeviceClaimReference: p.DeviceClaimReference, Proof: p.Proof})
 			}
 		}
-		if len(dev.Spec.Dispute.Claims) >= 8 {
-			// The dispute is full; this claim is refused like any other
-			// that arrives while support staff decide.
-			return nil
+		if len(dev.Spec.Dispute.Claims) >= claim.MaxDisputeClaims {
+			// Decide saw room; look again rather than write a status the
+			// Device does not show.
+			return apierrors.NewConflict(custodyv1alpha1.GroupVersion.WithResource("devices").GroupResource(), dev.Name, errors.New("the dispute is full"))
 		}
 		dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, me)
 		dev.Spec.PendingClaim = nil
@@ -320,15 +346,21 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		r.Recorder.Eventf(dev, c, corev1.EventTypeWarning, "Disputed", "Claim", "Tenant %s proved ownership (%s) with Claim %s/%s while another claim competes: support staff must resolve the dispute.",
 			in.Tenant.Name, d.Proof, c.Namespace, c.Name)
 		return r.record(ctx, dev, c, in, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventDisputed, Proof: d.Proof})
-	case claim.ActionReportDispute:
-		holder := "another tenant"
-		if ref := in.Device.Spec.ClaimRef; ref != nil {
-			holder = "tenant " + ref.Tenant
-		}
-		r.Recorder.Eventf(in.Device, c, corev1.EventTypeWarning, "CompetingClaim", "Claim",
-			"Tenant %s proved ownership (%s) with Claim %s/%s while the device is held or claimed by %s: investigate.", in.Tenant.Name, d.Proof, c.Namespace, c.Name, holder)
 	}
 	return nil
+}
+
+// reportCompetingClaim tells support staff, on the Device, that a tenant
+// proved ownership of a device that is held or claimed by another. It runs
+// once per Claim decision (after its status is written). The Event is
+// related to the claimant's Tenant, not the Claim, and its note names only
+// that tenant, so that the events API aggregates a burst of competing
+// Claims into one Event per tenant (a series) whose note stays true.
+func (r *ClaimReconciler) reportCompetingClaim(in claim.Input) {
+	r.Recorder.Eventf(in.Device, in.Tenant, corev1.EventTypeWarning, "CompetingClaim", "Claim",
+		"Tenant %s proved ownership of this device while it is held or claimed by another claim (spec.claimRef, spec.pendingClaim or spec.dispute), which stands. "+
+			"Its competing Claims are Disputed with reason %s (kubectl get events -n %s --field-selector reason=%s); a SupportAction can award the device to one of them.",
+		in.Tenant.Name, custodyv1alpha1.ClaimReasonHeldByAnotherTenant, in.Tenant.TargetNamespace(), custodyv1alpha1.ClaimReasonHeldByAnotherTenant)
 }
 
 // record appends a history entry about Claim c to the device's history,
@@ -337,29 +369,55 @@ func (r *ClaimReconciler) record(ctx context.Context, dev *custodyv1alpha1.Devic
 	rec.Time = metav1.NewTime(r.Options.Clock.Now())
 	rec.Tenant = in.Tenant.Name
 	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
-	rec.Actor = claimActor(dev, c, rec.Proof)
+	rec.Actor = r.claimActor(dev, c, rec.Proof, rec.Tenant)
 	return recordHistory(ctx, r.Client, dev.Name, rec)
 }
 
-// claimActor says who caused a change made for Claim c: the ERP for a
-// sale-record proof, the device for a pairing token, else the user who
-// created the Claim.
-func claimActor(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, proof string) string {
+// claimActor says who caused a change made for Claim c, for the history:
+//   - a pairing token: the device, which proved possession with the token
+//     of tenant (the manager made the Claim on its behalf);
+//   - a direct sale: the ERP that recorded the sale (the manager made the
+//     Claim for the owner, as the sale asked), as its Sold entry names it;
+//   - a support award: the support user of the SupportAction;
+//   - otherwise (a code, possession, a custodian's or owner's sale-record
+//     Claim, a transfer accepted): the user who created the Claim, as the
+//     API server authenticated it (spec.requestedBy).
+func (r *ClaimReconciler) claimActor(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, proof, tenant string) string {
 	switch {
-	case proof == claim.ProofSaleRecord:
-		// The ERP that recorded the sale vouches for this binding.
+	case proof == claim.ProofPairingToken && c.Spec.PairingToken != nil:
+		return "device:" + dev.Name + " with the pairing token " + c.Namespace + "/" + c.Spec.PairingToken.SecretName + " of tenant " + tenant
+	case proof == claim.ProofSupportAward:
+		// Support staff bound it: the Resolved entry names who.
+		for _, h := range dev.Status.History {
+			if h.Type == custodyv1alpha1.CustodyEventResolved && h.ClaimUID == c.UID && h.Actor != "" {
+				return h.Actor
+			}
+		}
+		return "support"
+	case proof == claim.ProofSaleRecord && r.managerMade(c):
 		for _, h := range dev.Status.History {
 			if h.Type == custodyv1alpha1.CustodyEventSold && dev.Spec.Sale != nil && h.Reference == dev.Spec.Sale.OrderReference {
 				return h.Actor
 			}
 		}
 		return "erp"
-	case proof == claim.ProofPairingToken:
-		return "device"
 	case c.Spec.RequestedBy != "":
 		return "user:" + c.Spec.RequestedBy
 	}
 	return "tenant:" + c.Namespace
+}
+
+// managerMade reports whether the manager created Claim c (a direct sale's
+// Claim): the API server authenticated the manager as its creator. A
+// tenant user's Claim carrying the manager's label is still the user's.
+func (r *ClaimReconciler) managerMade(c *custodyv1alpha1.Claim) bool {
+	if c.Labels[custodyv1alpha1.LabelManagedBy] != custodyv1alpha1.ManagedByValue {
+		return false
+	}
+	if len(r.Options.ManagerUsernames) == 0 {
+		return true
+	}
+	return slices.Contains(r.Options.ManagerUsernames, c.Spec.RequestedBy)
 }
 
 // boundProof is the proof that bound c, as recorded in the device's
@@ -396,7 +454,7 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 	rec.Time = metav1.NewTime(r.Options.Clock.Now())
 	rec.Tenant = tenantName
 	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
-	rec.Actor = claimActor(dev, c, proof)
+	rec.Actor = r.claimActor(dev, c, proof, tenantName)
 	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
 		return err
 	}
@@ -420,26 +478,46 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 	return nil
 }
 
-// recordFailure counts a failed attempt, first on the Tenant (which
-// throttles), then on the Device (which support staff read).
+// reserve counts the Claim's attempt on its Tenant before any code is
+// verified (claim.Reserve). The Tenant is read from the API server, never
+// from the cache, and written with its resourceVersion; a conflict means
+// another reservation came first, so it reads again. in.Tenant becomes the
+// fresh Tenant, and in.Reserved reports whether this call counted the
+// attempt (only then may the code be verified).
+func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim, in *claim.Input) error {
+	return retry.RetryOnConflict(historyBackoff, func() error {
+		t := &custodyv1alpha1.Tenant{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: in.Tenant.Name}, t); err != nil {
+			return err
+		}
+		before := t.DeepCopy()
+		in.Reserved = claim.Reserve(&t.Status, c.DeviceName(), c.UID, in.Now, in.Policy) == claim.Reserved
+		if in.Reserved {
+			if err := r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+				in.Reserved = false
+				return err
+			}
+		}
+		in.Tenant = t
+		return nil
+	})
+}
+
+// unreserveBackoff retries taking back a right code's reservation longer
+// than other writes: giving up would leave the owner's attempt counted.
+var unreserveBackoff = wait.Backoff{Steps: 30, Duration: 10 * time.Millisecond, Factor: 1.5, Jitter: 0.2, Cap: time.Second}
+
+// recordFailure records a verified, failed attempt: it is already counted on
+// the Tenant (its reservation), so it is counted on the Device (which
+// support staff read) and in the metric.
 func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
-	name := c.DeviceName()
-	counted := false
-	if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
-		counted = claim.RecordFailure(s, name, c.UID, in.Now, in.Policy)
-		return counted
-	}); err != nil {
-		return err
-	}
-	if counted {
-		claimFailures.WithLabelValues(in.Tenant.Name).Inc()
-	}
-	if !counted || in.Device == nil {
+	claimFailures.WithLabelValues(in.Tenant.Name).Inc()
+	if in.Device == nil {
 		return nil
 	}
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		dev := &custodyv1alpha1.Device{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, dev); err != nil {
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: in.Device.Name}, dev); err != nil {
 			return client.IgnoreNotFound(err)
 		}
 		before := dev.DeepCopy()
@@ -449,7 +527,10 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.
 		if err := r.Client.Status().Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 			return err
 		}
-		r.Recorder.Eventf(dev, nil, corev1.EventTypeWarning, "ClaimFailed", "Claim", "A claim by tenant %s failed verification (%d failed attempts on this device).", in.Tenant.Name, dev.Status.FailedClaimAttempts)
+		// Related to the Tenant, with a note that holds for every failure
+		// of that tenant, so that the events API aggregates them.
+		r.Recorder.Eventf(dev, in.Tenant, corev1.EventTypeWarning, "ClaimFailed", "Claim",
+			"A claim by tenant %s failed verification; status.failedClaimAttempts counts the failed attempts on this device from all tenants.", in.Tenant.Name)
 		return nil
 	})
 }
@@ -457,22 +538,29 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.
 // updateTenantStatus applies mutate to the Tenant's status with optimistic
 // concurrency, retrying on conflict with a fresh read.
 func (r *ClaimReconciler) updateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
-	return retry.RetryOnConflict(historyBackoff, func() error {
-		t := &custodyv1alpha1.Tenant{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
-			return err
-		}
-		before := t.DeepCopy()
-		if !mutate(&t.Status) {
-			return nil
-		}
-		return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
-	})
+	return retry.RetryOnConflict(historyBackoff, func() error { return r.mutateTenantStatus(ctx, name, mutate) })
+}
+
+// mutateTenantStatus applies mutate to a fresh read of the Tenant's status
+// and writes it with the Tenant's resourceVersion, once.
+func (r *ClaimReconciler) mutateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
+	t := &custodyv1alpha1.Tenant{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
+		return err
+	}
+	before := t.DeepCopy()
+	if !mutate(&t.Status) {
+		return nil
+	}
+	return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 }
 
 // writeStatus writes the Decision into the Claim's status and records its
-// Event when the outcome changes.
-func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision) error {
+// Event when the outcome changes. A code verified under a fresh
+// reservation (reserved) that failed is written without the Claim's
+// resourceVersion: the attempt is spent, and an edit of the Claim meanwhile
+// must not turn its true answer into "cannot be verified again".
+func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Claim, d claim.Decision, reserved bool) (bool, error) {
 	before := c.DeepCopy()
 	prev := meta.FindStatusCondition(c.Status.Conditions, custodyv1alpha1.ConditionReady)
 	changed := c.Status.Phase != d.Phase || prev == nil || prev.Reason != d.Reason
@@ -483,7 +571,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	case d.IssuePairing && c.Status.Pairing == nil:
 		code, err := claimcode.GeneratePairingCode()
 		if err != nil {
-			return err
+			return false, err
 		}
 		c.Status.Pairing = &custodyv1alpha1.Pairing{Code: code, ExpiresAt: metav1.NewTime(r.Options.Clock.Now().Add(r.Options.PairingTTL))}
 	case d.Phase != custodyv1alpha1.ClaimPhaseAwaitingDevice && d.Phase != custodyv1alpha1.ClaimPhasePending:
@@ -526,10 +614,14 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 		c.Status.Conditions = append(c.Status.Conditions, cond)
 	}
 	if equality.Semantic.DeepEqual(before.Status, c.Status) {
-		return nil
+		return false, nil
 	}
-	if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return client.IgnoreNotFound(err)
+	var patch client.Patch = client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
+	if reserved && d.Action == claim.ActionRecordFailure {
+		patch = client.MergeFrom(before)
+	}
+	if err := r.Client.Status().Patch(ctx, c, patch); err != nil {
+		return false, client.IgnoreNotFound(err)
 	}
 	if changed {
 		claimDecisions.WithLabelValues(string(d.Phase), d.Reason).Inc()
@@ -537,7 +629,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 			r.Recorder.Eventf(c, nil, d.Event.Type, d.Event.Reason, "Verify", "%s", d.Event.Message)
 		}
 	}
-	return nil
+	return changed, nil
 }
 
 // reconcileDelete applies the Claim's release policy, then lets it go.

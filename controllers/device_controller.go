@@ -295,6 +295,9 @@ func releaseDevice(ctx context.Context, c client.Client, rec events.EventRecorde
 	if err := recordHistory(ctx, c, d.Name, custodyv1alpha1.CustodyRecord{
 		Time: metav1.NewTime(now), Type: custodyv1alpha1.CustodyEventReleased, Tenant: released.Tenant,
 		Claim: released.Namespace + "/" + released.Name, ClaimUID: released.UID, Proof: why,
+		// Who deleted the Claim or Tenant is not known to the manager; the
+		// entry names whose binding ended.
+		Actor: "tenant:" + released.Tenant,
 	}); err != nil {
 		// The binding is already gone; the Event below records the change.
 		rec.Eventf(d, nil, corev1.EventTypeWarning, "HistoryNotRecorded", "Release", "Could not record the release in status.history: %v", err)

@@ -20,6 +20,13 @@ var (
 		Help: "Failed claim attempts per tenant.",
 	}, []string{"tenant"})
 
+	// claimVerifications counts argon2id verifications of claim codes
+	// (wrong, right, or against a dummy verifier for an unknown serial).
+	claimVerifications = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "custody_claim_code_verifications_total",
+		Help: "Claim codes verified (argon2id computations), whatever the outcome.",
+	})
+
 	// notificationsDelivered and notificationsFailed count deliveries of
 	// custody events per endpoint.
 	notificationsDelivered = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -33,5 +40,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(claimDecisions, claimFailures, notificationsDelivered, notificationsFailed)
+	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimVerifications, notificationsDelivered, notificationsFailed)
 }

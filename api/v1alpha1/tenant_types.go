@@ -251,11 +251,16 @@ type ClaimThrottle struct {
 	// +optional
 	LockedUntil *metav1.Time `json:"lockedUntil,omitempty"`
 
-	// lastAttempt identifies the last counted attempt (the Claim's UID) so
-	// that a retried reconcile never counts the same attempt twice.
+	// attempts are the UIDs of the Claims whose attempts are counted in
+	// failures, newest last (at most 16). An attempt is counted (reserved)
+	// before its code is verified, so that concurrent claims can never
+	// verify more codes than the policy allows; a retried or restarted
+	// reconcile finds its Claim here and never counts it twice.
 	// +optional
-	// +kubebuilder:validation:MaxLength=64
-	LastAttempt string `json:"lastAttempt,omitempty"`
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=64
+	Attempts []string `json:"attempts,omitempty"`
 }
 
 // TenantStatus is the observed state of a Tenant.

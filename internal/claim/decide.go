@@ -36,8 +36,13 @@ type Action string
 const (
 	// ActionNone: write the Claim's status only.
 	ActionNone Action = "None"
-	// ActionRecordFailure: count a failed attempt on the Tenant (and the
-	// Device if it exists) before writing the Claim's status.
+	// ActionReserve: count the attempt on the Tenant (claim.Reserve, with
+	// the Tenant's resourceVersion) before any code is verified, then decide
+	// again with Input.Reserved set. Never written as the Claim's status.
+	ActionReserve Action = "Reserve"
+	// ActionRecordFailure: the code was verified and failed. The attempt is
+	// already counted on the Tenant (its reservation stands); count it on
+	// the Device, if it exists, for support staff.
 	ActionRecordFailure Action = "RecordFailure"
 	// ActionBind: bind the Device to the Claim and consume the code.
 	ActionBind Action = "Bind"
@@ -82,6 +87,10 @@ type Input struct {
 	Offer *custodyv1alpha1.Transfer
 	// OfferingNamespace is the namespace of the Tenant spec.transfer names.
 	OfferingNamespace string
+	// Reserved: this reconcile has just counted the Claim's attempt on the
+	// Tenant (ActionReserve) and Tenant holds the status it wrote. Only
+	// then is a code verified.
+	Reserved bool
 }
 
 // Verifier checks a code against a verifier string. It is injected so that
@@ -122,6 +131,9 @@ type Decision struct {
 	ConsumeSale bool
 	// CoolingOffUntil is when the Claim's cooling-off ends.
 	CoolingOffUntil time.Time
+	// CodeProven: the claim code was verified and proves ownership, so the
+	// attempt reserved for it is not a failure (claim.Unreserve).
+	CodeProven bool
 }
 
 // Messages shown to tenant users. They never name the device's state unless
@@ -134,11 +146,14 @@ const (
 	MsgMalformed          = "The claim code in the Secret is not well-formed: it has 20 letters and digits in five groups of four. Check it for a typo and update the Secret; this did not count as a failed attempt."
 	MsgBound              = "The device is bound to this Claim."
 	MsgCodeUsed           = "The claim code is right but has already been used to claim this device. Ask the seller for a new claim code."
-	MsgHeldByOther        = "The claim code is right but the device is held by another tenant. Support staff have been notified of the dispute."
+	MsgHeldByOther        = "The claim code is right, but the device is already bound to another tenant and that binding stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
+	MsgSaleHeldByOther    = "The sale record names this tenant, but the device is already bound to, cooling off for, or disputed by another claim, and that stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
+	MsgDisputeFull        = "Other valid claims already dispute this device (the dispute holds at most 8 claims); this Claim was not added. Support staff are resolving the dispute."
 	MsgAlreadyYours       = "Another Claim of this tenant already holds this device. This Claim is redundant and can be deleted."
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
 	MsgVerifying          = "The claim is being verified."
+	MsgAttemptSpent       = "This claim attempt was counted against this tenant's failed attempts and cannot be verified again (its verification failed, or the manager stopped before verifying it). Create a new Claim to try again."
 	MsgAwaitingDevice     = "Enter the pairing code from status.pairing.code into the device (custody-device pair); the claim proceeds when the device proves possession through the gateway, until status.pairing.expiresAt."
 	MsgTenantLimitReached = "Too many failed claim attempts from this tenant. The claim is verified automatically after status.retryAfter."
 	MsgCoolingOff         = "Ownership is proven with fewer proofs than the device's claim policy wants for an immediate binding. The claim binds at status.coolingOffUntil unless another claim competes; the seller has been told."
@@ -202,15 +217,20 @@ func Decide(in Input, v Verifier) Decision {
 		return decideSaleRecord(in)
 	}
 
-	// An attempt already counted as failed is denied without another try.
-	if Counted(&tenant.Status, name, c.UID) {
-		return notVerified(ActionNone)
-	}
-	if until := LockedUntil(&tenant.Status, name, in.Now); !until.IsZero() {
-		return throttled(until, in.Now, MsgThrottled)
-	}
-	if full, until := Full(&tenant.Status, name, in.Now); full {
-		return throttled(until, in.Now, MsgTenantLimitReached)
+	if !in.Reserved {
+		// An attempt counted by an earlier reconcile is never verified
+		// again: it was verified and failed, or the manager stopped between
+		// counting and verifying. Either way it is spent.
+		if Counted(&tenant.Status, name, c.UID) {
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonNotVerified, Message: MsgAttemptSpent,
+				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonNotVerified, MsgAttemptSpent}}
+		}
+		if until := LockedUntil(&tenant.Status, name, in.Now); !until.IsZero() {
+			return throttled(until, in.Now, MsgThrottled)
+		}
+		if full, until := Full(&tenant.Status, name, in.Now); full {
+			return throttled(until, in.Now, MsgTenantLimitReached)
+		}
 	}
 
 	// The claim code, when offered, is verified first: a wrong code is a
@@ -225,6 +245,11 @@ func Decide(in Input, v Verifier) Decision {
 		case in.CodeErr != nil:
 			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
 				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
+		}
+		// The attempt is counted before the code is verified, for an
+		// unknown serial as for a known one.
+		if !in.Reserved {
+			return Decision{Action: ActionReserve, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonVerifying, Message: MsgVerifying}
 		}
 		// Every path spends one argon2id computation, so that an unknown
 		// serial answers like a wrong code.
@@ -242,6 +267,14 @@ func Decide(in Input, v Verifier) Decision {
 		}
 		codeOK = true
 	}
+	dec := decideProven(in, codeOK)
+	dec.CodeProven = codeOK
+	return dec
+}
+
+// decideProven decides a Claim whose code, if it offered one, proved right.
+func decideProven(in Input, codeOK bool) Decision {
+	c, d, tenant := in.Claim, in.Device, in.Tenant
 	// Possession is proven when the device signed this Claim's pairing code
 	// (the enrollment controller checked the signature and the code).
 	// A pairing-token Claim is created by the manager only after the device
@@ -286,6 +319,10 @@ func Decide(in Input, v Verifier) Decision {
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeUsed, MsgCodeUsed}}
 	}
 	// A second valid claim while another waits or competes is a dispute.
+	if d.Spec.Dispute != nil && len(d.Spec.Dispute.Claims) >= MaxDisputeClaims {
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonDisputed, Message: MsgDisputeFull,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDisputed, MsgDisputeFull}}
+	}
 	if d.Spec.Dispute != nil || (d.Spec.PendingClaim != nil && d.Spec.PendingClaim.UID != c.UID) {
 		dd := disputed(ActionDispute)
 		dd.Proof = proof
@@ -343,8 +380,8 @@ func decideSaleRecord(in Input) Decision {
 	if d.Spec.ClaimRef != nil || d.Spec.PendingClaim != nil || d.Spec.Dispute != nil {
 		// The sale names this tenant, but someone else holds or claims the
 		// device: never a silent win.
-		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgHeldByOther,
-			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgHeldByOther}, Proof: ProofSaleRecord}
+		return Decision{Action: ActionReportDispute, Phase: custodyv1alpha1.ClaimPhaseDisputed, Reason: custodyv1alpha1.ClaimReasonHeldByAnotherTenant, Message: MsgSaleHeldByOther,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonHeldByAnotherTenant, MsgSaleHeldByOther}, Proof: ProofSaleRecord}
 	}
 	b := bound(ActionBind)
 	b.Proof, b.ConsumeSale = ProofSaleRecord, true
@@ -409,6 +446,9 @@ func coolingOff(until, now time.Time, a Action) Decision {
 	return Decision{Action: a, Phase: custodyv1alpha1.ClaimPhaseCoolingOff, Reason: custodyv1alpha1.ClaimReasonCoolingOff, Message: MsgCoolingOff,
 		Event: &Event{"Normal", custodyv1alpha1.ClaimReasonCoolingOff, MsgCoolingOff}, CoolingOffUntil: until, RequeueAfter: until.Sub(now)}
 }
+
+// MaxDisputeClaims bounds Device.spec.dispute.claims (the CRD's MaxItems).
+const MaxDisputeClaims = 8
 
 // Proofs recorded in the custody history.
 const (

@@ -1,6 +1,7 @@
 package claim
 
 import (
+	"fmt"
 	"reflect"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -77,7 +78,7 @@ func TestDecide(t *testing.T) {
 	until := metav1.NewTime(now.Add(time.Minute))
 	locked.Status.ClaimThrottles = []custodyv1alpha1.ClaimThrottle{{DeviceName: "xr200.sn-1", Failures: 5, LockedUntil: &until}}
 	counted := tenant("acme")
-	counted.Status.ClaimThrottles = []custodyv1alpha1.ClaimThrottle{{DeviceName: "xr200.sn-1", Failures: 1, LastAttempt: "1"}}
+	counted.Status.ClaimThrottles = []custodyv1alpha1.ClaimThrottle{{DeviceName: "xr200.sn-1", Failures: 1, Attempts: []string{"1"}}}
 
 	code := custodyv1alpha1.RequiredProofCode
 	both := custodyv1alpha1.RequiredProofCodeAndPossession
@@ -142,7 +143,7 @@ func TestDecide(t *testing.T) {
 				in.Policy.RequiredProof = tt.policy
 			}
 			v := &fakeVerifier{right: right}
-			d := Decide(in, v)
+			d := decideAsController(t, &in, v)
 			if d.Action != tt.action || d.Phase != tt.phase || d.Reason != tt.reason {
 				t.Fatalf("got %s/%s/%s, want %s/%s/%s", d.Action, d.Phase, d.Reason, tt.action, tt.phase, tt.reason)
 			}
@@ -170,10 +171,131 @@ func TestWrongCodeAndUnknownSerialDecideAlike(t *testing.T) {
 	base := Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, Code: wrong}
 	withDevice := base
 	withDevice.Device = device()
-	a := Decide(withDevice, &fakeVerifier{right: right})
-	b := Decide(base, &fakeVerifier{right: right})
+	withDevice.Tenant = tenant("acme")
+	a := decideAsController(t, &withDevice, &fakeVerifier{right: right})
+	b := decideAsController(t, &base, &fakeVerifier{right: right})
 	if !reflect.DeepEqual(a, b) {
 		t.Fatalf("wrong code and unknown serial differ:\n%+v\n%+v", a, b)
+	}
+	// Both reserved (counted) the attempt the same way.
+	if !reflect.DeepEqual(withDevice.Tenant.Status, base.Tenant.Status) || !Counted(&base.Tenant.Status, "xr200.sn-1", "1") {
+		t.Fatalf("the bookkeeping differs or counted nothing:\n%+v\n%+v", withDevice.Tenant.Status, base.Tenant.Status)
+	}
+}
+
+// decideAsController decides as the claim controller does: a Decision to
+// reserve is applied to the Tenant's status (the write that precedes every
+// verification), then Decide runs again with the reservation; a right code
+// takes its reservation back. It checks that nothing is verified before
+// the reservation.
+func decideAsController(t *testing.T, in *Input, v *fakeVerifier) Decision {
+	t.Helper()
+	calls := v.calls
+	d := Decide(*in, v)
+	if d.Action != ActionReserve {
+		return d
+	}
+	if v.calls != calls {
+		t.Fatal("a code was verified before its attempt was reserved")
+	}
+	in.Tenant = in.Tenant.DeepCopy()
+	in.Reserved = Reserve(&in.Tenant.Status, in.Claim.DeviceName(), in.Claim.UID, in.Now, in.Policy) == Reserved
+	d = Decide(*in, v)
+	if d.Action == ActionReserve {
+		t.Fatal("asked to reserve twice")
+	}
+	if in.Reserved && d.CodeProven {
+		Unreserve(&in.Tenant.Status, in.Claim.DeviceName(), in.Claim.UID)
+	}
+	return d
+}
+
+// TestReserveBeforeVerifying: the pure reservation decision. Each attempt
+// is counted before its code is verified; MaxFailedAttempts reservations
+// succeed before the lockout and one after each lockout ends, whatever the
+// order; a Claim is counted once; a right code takes its reservation (and
+// the lockout it caused) back; another tenant is never affected.
+func TestReserveBeforeVerifying(t *testing.T) {
+	p := DefaultPolicy
+	name := "xr200.sn-1"
+	s := &custodyv1alpha1.TenantStatus{}
+	granted := 0
+	for i := range 200 {
+		if Reserve(s, name, typesUID(fmt.Sprint("a", i)), now, p) == Reserved {
+			granted++
+		}
+	}
+	if granted != int(p.MaxFailedAttempts) {
+		t.Fatalf("%d reservations before the lockout, want %d", granted, p.MaxFailedAttempts)
+	}
+	if got := Reserve(s, name, "a0", now, p); got != AlreadyCounted {
+		t.Fatalf("a counted Claim reserved again: %s", got)
+	}
+	if got := Reserve(s, name, "late", now, p); got != Locked {
+		t.Fatalf("reservation while locked out: %s", got)
+	}
+	// After each lockout ends, exactly one more attempt is verified.
+	at := now
+	for round := range 4 {
+		at = LockedUntil(s, name, at)
+		granted = 0
+		for i := range 50 {
+			if Reserve(s, name, typesUID(fmt.Sprint("r", round, "-", i)), at, p) == Reserved {
+				granted++
+			}
+		}
+		if granted != 1 {
+			t.Fatalf("round %d: %d reservations after the lockout ended, want 1", round, granted)
+		}
+	}
+	failures := findThrottle(s, name).Failures
+	// A right code after a lockout: its reservation and the lockout it
+	// caused are taken back; the failures before it still count.
+	at = LockedUntil(s, name, at)
+	if Reserve(s, name, "owner", at, p) != Reserved || LockedUntil(s, name, at).IsZero() {
+		t.Fatal("the reservation after the lockout did not lock")
+	}
+	if !Unreserve(s, name, "owner") || !LockedUntil(s, name, at).IsZero() || findThrottle(s, name).Failures != failures || Counted(s, name, "owner") {
+		t.Fatalf("unreserve left %+v", findThrottle(s, name))
+	}
+	if Unreserve(s, name, "owner") {
+		t.Fatal("unreserved twice")
+	}
+	// A right code below the limit leaves nothing behind.
+	fresh := &custodyv1alpha1.TenantStatus{}
+	Reserve(fresh, name, "x", now, p)
+	if !Unreserve(fresh, name, "x") || len(fresh.ClaimThrottles) != 0 || fresh.FailedClaimAttempts != 0 {
+		t.Fatalf("unreserve left %+v", fresh)
+	}
+	// The bookkeeping is per tenant: another tenant's status is untouched
+	// and its first attempt is granted.
+	if Reserve(&custodyv1alpha1.TenantStatus{}, name, "owner-tenant", at, p) != Reserved {
+		t.Fatal("another tenant was locked out")
+	}
+}
+
+// TestVerifiedOnlyAfterReservation: Decide asks for a reservation before it
+// verifies anything, runs the verifier once after it, and refuses to verify
+// an attempt an earlier reconcile counted.
+func TestVerifiedOnlyAfterReservation(t *testing.T) {
+	right, _ := claimcode.Generate()
+	wrong, _ := claimcode.Generate()
+	for _, in := range []Input{{Device: device(), Code: wrong}, {Code: wrong}, {Device: device(), Code: right}} {
+		in.Claim, in.Tenant, in.TenantReady, in.Now, in.Policy = claimFor("1"), tenant("acme"), true, now, DefaultPolicy
+		v := &fakeVerifier{right: right}
+		if d := Decide(in, v); d.Action != ActionReserve || v.calls != 0 || d.Phase != custodyv1alpha1.ClaimPhasePending {
+			t.Fatalf("unreserved: %s/%s after %d verifications", d.Action, d.Phase, v.calls)
+		}
+		in.Reserved = true
+		if d := Decide(in, v); d.Action == ActionReserve || v.calls != 1 || d.CodeProven != (in.Code == right && in.Device != nil) {
+			t.Fatalf("reserved: %s, %d verifications, proven %v", d.Action, v.calls, d.CodeProven)
+		}
+		// Counted by an earlier reconcile (a crash, a retry): never again.
+		in.Reserved = false
+		Reserve(&in.Tenant.Status, "xr200.sn-1", "1", now, DefaultPolicy)
+		if d := Decide(in, v); d.Action != ActionNone || d.Phase != custodyv1alpha1.ClaimPhaseDenied || d.Message != MsgAttemptSpent || v.calls != 1 {
+			t.Fatalf("counted earlier: %s/%s %q after %d verifications", d.Action, d.Phase, d.Message, v.calls)
+		}
 	}
 }
 
@@ -181,9 +303,16 @@ func TestLockoutGrows(t *testing.T) {
 	p := DefaultPolicy
 	s := &custodyv1alpha1.TenantStatus{}
 	var prev time.Duration
+	at := now
 	for i := 1; i <= 10; i++ {
-		at := now.Add(time.Duration(i) * time.Second)
-		RecordFailure(s, "xr200.sn-1", typesUID(string(rune('a'+i))), at, p)
+		// Each attempt comes when the lockout before it has ended.
+		if u := LockedUntil(s, "xr200.sn-1", at); !u.IsZero() {
+			at = u
+		}
+		at = at.Add(time.Second)
+		if Reserve(s, "xr200.sn-1", typesUID(string(rune('a'+i))), at, p) != Reserved {
+			t.Fatalf("attempt %d refused", i)
+		}
 		until := LockedUntil(s, "xr200.sn-1", at)
 		switch {
 		case int32(i) < p.MaxFailedAttempts:
@@ -202,7 +331,7 @@ func TestLockoutGrows(t *testing.T) {
 		t.Fatalf("counted %d failures, want 10", s.FailedClaimAttempts)
 	}
 	// The same attempt is never counted twice.
-	if RecordFailure(s, "xr200.sn-1", typesUID(string(rune('a'+10))), now, p) {
+	if Reserve(s, "xr200.sn-1", typesUID(string(rune('a'+10))), at, p) == Reserved {
 		t.Fatal("a retried attempt was counted again")
 	}
 	if !RecordSuccess(s, "xr200.sn-1") || len(s.ClaimThrottles) != 0 {

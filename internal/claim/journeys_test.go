@@ -131,7 +131,7 @@ func TestDecideJourneys(t *testing.T) {
 			if tt.policy != nil {
 				in.Policy = *tt.policy
 			}
-			d := Decide(in, &fakeVerifier{right: right})
+			d := decideAsController(t, &in, &fakeVerifier{right: right})
 			if d.Action != tt.action || d.Phase != tt.phase || d.Reason != tt.reason {
 				t.Fatalf("got %s/%s/%s, want %s/%s/%s", d.Action, d.Phase, d.Reason, tt.action, tt.phase, tt.reason)
 			}
@@ -154,7 +154,7 @@ func TestWrongCodeNeverJoinsADispute(t *testing.T) {
 	wrong, _ := claimcode.Generate()
 	d := device()
 	d.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.NewTime(now), Claims: []custodyv1alpha1.DisputedClaim{{Proof: ProofCode}}}
-	got := Decide(Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Device: d, Code: wrong, Now: now, Policy: DefaultPolicy}, &fakeVerifier{right: right})
+	got := decideAsController(t, &Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Device: d, Code: wrong, Now: now, Policy: DefaultPolicy}, &fakeVerifier{right: right})
 	if got.Action != ActionRecordFailure || got.Reason != custodyv1alpha1.ClaimReasonNotVerified {
 		t.Fatalf("got %s/%s", got.Action, got.Reason)
 	}
@@ -172,5 +172,27 @@ func TestTightenCoolingOffAndSaleRecords(t *testing.T) {
 	}
 	if DefaultPolicy.CoolingOff != 0 || DefaultPolicy.SaleRecordForbidden {
 		t.Fatal("the default must not cool off nor forbid sale records")
+	}
+}
+
+// TestFullDisputeSaysSo: a valid claim on a device whose dispute is full is
+// not added to it, and its message says exactly that rather than claiming
+// a place in the dispute.
+func TestFullDisputeSaysSo(t *testing.T) {
+	right, _ := claimcode.Generate()
+	d := device()
+	d.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.NewTime(now)}
+	for i := range MaxDisputeClaims {
+		d.Spec.Dispute.Claims = append(d.Spec.Dispute.Claims, custodyv1alpha1.DisputedClaim{DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: "globex", UID: typesUID(string(rune('a' + i)))}})
+	}
+	in := &Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Device: d, Code: right, Now: now, Policy: DefaultPolicy}
+	got := decideAsController(t, in, &fakeVerifier{right: right})
+	if got.Action != ActionNone || got.Phase != custodyv1alpha1.ClaimPhaseDenied || got.Message != MsgDisputeFull {
+		t.Fatalf("full dispute: %s/%s %q", got.Action, got.Phase, got.Message)
+	}
+	d.Spec.Dispute.Claims = d.Spec.Dispute.Claims[:MaxDisputeClaims-1]
+	in = &Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Device: d, Code: right, Now: now, Policy: DefaultPolicy}
+	if got := decideAsController(t, in, &fakeVerifier{right: right}); got.Action != ActionDispute {
+		t.Fatalf("room in the dispute: %s", got.Action)
 	}
 }

@@ -1,6 +1,7 @@
 package claim
 
 import (
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -124,21 +125,49 @@ func LockedUntil(s *custodyv1alpha1.TenantStatus, deviceName string, now time.Ti
 	return e.LockedUntil.Time
 }
 
-// Counted reports whether the attempt of claim uid has already been counted
-// as a failure (so that a retried reconcile does not count it again).
+// Counted reports whether the attempt of claim uid has already been
+// counted (reserved), so that a retried reconcile does not count it again.
 func Counted(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID) bool {
 	e := findThrottle(s, deviceName)
-	return e != nil && e.LastAttempt == string(uid)
+	return e != nil && slices.Contains(e.Attempts, string(uid))
 }
 
-// RecordFailure counts a failed attempt of claim uid on deviceName in the
-// tenant's status, locking the tenant out once the policy says so. It is
-// idempotent per uid and reports whether it changed anything.
-func RecordFailure(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID, now time.Time, p Policy) bool {
+// maxAttemptUIDs bounds ClaimThrottle.attempts (the CRD's MaxItems).
+const maxAttemptUIDs = 16
+
+// Reservation is the outcome of Reserve.
+type Reservation string
+
+const (
+	// Reserved: the attempt is now counted; its code may be verified once.
+	Reserved Reservation = "Reserved"
+	// AlreadyCounted: an earlier reconcile counted this Claim's attempt;
+	// nothing changed and no code may be verified for it again.
+	AlreadyCounted Reservation = "AlreadyCounted"
+	// Locked: the tenant is locked out of the device name; nothing changed.
+	Locked Reservation = "Locked"
+	// NoRoom: the tenant's bookkeeping is full of active lockouts.
+	NoRoom Reservation = "NoRoom"
+)
+
+// Reserve counts the attempt of claim uid on deviceName before its code is
+// verified, locking the tenant out once the policy says so. It is applied to
+// a fresh read of the Tenant and written with the Tenant's resourceVersion:
+// of concurrent reservations each one that succeeds saw the others, so at
+// most p.MaxFailedAttempts codes are verified before a lockout and one after
+// each lockout ends, however many claims arrive at once. It reports whether
+// s changed only for Reserved.
+func Reserve(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID, now time.Time, p Policy) Reservation {
 	if Counted(s, deviceName, uid) {
-		return false
+		return AlreadyCounted
+	}
+	if !LockedUntil(s, deviceName, now).IsZero() {
+		return Locked
 	}
 	Prune(s, now, p)
+	if full, _ := Full(s, deviceName, now); full {
+		return NoRoom
+	}
 	e := findThrottle(s, deviceName)
 	if e == nil {
 		s.ClaimThrottles = append(s.ClaimThrottles, custodyv1alpha1.ClaimThrottle{DeviceName: deviceName})
@@ -146,12 +175,46 @@ func RecordFailure(s *custodyv1alpha1.TenantStatus, deviceName string, uid types
 	}
 	e.Failures++
 	e.LastFailureTime = metav1.NewTime(now)
-	e.LastAttempt = string(uid)
+	e.Attempts = append(e.Attempts, string(uid))
+	if len(e.Attempts) > maxAttemptUIDs {
+		e.Attempts = e.Attempts[len(e.Attempts)-maxAttemptUIDs:]
+	}
 	if d := p.Lockout(e.Failures); d > 0 {
 		until := metav1.NewTime(now.Add(d))
 		e.LockedUntil = &until
 	}
 	s.FailedClaimAttempts++
+	return Reserved
+}
+
+// Unreserve takes back the reservation of claim uid whose code proved
+// right: the attempt is not a failure. The lockout goes with it when this
+// was the newest reservation (it was taken while no lockout was active, so
+// any lockout now is its own); a lockout a later failure earned stays. It
+// reports whether s changed.
+func Unreserve(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID) bool {
+	e := findThrottle(s, deviceName)
+	if e == nil {
+		return false
+	}
+	i := slices.Index(e.Attempts, string(uid))
+	if i < 0 {
+		return false
+	}
+	newest := i == len(e.Attempts)-1
+	e.Attempts = slices.Delete(e.Attempts, i, i+1)
+	if e.Failures > 0 {
+		e.Failures--
+	}
+	if s.FailedClaimAttempts > 0 {
+		s.FailedClaimAttempts--
+	}
+	if newest {
+		e.LockedUntil = nil
+	}
+	if e.Failures == 0 && e.LockedUntil == nil {
+		RecordSuccess(s, deviceName)
+	}
 	return true
 }
 

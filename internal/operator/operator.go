@@ -84,6 +84,9 @@ func New(cfg Config) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Controllers.ManagerUsernames == nil {
+		cfg.Controllers.ManagerUsernames = cfg.Webhooks.ManagerUsernames
+	}
 	if err := controllers.Setup(context.Background(), mgr, cfg.Controllers); err != nil {
 		return nil, err
 	}

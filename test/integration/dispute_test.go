@@ -151,7 +151,7 @@ func TestStrangerRacingTheCustomerIsADispute(t *testing.T) {
 	if len(res) != 1 || res[0].Actor != "user:sam@support.example" || res[0].Reason != act.Spec.Reason || res[0].Tenant != customer.Name || res[0].Reference != "supportaction/"+act.Name {
 		t.Fatalf("resolution recorded as %+v", res)
 	}
-	if b := lastEntry(t, name, custodyv1alpha1.CustodyEventBound); b.Proof != claim.ProofSupportAward || b.ClaimUID != mine.UID {
+	if b := lastEntry(t, name, custodyv1alpha1.CustodyEventBound); b.Proof != claim.ProofSupportAward || b.ClaimUID != mine.UID || b.Actor != "user:sam@support.example" {
 		t.Fatalf("the awarded binding recorded as %+v", b)
 	}
 	assertChain(t, name)

@@ -14,10 +14,14 @@ import (
 
 // TestPhotographedLabelInCustody is the wholesaler problem: a device sold
 // to a custodian cannot be claimed with its code by anyone else, and the
-// answer is the one a wrong code or an unknown serial gets.
+// answer is the one a wrong code or an unknown serial gets. The history
+// says who did what: the ERP recorded the sale, the custodian's user (as
+// the API server authenticated her) took the device with it.
 func TestPhotographedLabelInCustody(t *testing.T) {
 	startManager(t)
-	wholesale, stranger := newTenant(t), newTenant(t)
+	clerk := uniq("clerk") + "@wholesale.example"
+	wholesale := newTenant(t, custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: clerk, Role: custodyv1alpha1.TenantRoleOperator})
+	stranger := newTenant(t)
 	rec := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
 	serial, model, name := rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Device.Name
 
@@ -37,7 +41,7 @@ func TestPhotographedLabelInCustody(t *testing.T) {
 
 	// The custodian takes the device with the sale record, and still no
 	// code works for anyone else.
-	take := waitPhase(t, proofClaim(t, admin, wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseBound)
+	take := waitPhase(t, proofClaim(t, userClient(t, clerk), wholesale.Status.Namespace, rec, saleRecordProof), custodyv1alpha1.ClaimPhaseBound)
 	again := waitPhase(t, claimWithCode(t, admin, stranger.Status.Namespace, serial, model, rec.Code.String()), custodyv1alpha1.ClaimPhaseDenied)
 	if readyReason(again) != custodyv1alpha1.ClaimReasonNotVerified || readyMessage(again) != readyMessage(unknown) {
 		t.Fatalf("while the custodian holds the device the code got %q: %q", readyReason(again), readyMessage(again))
@@ -50,7 +54,7 @@ func TestPhotographedLabelInCustody(t *testing.T) {
 	if len(sold) != 1 || sold[0].Actor != "erp:"+erpOwner || sold[0].Tenant != wholesale.Name || sold[0].Reference != d.Spec.Sale.OrderReference {
 		t.Fatalf("sale recorded as %+v", sold)
 	}
-	if len(bound) != 1 || bound[0].Proof != claim.ProofSaleRecord || bound[0].Actor != "erp:"+erpOwner || bound[0].Tenant != wholesale.Name {
+	if len(bound) != 1 || bound[0].Proof != claim.ProofSaleRecord || bound[0].Actor != "user:"+clerk || bound[0].Tenant != wholesale.Name {
 		t.Fatalf("custody recorded as %+v", bound)
 	}
 	// A sale record proves once.

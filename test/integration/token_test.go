@@ -143,7 +143,7 @@ func TestPairingTokenClaimsDevices(t *testing.T) {
 	if err != nil || cl.Status.Phase != custodyv1alpha1.ClaimPhaseBound || cl.Spec.PairingToken == nil || cl.Spec.PairingToken.SecretName != secret.Name {
 		t.Fatalf("no bound pairing-token Claim: %v %+v", err, cl.Spec)
 	}
-	if b := lastBound(t, rec.Device.Name); b.Proof != claim.ProofPairingToken || b.Actor != "device" || b.Tenant != acme.Name {
+	if b := lastBound(t, rec.Device.Name); b.Proof != claim.ProofPairingToken || b.Actor != "device:"+rec.Device.Name+" with the pairing token "+acme.Status.Namespace+"/"+secret.Name+" of tenant "+acme.Name || b.Tenant != acme.Name {
 		t.Fatalf("token claim recorded as %+v", b)
 	}
 	if got := usage(t, secret); got != 1 {
