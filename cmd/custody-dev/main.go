@@ -13,9 +13,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	uberzap "go.uber.org/zap"
@@ -42,6 +44,8 @@ func run() error {
 	verbose := flag.Bool("v", false, "Print the manager's logs here too (they always go to <data-dir>/logs/manager.log).")
 	gatewayAddr := flag.String("gateway-addr", "127.0.0.1:8443", "Where the device gateway listens (HTTPS).")
 	configFile := flag.String("config", "", "The manager's --config file (claim policy, per-model policies, notification endpoints).")
+	metricsAddr := flag.String("metrics-addr", "127.0.0.1:8080", "Where the manager serves metrics (HTTP).")
+	healthAddr := flag.String("health-addr", "127.0.0.1:8081", "Where the manager serves health probes (HTTP).")
 	flag.Parse()
 
 	dir, err := filepath.Abs(*dataDir)
@@ -56,6 +60,27 @@ func run() error {
 		return err
 	}
 	defer unlock()
+	// Fail fast, naming the port, rather than after starting everything.
+	for _, l := range []struct{ addr, flag, what string }{
+		{*gatewayAddr, "gateway-addr", "the device gateway"},
+		{*metricsAddr, "metrics-addr", "metrics"},
+		{*healthAddr, "health-addr", "health probes"},
+	} {
+		if err := checkFree(l.addr); err != nil {
+			return fmt.Errorf("%s (for %s) is in use by another program: stop it (find it with `ss -ltnp 'sport = :%s'`), or start custody-dev with --%s=127.0.0.1:<free port> (DEV_FLAGS='--%s=...' with make dev): %w",
+				l.addr, l.what, port(l.addr), l.flag, l.flag, err)
+		}
+	}
+	// A custody-dev killed hard (kill -9, out of memory) before this fix, or
+	// whose children missed the parent-death signal, may have left etcd
+	// and kube-apiserver running on this data directory.
+	ended, err := controlplane.EndLeftovers(dir)
+	if err != nil {
+		return err
+	}
+	if len(ended) > 0 {
+		fmt.Fprintf(os.Stderr, "custody-dev: ended %s, left running by an earlier custody-dev on %s that did not stop cleanly\n", strings.Join(ended, " and "), dir)
+	}
 	// cert-manager and client-go log through klog: keep them in a file.
 	cmLog, err := os.OpenFile( //nolint:gosec // a fixed name under the data directory the user chose
 		filepath.Join(dir, "logs", "cert-manager.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -123,8 +148,8 @@ func run() error {
 	mgr, err := operator.New(operator.Config{
 		RESTConfig:    cfg,
 		WebhookServer: cp.WebhookServer(),
-		MetricsAddr:   "127.0.0.1:8080",
-		HealthAddr:    "127.0.0.1:8081",
+		MetricsAddr:   *metricsAddr,
+		HealthAddr:    *healthAddr,
 		Controllers:   ctrlOpts,
 		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}},
 		Logger:        logger,
@@ -132,15 +157,28 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	mgrCtx, stopMgr := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	go func() { done <- mgr.Start(mgrCtx) }()
+	// However run returns, the manager (and the gateway, which stops with
+	// the same context) stops before the control plane: deferred calls
+	// run last-in first-out. A manager cut off mid-reconcile by a stopped
+	// API server would still converge on restart, but would log noise.
+	stopped := false
+	defer func() {
+		stopMgr()
+		if !stopped {
+			<-done
+		}
+	}()
 	select {
 	case <-mgr.Elected():
 	case err := <-done:
+		stopped = true
 		return err
 	}
 
-	gatewayURL, err := startGateway(ctx, cp, dir, *gatewayAddr, logger.WithName("gateway"), done)
+	gatewayURL, err := startGateway(mgrCtx, cp, dir, *gatewayAddr, logger.WithName("gateway"), done)
 	if err != nil {
 		return err
 	}
@@ -154,15 +192,33 @@ Custody is running. In another terminal:
 
 Devices reach the gateway at %s (CA: %s).
 Then follow the walk-through in README.md. Logs: %s.
-Metrics: http://127.0.0.1:8080/metrics. Press Ctrl-C to stop; state is kept in %s.
+Metrics: http://%s/metrics. Press Ctrl-C to stop; state is kept in %s.
 
-`, kubeconfigPath, gatewayURL, filepath.Join(dir, "gateway-ca.crt"), filepath.Join(dir, "logs"), dir)
+`, kubeconfigPath, gatewayURL, filepath.Join(dir, "gateway-ca.crt"), filepath.Join(dir, "logs"), *metricsAddr, dir)
 
 	err = <-done
+	stopped = true
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// checkFree reports an error if addr cannot be listened on.
+func checkFree(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+func port(addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return p
 }
 
 // lockDataDir takes an exclusive lock on dir so that two custody-dev

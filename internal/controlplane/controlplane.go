@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -73,6 +74,9 @@ type ControlPlane struct {
 	env  *envtest.Environment
 	cm   *certManager
 	temp string
+	logs []*os.File
+	// dataDir is Options.DataDir, where the children's pid files are.
+	dataDir string
 }
 
 // Start starts etcd and kube-apiserver, installs the CRDs and the webhook
@@ -133,22 +137,68 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		ErrorIfCRDPathMissing: true,
 		Scheme:                cp.Scheme,
 	}
+	etcd := &envtest.Etcd{}
+	apiServer := env.ControlPlane.GetAPIServer()
+	env.ControlPlane.Etcd = etcd
+	pidFile := func(string) string { return "" }
 	if opts.DataDir != "" {
 		// Only etcd's data persists: the API server's certificates (and so
 		// every kubeconfig) are made afresh on each start.
-		etcdDir := filepath.Join(opts.DataDir, "etcd")
-		if err := os.MkdirAll(etcdDir, 0o700); err != nil {
+		etcd.DataDir = filepath.Join(opts.DataDir, "etcd")
+		if err := os.MkdirAll(etcd.DataDir, 0o700); err != nil {
 			return cp, err
 		}
-		env.ControlPlane.Etcd = &envtest.Etcd{DataDir: etcdDir}
+		pidFile = func(name string) string { return pidFilePath(opts.DataDir, name) }
+		cp.dataDir = opts.DataDir
+		// An earlier run killed hard may have left its children running,
+		// holding etcd's data directory.
+		ended, err := EndLeftovers(opts.DataDir)
+		if err != nil {
+			return cp, err
+		}
+		if len(ended) > 0 {
+			log.Info("ended processes an earlier run left behind", "processes", ended)
+		}
+		// Their output goes to <data-dir>/logs, where a failed start can be
+		// read about.
+		logs := filepath.Join(opts.DataDir, "logs")
+		if err := os.MkdirAll(logs, 0o700); err != nil {
+			return cp, err
+		}
+		for _, out := range []struct {
+			name string
+			w    *io.Writer
+		}{{"etcd", &etcd.Out}, {"etcd", &etcd.Err}, {"kube-apiserver", &apiServer.Out}, {"kube-apiserver", &apiServer.Err}} {
+			f, err := os.OpenFile( //nolint:gosec // a fixed name under the data directory the caller chose
+				filepath.Join(logs, out.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+			if err != nil {
+				return cp, err
+			}
+			cp.logs = append(cp.logs, f)
+			*out.w = f
+		}
 	}
-	// Bind everything to loopback only.
-	env.ControlPlane.GetAPIServer().Address = "127.0.0.1"
-	env.ControlPlane.GetAPIServer().Configure().Set("bind-address", "127.0.0.1")
+	// Both children die with this process (see childSpec).
+	if etcd.Path, err = wrapChild(cp.temp, "etcd", filepath.Join(assets, "etcd"), pidFile("etcd")); err != nil {
+		return cp, err
+	}
+	if apiServer.Path, err = wrapChild(cp.temp, "kube-apiserver", filepath.Join(assets, "kube-apiserver"), pidFile("kube-apiserver")); err != nil {
+		return cp, err
+	}
+	// Bind everything to loopback only, and advertise loopback: without an
+	// explicit advertise address kube-apiserver derives one from the
+	// default route, and refuses to start on a machine without one (an
+	// offline laptop).
+	apiServer.Address = "127.0.0.1"
+	apiServer.Configure().Set("bind-address", "127.0.0.1")
+	apiServer.Configure().Set("advertise-address", "127.0.0.1")
 
 	cp.env = env
 	cp.Config, err = startEnv(env)
 	if err != nil {
+		if opts.DataDir != "" {
+			err = fmt.Errorf("%w (their output is in %s)", err, filepath.Join(opts.DataDir, "logs"))
+		}
 		return cp, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
 	}
 	cp.Client, err = client.New(cp.Config, client.Options{Scheme: cp.Scheme})
@@ -213,9 +263,20 @@ func (cp *ControlPlane) Stop() error {
 	}
 	var errs []error
 	if cp.env != nil {
-		errs = append(errs, cp.env.Stop())
+		err := cp.env.Stop()
+		if err == nil && cp.dataDir != "" {
+			// Stopped: nothing for the next start to end.
+			for _, name := range childNames {
+				_ = os.Remove(pidFilePath(cp.dataDir, name))
+			}
+		}
+		errs = append(errs, err)
 		cp.env = nil
 	}
+	for _, f := range cp.logs {
+		errs = append(errs, f.Close())
+	}
+	cp.logs = nil
 	if cp.temp != "" {
 		errs = append(errs, os.RemoveAll(cp.temp))
 		cp.temp = ""
