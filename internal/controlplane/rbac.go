@@ -9,6 +9,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	"github.com/custody-dev/custody/controllers"
 )
 
 // ManagerUsername is the identity the Custody manager runs as, here and in a
@@ -19,7 +21,7 @@ const ManagerUsername = "system:serviceaccount:custody-system:custody-manager"
 // here and in a cluster installed with its Helm chart (its ServiceAccount).
 // The Custody manager approves a tenant CA's CertificateRequest only if this
 // user created it.
-const CertManagerUsername = "system:serviceaccount:cert-manager:cert-manager"
+const CertManagerUsername = controllers.DefaultCertManagerUsername
 
 // certManagerRole grants cert-manager's in-process controllers what the
 // ClusterRoles of cert-manager's Helm chart grant its controller for the
