@@ -3,14 +3,18 @@ package controllers
 import (
 	"context"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,16 +32,19 @@ import (
 // ApproverReconciler is the only approver of CertificateRequests that target
 // a custody issuer: the root ClusterIssuer, the self-signed tenant-root
 // Issuer and the tenants' Issuers in the operator namespace. It approves a
-// request only if the manager made it (a tenant's root CA, requested from
-// the tenant-root Issuer through the Certificate the Tenant
-// controller owns; or a device certificate, requested by the enrollment
-// controller for a verified DeviceProof) and denies every other request to
-// those issuers.
+// request only if it is genuine (a tenant's root CA, requested by
+// cert-manager itself from the tenant-root Issuer for the Certificate the
+// Tenant controller owns, with the private key cert-manager holds for it; or
+// a device certificate, requested by the enrollment controller for a
+// verified DeviceProof) and denies every other request to those issuers.
 // Approved and Denied are final; a decided request is never looked at again.
 type ApproverReconciler struct {
-	Client   client.Client
-	Recorder events.EventRecorder
-	Options  Options
+	Client client.Client
+	// APIReader reads past the cache where a stale object would deny a
+	// genuine request for good.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Options   Options
 }
 
 // +kubebuilder:rbac:groups=cert-manager.io,resources=certificaterequests,verbs=get;list;watch
@@ -111,8 +118,8 @@ const (
 	ApproverReasonDenied   = "CustodyDenied"
 )
 
-// decide approves exactly the requests for tenant root CAs that the
-// Tenant controller's Certificate made, with the subject it set.
+// decide approves exactly the genuine requests for tenant CAs and for
+// device certificates; it denies every other request to custody issuers.
 func (r *ApproverReconciler) decide(ctx context.Context, cr *cmapi.CertificateRequest) (bool, string, string, error) {
 	deny := func(msg string) (bool, string, string, error) { return false, ApproverReasonDenied, msg, nil }
 	ref := cr.Spec.IssuerRef
@@ -126,33 +133,116 @@ func (r *ApproverReconciler) decide(ctx context.Context, cr *cmapi.CertificateRe
 	if !tenantRoot || cr.Namespace != r.Options.OperatorNamespace {
 		return deny("Only the Custody manager may request certificates from custody issuers.")
 	}
+	ok, msg, err := r.genuineTenantCARequest(ctx, cr)
+	if err != nil || !ok {
+		return false, ApproverReasonDenied, msg, err
+	}
+	return true, ApproverReasonApproved, msg, nil
+}
+
+// genuineTenantCARequest reports whether cr is the request cert-manager made
+// for a tenant's CA Certificate, judged only on facts a requester cannot
+// write: who created the request (spec.username, which cert-manager's
+// admission stamps from the authenticated user and keeps immutable) must be
+// cert-manager itself (Options.CertManagerUsernames), and the CSR's public
+// key must be the key cert-manager holds for that Certificate's issuance (the
+// Secret named by status.nextPrivateKeySecretName, owned by the Certificate;
+// cert-manager's keymanager creates it and its requestmanager signs the CSR
+// with it). The annotation and ownerReference a requester can copy only say
+// which Certificate to check against. The Certificate must be the CA
+// Certificate the Tenant controller made for an existing Tenant, with the
+// issuer the request names, and the CSR must ask for exactly the CA it
+// defined: isCA, the subject one CN it set, no SANs.
+// msg is the approval's message when ok, else the denial's. Everything is
+// read from the API server, not the cache: a stale Certificate status would
+// deny the genuine request for good.
+func (r *ApproverReconciler) genuineTenantCARequest(ctx context.Context, cr *cmapi.CertificateRequest) (ok bool, msg string, err error) {
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	if !slices.Contains(r.Options.CertManagerUsernames, cr.Spec.Username) {
+		return false, "The request was not created by cert-manager: only cert-manager may request a tenant CA, for the tenant's CA Certificate.", nil
+	}
+	notOurs := "The request does not belong to a tenant CA Certificate of the Custody manager."
 	certName := cr.Annotations[cmapi.CertificateNameKey]
+	if certName == "" {
+		return false, notOurs, nil
+	}
 	cert := &cmapi.Certificate{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: cr.Namespace, Name: certName}, cert); err != nil {
+	if err := reader.Get(ctx, client.ObjectKey{Namespace: cr.Namespace, Name: certName}, cert); err != nil {
 		if apierrors.IsNotFound(err) {
-			return deny("The request does not belong to a Certificate of the Custody manager.")
+			return false, notOurs, nil
 		}
-		return false, "", "", err
+		return false, "", err
 	}
 	tenantName := cert.Labels[custodyv1alpha1.LabelTenant]
-	if tenantName == "" || certName != TenantCAName(tenantName) || !ownedByController(cr, cert) {
-		return deny("The request does not belong to a tenant CA Certificate of the Custody manager.")
+	if tenantName == "" || cert.Labels[custodyv1alpha1.LabelManagedBy] != custodyv1alpha1.ManagedByValue || certName != TenantCAName(tenantName) ||
+		!ownedByController(cr, cert) || cert.Spec.IssuerRef != cr.Spec.IssuerRef {
+		return false, notOurs, nil
 	}
 	tenant := &custodyv1alpha1.Tenant{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Name: tenantName}, tenant); err != nil {
+	if err := reader.Get(ctx, client.ObjectKey{Name: tenantName}, tenant); err != nil {
 		if apierrors.IsNotFound(err) {
-			return deny("The tenant of this CA no longer exists.")
+			return false, "The tenant of this CA no longer exists.", nil
 		}
-		return false, "", "", err
+		return false, "", err
 	}
 	csr, err := parseCSR(cr.Spec.Request)
 	if err != nil {
-		return deny("The request does not hold a valid CSR.")
+		return false, "The request does not hold a valid CSR.", nil
 	}
-	if !cr.Spec.IsCA || csr.Subject.CommonName != cert.Spec.CommonName || len(csr.DNSNames)+len(csr.URIs)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
-		return deny("The request asks for something other than the tenant CA the manager defined.")
+	if !cr.Spec.IsCA || !cert.Spec.IsCA || !onlyCommonName(csr.RawSubject, cert.Spec.CommonName) || hasSAN(csr) {
+		return false, "The request asks for something other than the tenant CA the manager defined.", nil
 	}
-	return true, ApproverReasonApproved, fmt.Sprintf("Root CA for tenant %s, requested by the Custody manager.", tenantName), nil
+	wrongKey := "The request's public key is not the private key cert-manager holds for the tenant CA."
+	if cert.Status.NextPrivateKeySecretName == nil {
+		return false, wrongKey, nil
+	}
+	secret := &corev1.Secret{}
+	if err := reader.Get(ctx, client.ObjectKey{Namespace: cr.Namespace, Name: *cert.Status.NextPrivateKeySecretName}, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, wrongKey, nil
+		}
+		return false, "", err
+	}
+	if owner := metav1.GetControllerOf(secret); owner == nil || owner.UID != cert.UID || secret.Labels[cmapi.IsNextPrivateKeySecretLabelKey] != "true" {
+		return false, wrongKey, nil
+	}
+	key, err := pki.DecodePrivateKeyBytes(secret.Data[corev1.TLSPrivateKeyKey])
+	if err != nil || !protocol.SameKey(csr.PublicKey, key.Public()) {
+		return false, wrongKey, nil
+	}
+	return true, fmt.Sprintf("Root CA for tenant %s, requested by cert-manager (%s) for the tenant's CA Certificate, with the private key it holds for it.", tenantName, cr.Spec.Username), nil
+}
+
+// onlyCommonName reports whether a raw DER subject is exactly one RDN with
+// one commonName attribute equal to cn.
+func onlyCommonName(rawSubject []byte, cn string) bool {
+	var rdns pkix.RDNSequence
+	rest, err := asn1.Unmarshal(rawSubject, &rdns)
+	if err != nil || len(rest) > 0 || len(rdns) != 1 || len(rdns[0]) != 1 {
+		return false
+	}
+	atv := rdns[0][0]
+	value, isString := atv.Value.(string)
+	return atv.Type.Equal(oidCommonName) && isString && value == cn
+}
+
+var (
+	oidCommonName     = asn1.ObjectIdentifier{2, 5, 4, 3}
+	oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+)
+
+// hasSAN reports whether a CSR asks for any subject alternative name, in
+// any form, including those Go's parser does not expose.
+func hasSAN(csr *x509.CertificateRequest) bool {
+	for _, ext := range csr.Extensions {
+		if ext.Id.Equal(oidSubjectAltName) {
+			return true
+		}
+	}
+	return len(csr.DNSNames)+len(csr.URIs)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0
 }
 
 // errUndecided: the request cannot be decided yet.

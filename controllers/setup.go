@@ -30,6 +30,10 @@ type Options struct {
 	// intermediate CAs in earlier versions. Tenant CAs are now self-signed
 	// roots (TenantRootIssuerName); the approver denies every request to it.
 	RootIssuer string
+	// CertManagerUsernames are the users cert-manager's controllers run as:
+	// a tenant CA's CertificateRequest is approved only if one of them
+	// created it (spec.username, stamped by cert-manager's admission).
+	CertManagerUsernames []string
 	// Clock is injected so that lockouts are tested without sleeping.
 	Clock clock.PassiveClock
 	// ClaimPolicy is the default claim policy.
@@ -83,6 +87,9 @@ const (
 	DefaultPairingTTL          = 24 * time.Hour
 	DefaultProofRetention      = time.Hour
 	DefaultTransferTTL         = 7 * 24 * time.Hour
+	// DefaultCertManagerUsername is the ServiceAccount cert-manager's Helm
+	// chart runs its controller as.
+	DefaultCertManagerUsername = "system:serviceaccount:cert-manager:cert-manager"
 )
 
 func (o *Options) defaults() {
@@ -97,6 +104,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxConcurrentClaims == 0 {
 		o.MaxConcurrentClaims = 4
+	}
+	if len(o.CertManagerUsernames) == 0 {
+		o.CertManagerUsernames = []string{DefaultCertManagerUsername}
 	}
 	if o.TrustDomain == "" {
 		o.TrustDomain = DefaultTrustDomain
@@ -222,7 +232,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		{"notification", (&NotificationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts, HTTP: NotificationHTTPClient(opts.NotificationRoots)}).SetupWithManager},
 		{"pairingtoken", (&PairingTokenReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts}).SetupWithManager},
 		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
-		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 	}
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {

@@ -26,9 +26,11 @@ func main() {
 		leaderElect                                                                                                          bool
 		lockoutBase, certDuration, transferTTL                                                                               time.Duration
 	)
+	var certManagerUsers string
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")
 	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "Shared root ClusterIssuer of earlier versions: tenant CAs are now self-signed roots, and every request to it is denied.")
 	flag.StringVar(&managerUsers, "manager-usernames", "system:serviceaccount:custody-system:custody-manager", "Comma-separated users allowed to write Device bindings (the manager's ServiceAccount).")
+	flag.StringVar(&certManagerUsers, "cert-manager-usernames", controllers.DefaultCertManagerUsername, "Comma-separated users cert-manager's controller runs as: a tenant CA's CertificateRequest is approved only if one of them created it.")
 	flag.StringVar(&gatewayUsers, "gateway-usernames", "system:serviceaccount:custody-system:custody-gateway", "Comma-separated users of the gateway: on Devices they may record heartbeats only.")
 	flag.StringVar(&trustDomain, "trust-domain", controllers.DefaultTrustDomain, "SPIFFE trust domain of device identities.")
 	flag.DurationVar(&certDuration, "certificate-duration", controllers.DefaultCertificateDuration, "Default lifetime of device certificates (a Tenant may set its own).")
@@ -54,7 +56,7 @@ func main() {
 	policy := claim.DefaultPolicy
 	policy.MaxFailedAttempts = int32(maxAttempts)
 	policy.LockoutBase = lockoutBase
-	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, ClaimPolicy: policy,
+	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, CertManagerUsernames: strings.Split(certManagerUsers, ","), ClaimPolicy: policy,
 		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL}
 	if configFile != "" {
 		if err := operator.LoadConfig(configFile, &ctrlOpts); err != nil {

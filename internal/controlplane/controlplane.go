@@ -1,9 +1,10 @@
 // Package controlplane runs a real Kubernetes control plane for Custody's
 // integration tests and for custody-dev: kube-apiserver and etcd (built from
 // pinned Go modules, started through envtest), Custody's and cert-manager's
-// CRDs, Custody's admission webhook configuration, cert-manager's controllers
-// in-process (without the built-in approver), and a self-signed root
-// ClusterIssuer.
+// CRDs, Custody's admission webhook configuration, an emulation of
+// cert-manager's CertificateRequest admission (admission.go), cert-manager's
+// controllers in-process as cert-manager's own user (without the built-in
+// approver), and a self-signed root ClusterIssuer.
 //
 // It starts infrastructure only. It does not run the Custody manager; callers
 // start it against Config so that tests can stop and restart it.
@@ -71,10 +72,11 @@ type ControlPlane struct {
 	OperatorNamespace string
 	RootIssuer        string
 
-	env  *envtest.Environment
-	cm   *certManager
-	temp string
-	logs []*os.File
+	env       *envtest.Environment
+	cm        *certManager
+	admission *certManagerAdmission
+	temp      string
+	logs      []*os.File
 	// dataDir is Options.DataDir, where the children's pid files are.
 	dataDir string
 }
@@ -213,15 +215,15 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		return cp, fmt.Errorf("installing RBAC: %w", err)
 	}
 
-	// cert-manager runs as its own user, as it would in a cluster.
-	cmUser, err := env.AddUser(envtest.User{
-		Name:   "system:serviceaccount:cert-manager:cert-manager",
-		Groups: []string{"system:masters"},
-	}, nil)
+	// cert-manager's admission, as its webhook enforces it in a cluster.
+	cp.admission, err = cp.startCertManagerAdmission(ctx, env.WebhookInstallOptions.LocalServingCertDir, env.WebhookInstallOptions.LocalServingCAData)
 	if err != nil {
 		return cp, err
 	}
-	kubeconfig, err := cmUser.KubeConfig()
+
+	// cert-manager runs as its own user, with the permissions its Helm
+	// chart grants its controller, as it would in a cluster.
+	kubeconfig, err := cp.Kubeconfig(CertManagerUsername, "system:serviceaccounts", "system:serviceaccounts:cert-manager", "system:authenticated")
 	if err != nil {
 		return cp, err
 	}
@@ -251,7 +253,7 @@ func startEnv(env *envtest.Environment) (cfg *rest.Config, err error) {
 	return env.Start()
 }
 
-// Stop stops cert-manager, then kube-apiserver and etcd. Persistent data
+// Stop stops cert-manager and the admission emulation, then kube-apiserver and etcd. Persistent data
 // in Options.DataDir is kept.
 func (cp *ControlPlane) Stop() error {
 	if cp == nil {
@@ -260,6 +262,10 @@ func (cp *ControlPlane) Stop() error {
 	if cp.cm != nil {
 		cp.cm.stop()
 		cp.cm = nil
+	}
+	if cp.admission != nil {
+		cp.admission.stop()
+		cp.admission = nil
 	}
 	var errs []error
 	if cp.env != nil {

@@ -9,18 +9,47 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	"github.com/custody-dev/custody/controllers"
 )
 
 // ManagerUsername is the identity the Custody manager runs as, here and in a
 // cluster (its ServiceAccount).
 const ManagerUsername = "system:serviceaccount:custody-system:custody-manager"
 
+// CertManagerUsername is the identity cert-manager's controllers run as,
+// here and in a cluster installed with its Helm chart (its ServiceAccount).
+// The Custody manager approves a tenant CA's CertificateRequest only if this
+// user created it.
+const CertManagerUsername = controllers.DefaultCertManagerUsername
+
+// certManagerRole grants cert-manager's in-process controllers what the
+// ClusterRoles of cert-manager's Helm chart grant its controller for the
+// controllers run here (issuers, clusterissuers, certificates, and the
+// create/delete of the ingress-shim role the certificates controllers use).
+// It does not grant `approve` on signers: cert-manager's built-in approver
+// does not run here.
+var certManagerRole = &rbacv1.ClusterRole{
+	ObjectMeta: metav1.ObjectMeta{Name: "cert-manager-controller"},
+	Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"issuers", "issuers/status", "clusterissuers", "clusterissuers/status", "certificates", "certificates/status", "certificaterequests", "certificaterequests/status"}, Verbs: []string{"update", "patch"}},
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"issuers", "clusterissuers", "certificates", "certificaterequests"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificates", "certificaterequests"}, Verbs: []string{"create", "delete"}},
+		{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificates/finalizers", "certificaterequests/finalizers"}, Verbs: []string{"update"}},
+		{APIGroups: []string{"acme.cert-manager.io"}, Resources: []string{"orders"}, Verbs: []string{"create", "delete", "get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	},
+}
+
 // GatewayUsername is the identity the Custody gateway runs as.
 const GatewayUsername = "system:serviceaccount:custody-system:custody-gateway"
 
 // installRBAC creates the ClusterRoles shipped in config/rbac and binds the
 // manager's ClusterRole to ManagerUsername, so that the manager runs with
-// exactly the permissions it would have in a cluster.
+// exactly the permissions it would have in a cluster; likewise for the
+// gateway, and for cert-manager (certManagerRole).
 func (cp *ControlPlane) installRBAC(ctx context.Context) error {
 	var objs []client.Object
 	err := eachDocument("rbac", func(doc []byte) error {
@@ -67,6 +96,11 @@ func (cp *ControlPlane) installRBAC(ctx context.Context) error {
 			})
 		}
 	}
+	objs = append(objs, certManagerRole.DeepCopy(), &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: certManagerRole.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: certManagerRole.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: CertManagerUsername}},
+	})
 	for _, o := range objs {
 		if err := cp.Client.Create(ctx, o); apierrors.IsAlreadyExists(err) {
 			existing := o.DeepCopyObject().(client.Object)
