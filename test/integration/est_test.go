@@ -14,6 +14,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -459,4 +462,67 @@ func mustBundle(t testing.TB, tn *custodyv1alpha1.Tenant) []*x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs
+}
+
+// TestThirdPartyESTCLIRenews runs the third-party EST command-line client
+// (github.com/globalsign/est/cmd/estclient, pinned in
+// hack/tools/estclient/go.mod) as an operator would: cacerts under the
+// tenant's label without a client certificate, then reenroll with the
+// device's certificate and key, letting the client build the CSR from the
+// certificate.
+func TestThirdPartyESTCLIRenews(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "estclient")
+	build := exec.Command("go", "build", "-o", bin, "github.com/globalsign/est/cmd/estclient")
+	build.Dir = filepath.Join("..", "..", "hack", "tools", "estclient")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the pinned estclient: %v\n%s", err, out)
+	}
+	startManager(t)
+	g := startGateway(t)
+	tn := newTenant(t)
+	d := newESTDevice(t, g, tn)
+	server := strings.TrimPrefix(g.URL, "https://")
+	anchor := writeTemp(t, "anchor.pem", string(pemCert(g.srv.Certificate().Raw)))
+	certFile := writeTemp(t, "device.pem", string(pemCert(d.leaf.Raw)))
+	keyFile := writeTemp(t, "device.key", string(d.rec.PrivateKeyPEM))
+
+	run := func(args ...string) []byte {
+		t.Helper()
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("estclient %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	cacerts := filepath.Join(dir, "cacerts.pem")
+	run("cacerts", "-server", server, "-aps", tn.Name, "-explicit", anchor, "-out", cacerts)
+	got, err := os.ReadFile(cacerts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotCerts, err := protocol.ParseCertificatesPEM(got)
+	if err != nil || !bytes.Equal(gotCerts[0].Raw, mustBundle(t, tn)[0].Raw) {
+		t.Fatalf("estclient cacerts wrote %s (%v), not the tenant's bundle", got, err)
+	}
+
+	renewed := filepath.Join(dir, "renewed.pem")
+	for i := 0; ; i++ {
+		out, err := exec.Command(bin, "reenroll", "-server", server, "-aps", tn.Name, "-explicit", anchor, "-certs", certFile, "-key", keyFile, "-out", renewed).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if i > 20 || !contains(string(out), "202") {
+			t.Fatalf("estclient reenroll: %v\n%s", err, out)
+		}
+	}
+	pemData, err := os.ReadFile(renewed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := protocol.ParseCertificatesPEM(pemData)
+	if err != nil {
+		t.Fatalf("estclient reenroll wrote %s: %v", pemData, err)
+	}
+	assertIssuedFor(t, certs[0], d)
 }
