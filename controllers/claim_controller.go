@@ -257,7 +257,7 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		}
 		dev := in.Device
 		before := dev.DeepCopy()
-		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID, BoundAt: boundAt(in.Now)}
 		dev.Spec.PendingClaim = nil
 		if d.ConsumeCode {
 			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier))
@@ -277,7 +277,7 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		dev := in.Device
 		before := dev.DeepCopy()
 		from := dev.Spec.ClaimRef.Tenant
-		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID, BoundAt: boundAt(in.Now)}
 		// The resourceVersion makes the move one step: the offering Claim
 		// held the device in the version read, and nobody wrote since.
 		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
@@ -288,7 +288,7 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 	case claim.ActionReattach:
 		dev := in.Device
 		before := dev.DeepCopy()
-		dev.Spec.ClaimRef.Name, dev.Spec.ClaimRef.UID = c.Name, c.UID
+		dev.Spec.ClaimRef.Name, dev.Spec.ClaimRef.UID, dev.Spec.ClaimRef.BoundAt = c.Name, c.UID, boundAt(in.Now)
 		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 			return err
 		}
@@ -802,4 +802,11 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentClaims}).
 		Named("claim").
 		Complete(r)
+}
+
+// boundAt is the start of a new binding, written with every new claimRef:
+// only certificates issued from then on are accepted (AcceptCertificate).
+func boundAt(now time.Time) *metav1.Time {
+	t := metav1.NewTime(now)
+	return &t
 }

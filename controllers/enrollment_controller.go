@@ -168,13 +168,18 @@ func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.De
 		}
 	case custodyv1alpha1.DeviceProofRenew:
 		certs, err := protocol.ParseCertificatesPEM([]byte(p.Spec.ClientCertificate))
-		if err != nil || !CurrentCertificate(dev, protocol.CertFingerprint(certs[0].Raw)) {
+		if err != nil {
 			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding.")
 			return nil, nil, nil
 		}
-		ref := dev.Spec.ClaimRef
-		if err := protocol.CheckCertificateIdentity(certs[0].Raw, protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)); err != nil {
-			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented does not carry exactly the device's identity: "+err.Error()+".")
+		var anchors []*x509.Certificate
+		if ref := dev.Spec.ClaimRef; ref != nil {
+			if anchors, err = TenantTrustAnchors(ctx, r.APIReader, ref.Namespace); err != nil && !apierrors.IsNotFound(err) && !errors.Is(err, ErrNoTrustBundle) {
+				return nil, nil, err
+			}
+		}
+		if v := AcceptCertificate(dev, r.Options.TrustDomain, certs[0], anchors, r.Options.Clock.Now()); v != CertificateAccepted {
+			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding ("+string(v)+").")
 			return nil, nil, nil
 		}
 		if !protocol.SameKey(csr.PublicKey, certs[0].PublicKey) {
@@ -188,9 +193,9 @@ func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.De
 	return dev, csr, nil
 }
 
-// CurrentCertificate reports whether fingerprint is a certificate the
-// manager issued under the device's current binding. The manager (renewal)
-// and the gateway (every mutual-TLS request) both decide cut-off with it.
+// CurrentCertificate reports whether fingerprint is listed on the Device as
+// a certificate the manager issued under the device's current binding: one
+// of the ways AcceptCertificate finds a certificate of the binding.
 func CurrentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
 	ref := dev.Spec.ClaimRef
 	if ref == nil || dev.Spec.Decommissioned {

@@ -94,7 +94,11 @@ func (r *SupportActionReconciler) apply(ctx context.Context, a *custodyv1alpha1.
 		if ref := dev.Spec.ClaimRef; ref != nil && ref.UID != c.UID {
 			rec.FromTenant = ref.Tenant
 		}
-		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		since := boundAt(r.Options.Clock.Now())
+		if ref := dev.Spec.ClaimRef; ref != nil && ref.UID == c.UID {
+			since = ref.BoundAt // awarded to the Claim already bound: the binding goes on
+		}
+		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID, BoundAt: since}
 		rec.Tenant, rec.Claim, rec.ClaimUID, rec.Proof = tenant, c.Namespace+"/"+c.Name, c.UID, "Award"
 		msg = fmt.Sprintf("Awarded to tenant %s (Claim %s/%s).", tenant, c.Namespace, c.Name)
 	case custodyv1alpha1.SupportActionReset:

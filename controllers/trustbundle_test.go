@@ -13,7 +13,7 @@ import (
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
-func testCA(t *testing.T, cn string, isCA bool, notAfter time.Time) *x509.Certificate {
+func trustBundleCA(t *testing.T, cn string, isCA bool, notAfter time.Time) *x509.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -37,13 +37,13 @@ func TestNextTrustBundle(t *testing.T) {
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 	keep := 24 * time.Hour
 	year := now.Add(365 * 24 * time.Hour)
-	current := testCA(t, "Custody tenant acme CA", true, year)
-	old := testCA(t, "Custody tenant acme CA", true, year)   // the intermediate of an earlier version
-	older := testCA(t, "Custody tenant acme CA", true, year) // replaced before
-	expiring := testCA(t, "Custody tenant acme CA", true, now.Add(time.Hour))
-	sharedRoot := testCA(t, "Custody root CA", true, year)           // never carried over
-	otherTenant := testCA(t, "Custody tenant globex CA", true, year) // never carried over
-	notCA := testCA(t, "Custody tenant acme CA", false, year)
+	current := trustBundleCA(t, "Custody tenant acme CA", true, year)
+	old := trustBundleCA(t, "Custody tenant acme CA", true, year)   // the intermediate of an earlier version
+	older := trustBundleCA(t, "Custody tenant acme CA", true, year) // replaced before
+	expiring := trustBundleCA(t, "Custody tenant acme CA", true, now.Add(time.Hour))
+	sharedRoot := trustBundleCA(t, "Custody root CA", true, year)           // never carried over
+	otherTenant := trustBundleCA(t, "Custody tenant globex CA", true, year) // never carried over
+	notCA := trustBundleCA(t, "Custody tenant acme CA", false, year)
 	fp := func(c *x509.Certificate) string { return protocol.CertFingerprint(c.Raw) }
 
 	for name, tc := range map[string]struct {

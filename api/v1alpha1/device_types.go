@@ -108,6 +108,17 @@ type DeviceClaimReference struct {
 	// mistaken for the bound one.
 	// +required
 	UID types.UID `json:"uid"`
+
+	// boundAt is when this binding began, on the manager's clock: set by
+	// the manager whenever it writes claimRef for a new binding (bind,
+	// transfer, award, reattach), unset in pendingClaim and dispute. A
+	// client certificate is accepted for renewal and at the gateway only if
+	// it was issued (notBefore, to the second) at or after boundAt, so a
+	// certificate of an earlier binding is never revived by a later one.
+	// A binding written before this field existed has none: then only the
+	// certificates listed in status.certificates are accepted.
+	// +optional
+	BoundAt *metav1.Time `json:"boundAt,omitempty"`
 }
 
 // DeviceSpec is the manufacturer's record of one physical device.
@@ -366,9 +377,9 @@ type CustodyRecord struct {
 
 // DeviceCertificate summarises one certificate issued to the device.
 type DeviceCertificate struct {
-	// fingerprint is "sha256:<hex>" of the certificate's DER. The gateway
-	// accepts a client certificate only if its fingerprint is listed here for
-	// the device's current binding.
+	// fingerprint is "sha256:<hex>" of the certificate's DER. A certificate
+	// listed here for the device's current binding is accepted at the
+	// gateway; so is any other of this binding (see claimRef.boundAt).
 	// +required
 	// +kubebuilder:validation:MaxLength=71
 	Fingerprint string `json:"fingerprint"`

@@ -24,6 +24,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -34,7 +35,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
@@ -127,9 +127,13 @@ func New(opts Options) (*Gateway, error) {
 	g.handle("GET "+protocol.PathEnrollments+"{ticket}", "enrollment", g.enrollment)
 	g.handle("POST "+protocol.PathPossession, "possession", g.possession)
 	g.handle("POST "+protocol.PathHeartbeat, "heartbeat", g.heartbeat)
-	g.handle("GET "+protocol.PathESTCACerts, "est-cacerts", g.estCACerts)
-	g.handle("POST "+protocol.PathESTSimpleEnroll, "est-simpleenroll", g.estReenroll)
-	g.handle("POST "+protocol.PathESTSimpleReenroll, "est-simplereenroll", g.estReenroll)
+	// EST (RFC 7030), without a label and under the tenant's name as label.
+	for _, label := range []string{"", "{label}"} {
+		g.handle("GET "+estPattern(label, "cacerts"), "est-cacerts", g.estCACerts)
+		g.handle("GET "+estPattern(label, "csrattrs"), "est-csrattrs", g.estCSRAttrs)
+		g.handle("POST "+estPattern(label, "simpleenroll"), "est-simpleenroll", g.estReenroll)
+		g.handle("POST "+estPattern(label, "simplereenroll"), "est-simplereenroll", g.estReenroll)
+	}
 	return g, nil
 }
 
@@ -141,7 +145,9 @@ type response struct {
 	status      int
 	body        []byte
 	contentType string
-	retryAfter  int
+	// transferEncoding is sent as Content-Transfer-Encoding (EST bodies).
+	transferEncoding string
+	retryAfter       int
 	// outcome is a short word for the log and metrics (never a secret).
 	outcome string
 	device  string
@@ -165,6 +171,9 @@ func (g *Gateway) handle(pattern, name string, h handlerFunc) {
 		}
 		w.Header().Set("Content-Type", resp.contentType)
 		w.Header().Set("Cache-Control", "no-store")
+		if resp.transferEncoding != "" {
+			w.Header().Set("Content-Transfer-Encoding", resp.transferEncoding)
+		}
 		if resp.retryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(resp.retryAfter))
 		}
@@ -470,8 +479,8 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 }
 
 // authenticate accepts a client certificate only if it is a current
-// certificate of a device bound to the tenant it names: issued by that
-// tenant's CA, and listed on the Device for the current binding. The Device
+// certificate of a device bound to the tenant it names: see
+// acceptCertificate. The Device
 // is read from the API server on every request, so a release, transfer or
 // decommission cuts the device off at its next request.
 func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1alpha1.Device, *x509.Certificate, []*x509.Certificate, response, bool) {
@@ -502,28 +511,31 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 		return nil, nil, nil, unavailable(), false
 	}
 	ref := dev.Spec.ClaimRef
-	if ref == nil || ref.Tenant != tenant || claimed != protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber) ||
-		!controllers.CurrentCertificate(dev, protocol.CertFingerprint(leaf.Raw)) {
+	if ref == nil || ref.Tenant != tenant {
 		refused.device = dev.Name
 		return nil, nil, nil, refused, false
 	}
-	bundle := &corev1.ConfigMap{}
-	if err := g.opts.Client.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: controllers.TrustBundleName}, bundle); err != nil {
-		return nil, nil, nil, unavailable(), false
-	}
-	cas, err := protocol.ParseCertificatesPEM([]byte(bundle.Data[controllers.TrustBundleKey]))
-	if err != nil {
-		return nil, nil, nil, unavailable(), false
-	}
-	roots := x509.NewCertPool()
-	for _, c := range cas {
-		roots.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: g.opts.Clock.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		refused.device = dev.Name
-		return nil, nil, nil, refused, false
+	cas, resp, ok := g.acceptCertificate(ctx, dev, leaf)
+	if !ok {
+		return nil, nil, nil, resp, false
 	}
 	return dev, leaf, cas, response{}, true
+}
+
+// acceptCertificate applies the certificate-acceptance rule
+// (controllers.AcceptCertificate) to leaf, presented for bound device dev,
+// against the tenant's published CA bundle, which it returns.
+func (g *Gateway) acceptCertificate(ctx context.Context, dev *custodyv1alpha1.Device, leaf *x509.Certificate) ([]*x509.Certificate, response, bool) {
+	cas, err := controllers.TenantTrustAnchors(ctx, g.opts.Client, dev.Spec.ClaimRef.Namespace)
+	if err != nil {
+		return nil, unavailable(), false
+	}
+	if v := controllers.AcceptCertificate(dev, g.opts.TrustDomain, leaf, cas, g.opts.Clock.Now()); v != controllers.CertificateAccepted {
+		refused := errorResponse(http.StatusForbidden, protocol.ErrCertificateRefused, "The client certificate is not a current certificate of a bound device.")
+		refused.outcome, refused.device = "refused-"+string(v), dev.Name
+		return nil, refused, false
+	}
+	return cas, response{}, true
 }
 
 // ParseHeartbeat parses a heartbeat.
@@ -571,41 +583,124 @@ func (g *Gateway) heartbeat(r *http.Request, body []byte) response {
 	return response{status: http.StatusNoContent, outcome: "recorded", device: dev.Name}
 }
 
-// estCACerts returns the device's tenant CA as certs-only PKCS#7.
+// estPattern is the ServeMux pattern of EST operation op under label ("":
+// none).
+func estPattern(label, op string) string {
+	if label == "" {
+		return "/.well-known/est/" + op
+	}
+	return protocol.ESTPath(label, op)
+}
+
+// estOK is a 200 EST answer: base64 DER with Content-Transfer-Encoding.
+func estOK(der []byte, contentType, outcome, device string) response {
+	return response{status: http.StatusOK, body: est.EncodeBase64(der), contentType: contentType, transferEncoding: est.TransferEncodingBase64,
+		outcome: outcome, device: device}
+}
+
+// noCACerts is the one answer to a cacerts request that names no tenant
+// with a published CA: an unknown or malformed label, a tenant that is not
+// ready or being deleted, or no label and no client certificate.
+func noCACerts() response {
+	return errorResponse(http.StatusNotFound, protocol.ErrNotFound,
+		"No CA certificates are published under this EST label. The label is the tenant's name: /.well-known/est/<tenant>/cacerts.")
+}
+
+// estCACerts returns a tenant's CA bundle as certs-only PKCS#7. Under a
+// label (the tenant's name) it needs no client certificate (RFC 7030
+// §4.1.1): a CA certificate is public, and tenant names are not secret (each
+// device certificate and its tenant CA's subject carry one). Every label
+// that names no ready tenant gets the same 404. Without a label the device's
+// client certificate selects its tenant; without either there is nothing
+// to return (there is no CA common to all tenants), and the answer is that
+// same 404.
 func (g *Gateway) estCACerts(r *http.Request, _ []byte) response {
-	dev, _, cas, resp, ok := g.authenticate(r.Context(), r)
-	if !ok {
-		return resp
+	label := r.PathValue("label")
+	if label == "" {
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			return noCACerts()
+		}
+		dev, _, cas, resp, ok := g.authenticate(r.Context(), r)
+		if !ok {
+			return resp
+		}
+		der, err := est.EncodeCertsOnly(cas)
+		if err != nil {
+			return unavailable()
+		}
+		return estOK(der, est.ContentTypeCertsOnly, "cacerts", dev.Name)
+	}
+	if !protocol.ValidPairingTokenTenant(label) {
+		return noCACerts()
+	}
+	tn := &custodyv1alpha1.Tenant{}
+	if err := g.opts.Client.Get(r.Context(), client.ObjectKey{Name: label}, tn); err != nil {
+		if apierrors.IsNotFound(err) {
+			return noCACerts()
+		}
+		return unavailable()
+	}
+	if !tn.DeletionTimestamp.IsZero() {
+		return noCACerts()
+	}
+	cas, err := controllers.TenantTrustAnchors(r.Context(), g.opts.Client, tn.TargetNamespace())
+	switch {
+	case apierrors.IsNotFound(err) || errors.Is(err, controllers.ErrNoTrustBundle):
+		return noCACerts()
+	case err != nil:
+		return unavailable()
 	}
 	der, err := est.EncodeCertsOnly(cas)
 	if err != nil {
 		return unavailable()
 	}
-	return response{status: http.StatusOK, body: est.EncodeBase64(der), contentType: est.ContentTypeCertsOnly, outcome: "cacerts", device: dev.Name}
+	return estOK(der, est.ContentTypeCertsOnly, "cacerts", "")
 }
 
-// ParseESTCSR parses an EST enrollment body: a base64 DER PKCS#10.
+// estCSRAttrs tells an EST client what its CSR must hold (RFC 7030 §4.5):
+// the same answer for everyone, with or without a label or a certificate.
+func (g *Gateway) estCSRAttrs(_ *http.Request, _ []byte) response {
+	der, err := est.EncodeCSRAttrs()
+	if err != nil {
+		return unavailable()
+	}
+	return estOK(der, est.ContentTypeCSRAttrs, "csrattrs", "")
+}
+
+// ParseESTCSR parses an EST enrollment body: a base64 DER PKCS#10. The body
+// is base64 whatever Content-Transfer-Encoding says, or if it is absent
+// (RFC 8951 §3).
 func ParseESTCSR(body []byte) (*x509.CertificateRequest, error) {
 	der, err := est.DecodeBase64(body)
 	if err != nil {
-		return nil, errors.New("the body must be a base64 DER PKCS#10 CSR")
+		return nil, errors.New("the body must be a base64 DER PKCS#10 CSR (RFC 7030, RFC 8951)")
 	}
 	return protocol.ParseCSRDER(der)
 }
 
 // estReenroll renews the certificate the device authenticated with, for a
-// CSR of the same key and identity. Retries of the same request are
-// idempotent; a pending one answers 202 with Retry-After (RFC 7030 §4.2.3).
+// CSR of the same key and identity. Under a label, the label must be the
+// device's tenant. Retries of the same request are idempotent; a pending one
+// answers 202 with Retry-After (RFC 7030 §4.2.3).
 func (g *Gateway) estReenroll(r *http.Request, body []byte) response {
 	dev, leaf, _, resp, ok := g.authenticate(r.Context(), r)
 	if !ok {
 		return resp
 	}
+	ref := dev.Spec.ClaimRef
+	if label := r.PathValue("label"); label != "" && label != ref.Tenant {
+		refused := errorResponse(http.StatusForbidden, protocol.ErrCertificateRefused, "The client certificate is not a current certificate of a bound device.")
+		refused.device = dev.Name
+		return refused
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != est.ContentTypePKCS10 {
+		return errorResponse(http.StatusUnsupportedMediaType, protocol.ErrUnsupportedMediaType, "An EST enrollment is a base64 DER PKCS#10 CSR with Content-Type application/pkcs10.")
+	}
 	csr, err := ParseESTCSR(body)
 	if err != nil {
 		return badRequest(err.Error())
 	}
-	ref := dev.Spec.ClaimRef
+	ref = dev.Spec.ClaimRef
 	if !protocol.SameKey(csr.PublicKey, leaf.PublicKey) {
 		return errorResponse(http.StatusBadRequest, protocol.ErrIdentityMismatch, "A renewal keeps the certificate's key and identity; enroll with a fresh challenge to change keys.")
 	}
@@ -638,5 +733,5 @@ func (g *Gateway) estReenroll(r *http.Request, body []byte) response {
 	if err != nil {
 		return unavailable()
 	}
-	return response{status: http.StatusOK, body: est.EncodeBase64(der), contentType: est.ContentTypeCertsOnly, outcome: "issued", device: dev.Name}
+	return estOK(der, est.ContentTypeCertsOnly, "issued", dev.Name)
 }

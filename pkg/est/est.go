@@ -17,6 +17,44 @@ const ContentTypeCertsOnly = "application/pkcs7-mime; smime-type=certs-only"
 // ContentTypePKCS10 is the media type of EST enrollment requests.
 const ContentTypePKCS10 = "application/pkcs10"
 
+// ContentTypeCSRAttrs is the media type of the EST csrattrs response.
+const ContentTypeCSRAttrs = "application/csrattrs"
+
+// TransferEncodingBase64 is the Content-Transfer-Encoding of every EST body
+// (RFC 7030 §4). RFC 8951 makes base64 the only encoding and the header
+// optional; clients in the field still check it on responses, so responses
+// carry it, and requests are read as base64 whatever it says.
+const TransferEncodingBase64 = "base64"
+
+// Object identifiers of the CSR attributes Custody asks for.
+var (
+	oidECDSAWithSHA256  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+	oidECPublicKey      = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
+	oidP256             = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
+	oidSubjectAltName   = asn1.ObjectIdentifier{2, 5, 29, 17}
+	oidCommonName       = asn1.ObjectIdentifier{2, 5, 4, 3}
+)
+
+// attribute is an Attribute of a CsrAttrs (RFC 7030 §4.5.2).
+type attribute struct {
+	Type   asn1.ObjectIdentifier
+	Values []asn1.ObjectIdentifier `asn1:"set"`
+}
+
+// EncodeCSRAttrs returns the DER CsrAttrs (RFC 7030 §4.5.2) describing the
+// CSR the gateway accepts: an ECDSA P-256 key signed with SHA-256 (Ed25519
+// is accepted too), a subject common name (the serial number) and a
+// subjectAltName extension (the device's SPIFFE ID), nothing else.
+func EncodeCSRAttrs() ([]byte, error) {
+	return asn1.Marshal([]any{
+		oidECDSAWithSHA256,
+		attribute{Type: oidECPublicKey, Values: []asn1.ObjectIdentifier{oidP256}},
+		oidCommonName,
+		attribute{Type: oidExtensionRequest, Values: []asn1.ObjectIdentifier{oidSubjectAltName}},
+	})
+}
+
 var (
 	oidSignedData = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 2}
 	oidData       = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"math/big"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	globalsign "github.com/globalsign/est"
 )
 
 func selfSigned(t testing.TB, cn string) *x509.Certificate {
@@ -91,4 +94,27 @@ func FuzzDecodeCertsOnly(f *testing.F) {
 			t.Fatal("accepted a bundle without certificates")
 		}
 	})
+}
+
+// TestCSRAttrs: the CsrAttrs is DER a third-party EST client parses, and
+// names the key, signature, subject and SAN the gateway's identity check
+// wants.
+func TestCSRAttrs(t *testing.T) {
+	der, err := EncodeCSRAttrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attrs globalsign.CSRAttrs
+	if err := attrs.Unmarshal(der); err != nil {
+		t.Fatalf("github.com/globalsign/est cannot parse it: %v", err)
+	}
+	if len(attrs.OIDs) != 2 || !attrs.OIDs[0].Equal(oidECDSAWithSHA256) || !attrs.OIDs[1].Equal(oidCommonName) {
+		t.Fatalf("OIDs %v", attrs.OIDs)
+	}
+	if len(attrs.Attributes) != 2 || !attrs.Attributes[0].Type.Equal(oidECPublicKey) || !attrs.Attributes[1].Type.Equal(oidExtensionRequest) {
+		t.Fatalf("attributes %+v", attrs.Attributes)
+	}
+	if v, ok := attrs.Attributes[1].Values[0].(asn1.ObjectIdentifier); !ok || !v.Equal(oidSubjectAltName) {
+		t.Fatalf("extensionRequest asks for %v, want subjectAltName", attrs.Attributes[1].Values)
+	}
 }

@@ -31,11 +31,18 @@ const (
 	PathEnrollments = "/v1/enrollments/" // + ticket
 	PathPossession  = "/v1/possession"
 	PathHeartbeat   = "/v1/heartbeat"
-	// EST (RFC 7030) paths; they need the device's current certificate.
+	// EST (RFC 7030) paths. Renewal needs the device's current certificate;
+	// cacerts and csrattrs do not when asked under a label (ESTPath).
 	PathESTCACerts        = "/.well-known/est/cacerts"
+	PathESTCSRAttrs       = "/.well-known/est/csrattrs"
 	PathESTSimpleEnroll   = "/.well-known/est/simpleenroll"
 	PathESTSimpleReenroll = "/.well-known/est/simplereenroll"
 )
+
+// ESTPath is the path of EST operation op ("cacerts", "csrattrs",
+// "simpleenroll", "simplereenroll") under label (RFC 7030 §3.2.2): the
+// name of the device's tenant, whose CA bundle cacerts returns.
+func ESTPath(label, op string) string { return "/.well-known/est/" + label + "/" + op }
 
 // MaxBodyBytes is the largest request body the gateway reads.
 const MaxBodyBytes = 16 << 10
@@ -132,6 +139,12 @@ const (
 	ErrRateLimited = "RateLimited"
 	// ErrUnavailable (503): a transient error; retry.
 	ErrUnavailable = "Unavailable"
+	// ErrNotFound (404): no EST CA certificates under this label; the same
+	// answer whether or not a tenant of that name exists.
+	ErrNotFound = "NotFound"
+	// ErrUnsupportedMediaType (415): an EST request's Content-Type is not
+	// application/pkcs10.
+	ErrUnsupportedMediaType = "UnsupportedMediaType"
 )
 
 // DeviceName is the name of the Device resource for a model and serial
