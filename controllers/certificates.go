@@ -58,9 +58,9 @@ const (
 // transfer and decommission cut every earlier certificate off, including
 // after a round trip back to the same tenant.
 //
-// The chain is checked as of notBefore rather than now so that a clock behind
-// cert-manager's (the manager's injected clock) does not refuse a certificate
-// as not yet valid; expiry is checked against now.
+// The chain is checked as of now, or as of notBefore when now is earlier, so
+// that a clock behind cert-manager's (the manager's injected clock) does not
+// refuse a certificate as not yet valid; expiry is checked against now.
 func AcceptCertificate(dev *custodyv1alpha1.Device, trustDomain string, leaf *x509.Certificate, anchors []*x509.Certificate, now time.Time) CertificateVerdict {
 	ref := dev.Spec.ClaimRef
 	if ref == nil || dev.Spec.Decommissioned {
@@ -73,7 +73,11 @@ func AcceptCertificate(dev *custodyv1alpha1.Device, trustDomain string, leaf *x5
 	for _, c := range anchors {
 		roots.AddCert(c)
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: leaf.NotBefore, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	at := now
+	if at.Before(leaf.NotBefore) {
+		at = leaf.NotBefore
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil || len(chains) == 0 {
 		return CertificateUntrusted
 	}
