@@ -85,6 +85,10 @@ func TestOpenSSLVerifiesDevicesWithTheTenantBundleOnly(t *testing.T) {
 	if err := tlsGet(addr, certB); err == nil {
 		t.Fatal("openssl s_server configured with tenant A's bundle accepted tenant B's device")
 	}
+	// The server is still up: the refusal was B's certificate.
+	if err := tlsGet(addr, certA); err != nil {
+		t.Fatalf("openssl s_server refused tenant A's device after refusing B's: %v", err)
+	}
 }
 
 // startSServer runs `openssl s_server -www -Verify 1 -CAfile bundle` on an
