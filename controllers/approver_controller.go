@@ -251,7 +251,10 @@ var errUndecided = errors.New("not decidable yet")
 // decideDevice approves a device certificate request only if the manager
 // made it for a verified DeviceProof of a device bound to the issuer's
 // tenant, with exactly the CSR the device proved and the identity derived
-// from the Device.
+// from the Device. Only the request's controller-owner proof counts: an
+// Enroll proof that adopted the request of an earlier proof of the same
+// device, binding and key (EnrollmentReconciler.requestFor) waits on a
+// decision taken on the earlier proof alone.
 func (r *ApproverReconciler) decideDevice(ctx context.Context, cr *cmapi.CertificateRequest) (bool, string, string, error) {
 	deny := func(msg string) (bool, string, string, error) { return false, ApproverReasonDenied, msg, nil }
 	owner := metav1.GetControllerOf(cr)

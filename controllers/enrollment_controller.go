@@ -1,13 +1,17 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -16,11 +20,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -59,7 +65,7 @@ type EnrollmentReconciler struct {
 
 // +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=cert-manager.io,resources=certificaterequests,verbs=create
+// +kubebuilder:rbac:groups=cert-manager.io,resources=certificaterequests,verbs=get;create
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;update
 
 // Reconcile verifies one proof and moves it on.
@@ -228,13 +234,18 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	}
 
 	if p.Status.CertificateRequest == nil {
-		cr, err := r.createRequest(ctx, p, dev)
+		cr, err := r.requestFor(ctx, p, dev, csr)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
 		if cr == nil {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A CertificateRequest of this name exists and was not made for this proof.")
 			return reconcile.Result{}, nil
+		}
+		if fp := r.Options.FailPoint; fp != nil {
+			if err := fp(FailPointCertificateRequested, client.ObjectKeyFromObject(p)); err != nil {
+				return reconcile.Result{}, err
+			}
 		}
 		p.Status.Tenant, p.Status.ClaimUID = ref.Tenant, ref.UID
 		p.Status.CertificateRequest = &custodyv1alpha1.ObjectReference{Name: cr.Name, UID: cr.UID}
@@ -268,6 +279,12 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	chain, err := protocol.ParseCertificatesPEM(cr.Status.Certificate)
 	if err != nil {
 		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "cert-manager returned an unparsable certificate.")
+		return reconcile.Result{}, nil
+	}
+	// Whoever's request this is (an adopted one, see requestFor), the
+	// device receives only a certificate for the key it proved.
+	if !protocol.SameKey(chain[0].PublicKey, csr.PublicKey) {
+		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The certificate is not for the key this proof's CSR holds; it was not published to the device.")
 		return reconcile.Result{}, nil
 	}
 	// Defence in depth: whatever the CA made of the CSR, a certificate that
@@ -316,10 +333,122 @@ func requestFailed(cr *cmapi.CertificateRequest) bool {
 	return false
 }
 
-// createRequest creates the CertificateRequest for p, named after it and
-// owned by it. It returns nil if a request of that name exists that p does
-// not own (someone tried to pre-empt it).
-func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device) (*cmapi.CertificateRequest, error) {
+// FailPointCertificateRequested is the fail point (Options.FailPoint, called
+// with the DeviceProof's key) between creating a proof's CertificateRequest
+// and recording it on the proof.
+const FailPointCertificateRequested = "certificate-requested"
+
+// EnrollRequestName is the name of the CertificateRequest of an Enroll
+// proof: one name per device, binding (the Claim's UID) and CSR public key
+// (SHA-256 of its SubjectPublicKeyInfo), so that a device that starts its
+// enrollment over with a fresh challenge, as after a dropped connection,
+// finds the request of its first attempt instead of making a second one.
+func EnrollRequestName(device string, claimUID types.UID, csr *x509.CertificateRequest) string {
+	spki := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	h := sha256.New()
+	for _, part := range [][]byte{[]byte(device), []byte(claimUID), spki[:]} {
+		_, _ = h.Write(part)
+		_, _ = h.Write([]byte{0})
+	}
+	return "enroll-" + hex.EncodeToString(h.Sum(nil))[:40]
+}
+
+// requestFor returns the CertificateRequest a verified Enroll or Renew proof
+// waits on, creating it if need be; nil if a request named after p exists
+// that p does not own (someone tried to pre-empt it).
+//
+// An Enroll proof first tries the request named EnrollRequestName. It
+// creates and owns it, or adopts it when another Enroll proof of the same
+// device, binding and key made it and the request is still good
+// (adoptable): both proofs then deliver the one certificate. Otherwise (a
+// failed, denied or half-spent request, or one the manager did not make)
+// the proof gets a request named after itself, as a Renew proof always
+// does. A request under the computed name that the manager did not create
+// is never used. The approver judges a request by its controller-owner proof only,
+// so an adopting proof never gets a request approved that its owner did not
+// prove; a kill between any two writes leaves at most an unrecorded request
+// named after a proof whose status names another, which the approver
+// denies.
+func (r *EnrollmentReconciler) requestFor(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, csr *x509.CertificateRequest) (*cmapi.CertificateRequest, error) {
+	if p.Spec.Purpose == custodyv1alpha1.DeviceProofEnroll {
+		cr, err := r.createRequest(ctx, p, dev, EnrollRequestName(dev.Name, dev.Spec.ClaimRef.UID, csr))
+		if err != nil {
+			return nil, err
+		}
+		if r.managerRequested(cr) {
+			if metav1.IsControlledBy(cr, p) {
+				return cr, nil
+			}
+			ok, err := r.adoptable(ctx, cr, dev, csr)
+			if err != nil || ok {
+				return cr, err
+			}
+		}
+	}
+	cr, err := r.createRequest(ctx, p, dev, p.Name)
+	if err != nil || !metav1.IsControlledBy(cr, p) {
+		return nil, err
+	}
+	return cr, nil
+}
+
+// managerRequested reports whether the manager created cr: cert-manager's
+// admission stamps the authenticated creator in spec.username. A request
+// someone else made under a name the manager computes is never taken for
+// the manager's own.
+func (r *EnrollmentReconciler) managerRequested(cr *cmapi.CertificateRequest) bool {
+	return len(r.Options.ManagerUsernames) == 0 || slices.Contains(r.Options.ManagerUsernames, cr.Spec.Username)
+}
+
+// adoptable reports whether an Enroll proof of dev for the key of csr may
+// wait on cr, a request it did not make: cr must be the request another
+// Enroll proof of the same device, binding and key made (its controller
+// owner, which exists, has cr's exact CSR, and names cr or is still
+// pending), neither failed nor denied, and, if signed, with less than half
+// of the certificate's lifetime spent.
+func (r *EnrollmentReconciler) adoptable(ctx context.Context, cr *cmapi.CertificateRequest, dev *custodyv1alpha1.Device, csr *x509.CertificateRequest) (bool, error) {
+	ref := dev.Spec.ClaimRef
+	if requestFailed(cr) || cr.Labels[LabelDevice] != dev.Name || cr.Spec.IssuerRef.Name != TenantIssuerName(ref.Tenant) {
+		return false, nil
+	}
+	theirs, err := protocol.ParseCSRPEM(cr.Spec.Request)
+	if err != nil || !bytes.Equal(theirs.RawSubjectPublicKeyInfo, csr.RawSubjectPublicKeyInfo) {
+		return false, nil
+	}
+	owner := metav1.GetControllerOf(cr)
+	if owner == nil || owner.Kind != "DeviceProof" || owner.APIVersion != custodyv1alpha1.GroupVersion.String() {
+		return false, nil
+	}
+	first := &custodyv1alpha1.DeviceProof{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: cr.Namespace, Name: owner.Name}, first); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	if first.UID != owner.UID || first.Spec.Purpose != custodyv1alpha1.DeviceProofEnroll || first.Spec.DeviceName != dev.Name ||
+		first.Spec.CSR != string(cr.Spec.Request) || (first.Status.ClaimUID != "" && first.Status.ClaimUID != ref.UID) {
+		return false, nil
+	}
+	if rec := first.Status.CertificateRequest; rec != nil {
+		if rec.Name != cr.Name || rec.UID != cr.UID {
+			return false, nil
+		}
+	} else if first.Status.Phase != "" && first.Status.Phase != custodyv1alpha1.DeviceProofPhasePending {
+		return false, nil // finished without it: the approver denies it
+	}
+	if len(cr.Status.Certificate) == 0 {
+		return true, nil
+	}
+	chain, err := protocol.ParseCertificatesPEM(cr.Status.Certificate)
+	if err != nil {
+		return false, nil
+	}
+	leaf := chain[0]
+	return r.Options.Clock.Now().Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)), nil
+}
+
+// createRequest creates the CertificateRequest for p, named name and owned
+// by p. If a request of that name exists, it returns that one, whoever owns
+// it.
+func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, name string) (*cmapi.CertificateRequest, error) {
 	ref := dev.Spec.ClaimRef
 	duration := r.Options.CertificateDuration
 	tenant := &custodyv1alpha1.Tenant{}
@@ -331,7 +460,7 @@ func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1al
 	}
 	cr := &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      p.Name,
+			Name:      name,
 			Namespace: p.Namespace,
 			Labels: map[string]string{custodyv1alpha1.LabelTenant: ref.Tenant, LabelDevice: dev.Name,
 				custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
@@ -348,15 +477,17 @@ func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1al
 	}
 	err := r.Client.Create(ctx, cr)
 	if apierrors.IsAlreadyExists(err) {
-		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(cr), cr); err != nil {
+		// Read past the cache: the request may be minutes old or just made.
+		existing := &cmapi.CertificateRequest{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(cr), existing); err != nil {
 			return nil, err
 		}
-		if !metav1.IsControlledBy(cr, p) {
-			return nil, nil
-		}
-		return cr, nil
+		return existing, nil
 	}
-	return cr, err
+	if err != nil {
+		return nil, err
+	}
+	return cr, nil
 }
 
 // publish records the issued leaf on the Device (so that the gateway accepts
@@ -555,13 +686,37 @@ func confirmToken(p *custodyv1alpha1.DeviceProof, c *custodyv1alpha1.Claim) {
 	p.Status.ClaimUID = c.UID
 }
 
+// indexProofRequest indexes DeviceProofs by the CertificateRequest their
+// status names: an adopting proof does not own its request.
+const indexProofRequest = "status.certificateRequest.name"
+
 // SetupWithManager registers the controller: DeviceProofs in the operator
-// namespace, and the CertificateRequests they own.
+// namespace, and the CertificateRequests they own or wait on.
 func (r *EnrollmentReconciler) SetupWithManager(mgr manager.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &custodyv1alpha1.DeviceProof{}, indexProofRequest, func(o client.Object) []string {
+		if ref := o.(*custodyv1alpha1.DeviceProof).Status.CertificateRequest; ref != nil {
+			return []string{ref.Name}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	waiting := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		var proofs custodyv1alpha1.DeviceProofList
+		if err := r.Client.List(ctx, &proofs, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexProofRequest: o.GetName()}); err != nil {
+			return nil
+		}
+		out := make([]reconcile.Request, 0, len(proofs.Items))
+		for i := range proofs.Items {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&proofs.Items[i])})
+		}
+		return out
+	})
 	inOperatorNamespace := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetNamespace() == r.Options.OperatorNamespace })
 	return ctrl.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.DeviceProof{}, ctrl.WithPredicates(inOperatorNamespace)).
 		Owns(&cmapi.CertificateRequest{}).
+		Watches(&cmapi.CertificateRequest{}, waiting, ctrl.WithPredicates(inOperatorNamespace)).
 		Named("enrollment").
 		Complete(r)
 }

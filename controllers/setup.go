@@ -47,7 +47,8 @@ type Options struct {
 	// FailPoint, when set, is called at named points of the claim path
 	// ("verified", "bound") with the Claim being decided; a non-nil error
 	// aborts the reconcile there. Tests use it to stop the manager between
-	// verification and binding.
+	// verification and binding. The enrollment controller calls it with
+	// the DeviceProof at FailPointCertificateRequested.
 	FailPoint func(point string, claim client.ObjectKey) error
 	// MaxConcurrentClaims is the number of claims verified in parallel.
 	MaxConcurrentClaims int

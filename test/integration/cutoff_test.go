@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"testing"
 
@@ -109,11 +110,14 @@ func TestDecommissionEndsTheBinding(t *testing.T) {
 	assertChain(t, name)
 }
 
-// TestFieldResetKeepsOwnership: a device wiped in the field (new operational
-// key, no certificate) enrols again with its factory key under its binding;
-// the reset never moves ownership.
+// TestFieldResetKeepsOwnership: a device wiped in the field (no
+// certificate left) enrols again with its factory key under its binding;
+// the reset never moves ownership. Its key is the same, so while its
+// certificate has more than half its lifetime left it gets that certificate
+// back (one certificate per key and binding, see
+// TestEnrollmentRestartIssuesOneCertificate); later, a new one.
 func TestFieldResetKeepsOwnership(t *testing.T) {
-	startManager(t)
+	m := startManager(t)
 	g := startGateway(t)
 	acme := newTenant(t)
 	rec := newDevice(t)
@@ -129,7 +133,15 @@ func TestFieldResetKeepsOwnership(t *testing.T) {
 		t.Fatal("the wiped device kept a certificate")
 	}
 	enrollAgent(t, wiped)
-	_, second := wiped.Certificate()
+	_, again := wiped.Certificate()
+	if !bytes.Equal(again.Raw, first.Raw) || countRequests(t, name) != 1 {
+		t.Fatalf("re-enrollment with the same key, early in the certificate's life, gave another certificate (%x, not %x)", again.SerialNumber, first.SerialNumber)
+	}
+
+	m.Clock.SetTime(first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 3 / 5))
+	wipedLater := newAgent(t, g, rec)
+	enrollAgent(t, wipedLater)
+	_, second := wipedLater.Certificate()
 	if second.SerialNumber.Cmp(first.SerialNumber) == 0 || second.URIs[0].String() != identityOf(serial, acme.Name, name).URI {
 		t.Fatalf("re-enrollment after a reset gave %s", second.URIs[0])
 	}

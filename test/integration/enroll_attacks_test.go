@@ -154,12 +154,16 @@ func TestProofsThatMustFail(t *testing.T) {
 	}
 
 	// A replayed challenge with a fresh body is refused too (single use).
+	// The second genuine enrollment is for another key: one for the same
+	// key and binding would share the first one's request (see
+	// TestEnrollmentRestartIssuesOneCertificate).
 	g.Clock.Step(-(5*time.Minute + time.Second))
-	reuse := enrollBody(t, g, serial, model, key, good, good)
+	good2 := csrFor(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: serial}, URIs: []*url.URL{u}})
+	reuse := enrollBody(t, g, serial, model, key, good2, good2)
 	if status, _ := g.post(t, protocol.PathEnroll, reuse); status != http.StatusOK {
 		t.Fatalf("second genuine enrollment: %d", status)
 	}
-	reuse.CSR = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: good}))
+	reuse.CSR = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: good2}))
 	if status, body := g.post(t, protocol.PathEnroll, reuse); status != refStatus || !bytes.Equal(body, refBody) {
 		t.Errorf("reused challenge: %d %s", status, body)
 	}
