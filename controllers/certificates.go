@@ -58,9 +58,10 @@ const (
 // transfer and decommission cut every earlier certificate off, including
 // after a round trip back to the same tenant.
 //
-// The chain is checked as of now, or as of notBefore when now is earlier, so
-// that a clock behind cert-manager's (the manager's injected clock) does not
-// refuse a certificate as not yet valid; expiry is checked against now.
+// The chain is built as of now (as of notBefore when now is earlier, so that
+// a clock behind cert-manager's, such as the manager's injected clock, does
+// not refuse a certificate as not yet valid), else as of notBefore to tell an
+// expired certificate from an untrusted one; expiry is checked against now.
 func AcceptCertificate(dev *custodyv1alpha1.Device, trustDomain string, leaf *x509.Certificate, anchors []*x509.Certificate, now time.Time) CertificateVerdict {
 	ref := dev.Spec.ClaimRef
 	if ref == nil || dev.Spec.Decommissioned {
@@ -77,7 +78,14 @@ func AcceptCertificate(dev *custodyv1alpha1.Device, trustDomain string, leaf *x5
 	if at.Before(leaf.NotBefore) {
 		at = leaf.NotBefore
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	opts := x509.VerifyOptions{Roots: roots, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	chains, err := leaf.Verify(opts)
+	if err != nil {
+		// Not valid now: was it at issuance? Then it has expired (itself
+		// or its CA), which the check below names.
+		opts.CurrentTime = leaf.NotBefore
+		chains, err = leaf.Verify(opts)
+	}
 	if err != nil || len(chains) == 0 {
 		return CertificateUntrusted
 	}

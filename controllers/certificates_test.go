@@ -81,6 +81,8 @@ func TestAcceptCertificate(t *testing.T) {
 	ca := newTestCA(t, "Custody tenant acme CA", bound.Add(-24*time.Hour), bound.Add(365*24*time.Hour))
 	other := newTestCA(t, "Custody tenant globex CA", bound.Add(-24*time.Hour), bound.Add(365*24*time.Hour))
 	shortCA := newTestCA(t, "Custody tenant acme CA", bound.Add(-24*time.Hour), bound.Add(time.Hour))
+	// A CA made after the backdated notBefore of a certificate it signs.
+	lateCA := newTestCA(t, "Custody tenant acme CA", bound.Add(2*time.Minute), bound.Add(365*24*time.Hour))
 
 	dev := func(mutate func(*custodyv1alpha1.Device)) *custodyv1alpha1.Device {
 		d := &custodyv1alpha1.Device{ObjectMeta: metav1.ObjectMeta{Name: "m1.sn-1"}, Spec: custodyv1alpha1.DeviceSpec{SerialNumber: "SN-1", Model: "M1"}}
@@ -120,6 +122,7 @@ func TestAcceptCertificate(t *testing.T) {
 		{"expired and listed", dev(listed(good, "uid-2")), good, []*x509.Certificate{ca.cert}, good.NotAfter.Add(time.Second), CertificateExpired},
 		{"its CA expired", dev(nil), shortCA.issue(t, id, bound.Add(time.Minute), nil), []*x509.Certificate{shortCA.cert}, bound.Add(2 * time.Hour), CertificateExpired},
 		{"not yet valid on a clock behind the signer's", dev(nil), good, []*x509.Certificate{ca.cert}, bound, CertificateAccepted},
+		{"its CA made after its notBefore", dev(nil), lateCA.issue(t, id, bound.Add(time.Minute), nil), []*x509.Certificate{lateCA.cert}, now, CertificateAccepted},
 		{"another tenant's CA", dev(nil), other.issue(t, id, bound.Add(time.Minute), nil), []*x509.Certificate{ca.cert}, now, CertificateUntrusted},
 		{"no anchors", dev(nil), good, nil, now, CertificateUntrusted},
 		// A device certificate's only extended key usage is clientAuth: the
