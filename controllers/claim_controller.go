@@ -69,6 +69,18 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, err
 	}
 	d := claim.Decide(in, r.Options.Verifier)
+	if d.Message == claim.MsgAttemptSpent && in.Tenant != nil {
+		// "Spent" is final, so it is never concluded from the cache: a
+		// cached Tenant may still show this Claim's reservation after a
+		// right code took it back (claim.Unreserve). Decide again from the
+		// API server's Tenant.
+		fresh := &custodyv1alpha1.Tenant{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: in.Tenant.Name}, fresh); err != nil {
+			return reconcile.Result{}, err
+		}
+		in.Tenant = fresh
+		d = claim.Decide(in, r.Options.Verifier)
+	}
 	if d.Action == claim.ActionReserve {
 		// Count the attempt before verifying the code, then decide again.
 		if err := r.reserve(ctx, c, &in); err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"strings"
 	"testing"
 
@@ -177,16 +178,24 @@ func TestCertificateRequestDecisionsAreFinal(t *testing.T) {
 	var unsigned []*cmapi.CertificateRequest
 	refused := func(what string, as client.Client, cr *cmapi.CertificateRequest, mutate func(*cmapi.CertificateRequest), status bool) {
 		t.Helper()
-		cur := &cmapi.CertificateRequest{}
-		if err := admin.Get(ctx, client.ObjectKeyFromObject(cr), cur); err != nil {
-			t.Fatal(err)
-		}
-		mutate(cur)
+		// cert-manager's controllers write the request too (its Ready
+		// condition): a conflict is no answer from admission, so try again
+		// on the latest version.
 		var err error
-		if status {
-			err = as.Status().Update(ctx, cur)
-		} else {
-			err = as.Update(ctx, cur)
+		for range 20 {
+			cur := &cmapi.CertificateRequest{}
+			if err := admin.Get(ctx, client.ObjectKeyFromObject(cr), cur); err != nil {
+				t.Fatal(err)
+			}
+			mutate(cur)
+			if status {
+				err = as.Status().Update(ctx, cur)
+			} else {
+				err = as.Update(ctx, cur)
+			}
+			if !apierrors.IsConflict(err) {
+				break
+			}
 		}
 		if err == nil || !strings.Contains(err.Error(), "denied the request") {
 			t.Errorf("%s: not refused by admission: %v", what, err)

@@ -216,6 +216,19 @@ func TestConcurrentClaimsUnderCoolingOffDispute(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, c := range claims {
+			got := &custodyv1alpha1.Claim{}
+			if admin.Get(ctx, clientKey(c), got) == nil {
+				t.Logf("claim %s: %s %s: %s", c.Name, got.Status.Phase, readyReason(got), readyMessage(got))
+			}
+		}
+		dev := getDevice(t, d.Name)
+		t.Logf("device: claimRef %v, pending %v, dispute %+v", dev.Spec.ClaimRef, dev.Spec.PendingClaim, dev.Spec.Dispute)
+	})
 	for _, c := range claims {
 		got := &custodyv1alpha1.Claim{}
 		waitFor(t, "claim "+c.Name+" to be in the dispute", func() bool {
