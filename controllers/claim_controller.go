@@ -262,7 +262,7 @@ func (r *ClaimReconciler) readCode(ctx context.Context, c *custodyv1alpha1.Claim
 func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, d claim.Decision) error {
 	switch d.Action {
 	case claim.ActionRecordFailure:
-		return r.recordFailure(ctx, c, in)
+		return r.recordFailure(ctx, in)
 	case claim.ActionBind:
 		if err := r.failPoint("verified", c); err != nil {
 			return err
@@ -522,7 +522,7 @@ var unreserveBackoff = wait.Backoff{Steps: 30, Duration: 10 * time.Millisecond, 
 // recordFailure records a verified, failed attempt: it is already counted on
 // the Tenant (its reservation), so it is counted on the Device (which
 // support staff read) and in the metric.
-func (r *ClaimReconciler) recordFailure(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
+func (r *ClaimReconciler) recordFailure(ctx context.Context, in claim.Input) error {
 	claimFailures.WithLabelValues(in.Tenant.Name).Inc()
 	if in.Device == nil {
 		return nil
@@ -628,7 +628,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	if equality.Semantic.DeepEqual(before.Status, c.Status) {
 		return false, nil
 	}
-	var patch client.Patch = client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
+	patch := client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
 	if reserved && d.Action == claim.ActionRecordFailure {
 		patch = client.MergeFrom(before)
 	}

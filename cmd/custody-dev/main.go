@@ -168,7 +168,9 @@ func run() error {
 	defer func() {
 		stopMgr()
 		if !stopped {
-			<-done
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				fmt.Fprintln(os.Stderr, "custody-dev: the manager stopped with:", err)
+			}
 		}
 	}()
 	select {

@@ -44,7 +44,8 @@ func init() {
 	if len(os.Args) == 0 || filepath.Base(filepath.Dir(os.Args[0])) != childDirName {
 		return
 	}
-	data, err := os.ReadFile(os.Args[0] + ".json")
+	// os.Args[0] is our own re-exec link, in the directory we created.
+	data, err := os.ReadFile(os.Args[0] + ".json") //nolint:gosec // not user input
 	if err != nil {
 		return // not one of ours
 	}

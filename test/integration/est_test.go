@@ -394,7 +394,7 @@ func TestDiscardedRenewalsKeepTheCertificate(t *testing.T) {
 	}
 
 	// Expired on the gateway's clock: refused, like any other refusal.
-	g.Clock.Step(d.leaf.NotAfter.Sub(time.Now()) + time.Second)
+	g.Clock.Step(time.Until(d.leaf.NotAfter) + time.Second)
 	_, err = reenroll(t, c, d.csr(t))
 	var estErr globalsign.Error
 	if !errors.As(err, &estErr) || estErr.StatusCode() != http.StatusForbidden {
