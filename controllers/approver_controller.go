@@ -258,7 +258,11 @@ var errUndecided = errors.New("not decidable yet")
 func (r *ApproverReconciler) decideDevice(ctx context.Context, cr *cmapi.CertificateRequest) (bool, string, string, error) {
 	deny := func(msg string) (bool, string, string, error) { return false, ApproverReasonDenied, msg, nil }
 	owner := metav1.GetControllerOf(cr)
-	if owner == nil || owner.Kind != "DeviceProof" || owner.APIVersion != custodyv1alpha1.GroupVersion.String() {
+	if owner == nil || owner.Kind != "DeviceProof" || owner.APIVersion != custodyv1alpha1.GroupVersion.String() ||
+		!slices.Contains(r.Options.ManagerUsernames, cr.Spec.Username) {
+		// spec.username is stamped by cert-manager's admission from the
+		// authenticated creator: an owner reference anyone can copy is not
+		// enough.
 		return deny("Only the Custody manager may request certificates from custody issuers.")
 	}
 	proof := &custodyv1alpha1.DeviceProof{}

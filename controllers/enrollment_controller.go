@@ -386,7 +386,9 @@ func (r *EnrollmentReconciler) requestFor(ctx context.Context, p *custodyv1alpha
 		}
 	}
 	cr, err := r.createRequest(ctx, p, dev, p.Name)
-	if err != nil || !metav1.IsControlledBy(cr, p) {
+	if err != nil || !metav1.IsControlledBy(cr, p) || !r.managerRequested(cr) {
+		// A request under this proof's name that someone else made (even
+		// with a forged owner reference) is never taken for ours.
 		return nil, err
 	}
 	return cr, nil
@@ -397,7 +399,7 @@ func (r *EnrollmentReconciler) requestFor(ctx context.Context, p *custodyv1alpha
 // someone else made under a name the manager computes is never taken for
 // the manager's own.
 func (r *EnrollmentReconciler) managerRequested(cr *cmapi.CertificateRequest) bool {
-	return len(r.Options.ManagerUsernames) == 0 || slices.Contains(r.Options.ManagerUsernames, cr.Spec.Username)
+	return slices.Contains(r.Options.ManagerUsernames, cr.Spec.Username)
 }
 
 // adoptable reports whether an Enroll proof of dev for the key of csr may

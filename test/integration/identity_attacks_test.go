@@ -507,3 +507,81 @@ func TestIssuedCertificateWithExtraContentIsWithheld(t *testing.T) {
 		return false
 	})
 }
+
+// TestForgedDeviceRequestsUnderComputedNamesAreNeverUsed: someone who may
+// create CertificateRequests in the operator namespace (here cluster-admin)
+// sees a new DeviceProof and creates requests under the names the manager
+// will compute for it (the enrollment name and the proof's own name), with
+// the proof as controller owner, the proven CSR and a lifetime of its
+// choosing. The manager never takes them for its own: the proof is
+// rejected, and neither request is approved or signed.
+func TestForgedDeviceRequestsUnderComputedNamesAreNeverUsed(t *testing.T) {
+	m := startManager(t)
+	g := startGateway(t)
+	ctx := context.Background()
+	acme := newTenant(t)
+	rec := newDevice(t)
+	serial, model, name := rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Device.Name
+	key := deviceKey(t, rec)
+	cl := claimWithCode(t, admin, acme.Status.Namespace, serial, model, rec.Code.String())
+	waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	want := identityOf(serial, acme.Name, name)
+	ref := getDevice(t, name).Spec.ClaimRef
+
+	m.stop()
+	csrDER, err := device.NewCSR(key, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := g.Challenges.Issue(protocol.PurposeEnroll, serial, model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, _ := protocol.Sign(key, protocol.EnrollPayload(tok, csrDER))
+	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
+	proof := &custodyv1alpha1.DeviceProof{
+		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
+		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: name, Challenge: tok,
+			Signature: base64.StdEncoding.EncodeToString(sig), CSR: string(csrPEM)},
+	}
+	if err := admin.Create(ctx, proof); err != nil {
+		t.Fatal(err)
+	}
+	var forged []*cmapi.CertificateRequest
+	for _, n := range []string{controllers.EnrollRequestName(name, ref.UID, csr), proof.Name} {
+		cr := &cmapi.CertificateRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: cp.OperatorNamespace,
+				Labels: map[string]string{custodyv1alpha1.LabelTenant: acme.Name, controllers.LabelDevice: name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "DeviceProof", Name: proof.Name, UID: proof.UID,
+					Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
+			Spec: cmapi.CertificateRequestSpec{Request: csrPEM, IssuerRef: cmmeta.IssuerReference{Name: controllers.TenantIssuerName(acme.Name), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+				Duration: &metav1.Duration{Duration: 876000 * time.Hour},
+				Usages:   []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth}},
+		}
+		if err := admin.Create(ctx, cr); err != nil {
+			t.Fatal(err)
+		}
+		forged = append(forged, cr)
+	}
+
+	startManager(t)
+	waitFor(t, "the proof to be decided", func() bool {
+		return admin.Get(ctx, client.ObjectKeyFromObject(proof), proof) == nil && proof.Status.Phase != custodyv1alpha1.DeviceProofPhasePending && proof.Status.Phase != ""
+	})
+	if proof.Status.Phase != custodyv1alpha1.DeviceProofPhaseRejected || proof.Status.Certificate != "" {
+		t.Fatalf("proof: %s %s %q, want Rejected without a certificate", proof.Status.Phase, proof.Status.Reason, proof.Status.Message)
+	}
+	if r := proof.Status.CertificateRequest; r != nil {
+		t.Fatalf("the proof recorded request %s, which the manager did not make", r.Name)
+	}
+	for _, cr := range forged {
+		got := caWaitDecided(t, cr)
+		if !caHasCondition(got, cmapi.CertificateRequestConditionDenied) || len(got.Status.Certificate) > 0 {
+			t.Fatalf("forged request %s: %+v, certificate %d bytes: want Denied and unsigned", cr.Name, got.Status.Conditions, len(got.Status.Certificate))
+		}
+	}
+}
