@@ -29,6 +29,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/custody"
 )
 
 // ClaimReconciler verifies Claims and binds Devices to them.
@@ -44,7 +45,9 @@ type ClaimReconciler struct {
 	// that Secret data is never cached in the manager.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
-	Options   Options
+	// Custody writes every ownership change of a Device.
+	Custody *custody.Applier
+	Options Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch;delete;deletecollection
@@ -103,11 +106,8 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	}
 
 	if err := r.act(ctx, c, in, d); err != nil {
-		if apierrors.IsConflict(err) {
-			// Someone else wrote the Device or Tenant first: look again.
-			return reconcile.Result{RequeueAfter: conflictRetry}, nil
-		}
-		return reconcile.Result{}, err
+		// Someone else wrote the Device or Tenant first: look again.
+		return retryOrFail(err)
 	}
 	changed, err := r.writeStatus(ctx, c, d, in.Reserved)
 	if err != nil {
@@ -256,108 +256,56 @@ func (r *ClaimReconciler) readCode(ctx context.Context, c *custodyv1alpha1.Claim
 	return claimcode.Parse(string(raw))
 }
 
-// act performs the Decision's side effects, in an order that keeps every
-// crash point safe: the binding is written before anything that depends on
-// it, and failures are counted before the Claim says Denied.
+// act performs the Decision's side effects. Every ownership change goes
+// through the custody core (internal/custody): the Device's new spec and its
+// history entry are one optimistic write, so of concurrent claims exactly
+// one changes the device, and a crash anywhere converges (custody.Complete).
+// Failures are counted before the Claim says Denied.
 func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, d claim.Decision) error {
+	var ch custody.Change
+	var err error
 	switch d.Action {
 	case claim.ActionRecordFailure:
 		return r.recordFailure(ctx, in)
+	case claim.ActionFinishBind:
+		return r.finishBind(ctx, c, in)
+	case claim.ActionBind, claim.ActionTransfer, claim.ActionReattach, claim.ActionStartCoolingOff, claim.ActionDispute:
+	default:
+		return nil
+	}
+	dev := in.Device
+	me := custody.Holder{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+	by := custody.By{Time: in.Now, Actor: r.claimActor(dev, c, d.Proof, in.Tenant.Name)}
+	switch d.Action {
 	case claim.ActionBind:
 		if err := r.failPoint("verified", c); err != nil {
 			return err
 		}
-		dev := in.Device
-		before := dev.DeepCopy()
-		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID, BoundAt: boundAt(in.Now)}
-		dev.Spec.PendingClaim = nil
-		if d.ConsumeCode {
-			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier))
-		}
-		if d.ConsumeSale {
-			dev.Spec.ConsumedSaleRecords = appendBounded(dev.Spec.ConsumedSaleRecords, dev.Spec.Sale.OrderReference)
-		}
-		// The resourceVersion in the patch makes this the exactly-once step.
-		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-			return err
-		}
-		if err := r.failPoint("bound", c); err != nil {
-			return err
-		}
-		return r.finishBind(ctx, c, in, dev, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Proof: d.Proof})
+		ch, err = custody.Bind(dev, me, d.Proof, custody.Consume{Code: d.ConsumeCode, Sale: d.ConsumeSale}, by)
 	case claim.ActionTransfer:
-		dev := in.Device
-		before := dev.DeepCopy()
-		from := dev.Spec.ClaimRef.Tenant
-		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID, BoundAt: boundAt(in.Now)}
-		// The resourceVersion makes the move one step: the offering Claim
-		// held the device in the version read, and nobody wrote since.
-		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-			return err
-		}
-		return r.finishBind(ctx, c, in, dev, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventTransferred, Proof: d.Proof, FromTenant: from,
-			Reference: in.Offer.Namespace + "/" + in.Offer.Name})
+		by.Actor = r.claimActor(dev, c, claim.ProofTransfer, in.Tenant.Name)
+		ch, err = custody.Transfer(dev, custody.HolderOf(*dev.Spec.ClaimRef), me, in.Offer.Namespace+"/"+in.Offer.Name, by)
 	case claim.ActionReattach:
-		dev := in.Device
-		before := dev.DeepCopy()
-		dev.Spec.ClaimRef.Name, dev.Spec.ClaimRef.UID, dev.Spec.ClaimRef.BoundAt = c.Name, c.UID, boundAt(in.Now)
-		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-			return err
-		}
-		return r.finishBind(ctx, c, in, dev, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventReattached, Proof: "RetainedByTenant"})
-	case claim.ActionFinishBind:
-		if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound {
-			return nil // steady state: nothing to repair
-		}
-		rec := custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Proof: boundProof(in.Device, c)}
-		if tr := c.Spec.Transfer; tr != nil && rec.Proof == claim.ProofTransfer {
-			// An accepted transfer whose history entry was not written:
-			// record it as the transfer it was, so that its Transfer
-			// completes.
-			rec.Type, rec.FromTenant = custodyv1alpha1.CustodyEventTransferred, tr.FromTenant
-			if in.Offer != nil {
-				rec.Reference = in.Offer.Namespace + "/" + in.Offer.Name
-			}
-		}
-		return r.finishBind(ctx, c, in, in.Device, rec)
+		by.Actor = r.claimActor(dev, c, "", in.Tenant.Name)
+		ch, err = custody.Reattach(dev, me, custody.ProofRetained, by)
 	case claim.ActionStartCoolingOff:
-		dev := in.Device
-		before := dev.DeepCopy()
-		dev.Spec.PendingClaim = &custodyv1alpha1.PendingClaim{
-			DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID},
-			Proof:                d.Proof, Until: metav1.NewTime(d.CoolingOffUntil),
-		}
-		// Optimistic: of two claims starting at once, one waits and the
-		// other finds it and disputes.
-		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-			return err
-		}
-		r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "CoolingOff", "Claim", "Tenant %s proved ownership (%s) with Claim %s/%s; it binds at %s unless another claim competes.",
-			in.Tenant.Name, d.Proof, c.Namespace, c.Name, d.CoolingOffUntil.UTC().Format(time.RFC3339))
-		return r.record(ctx, dev, c, in, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventClaimed, Proof: d.Proof})
+		ch, err = custody.StartCoolingOff(dev, me, d.Proof, d.CoolingOffUntil, by)
 	case claim.ActionDispute:
-		dev := in.Device
-		before := dev.DeepCopy()
-		me := custodyv1alpha1.DisputedClaim{DeviceClaimReference: custodyv1alpha1.DeviceClaimReference{Tenant: in.Tenant.Name, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, Proof: d.Proof}
-		if dev.Spec.Dispute == nil {
-			dev.Spec.Dispute = &custodyv1alpha1.Dispute{Since: metav1.NewTime(in.Now)}
-			if p := dev.Spec.PendingClaim; p != nil {
-				dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, custodyv1alpha1.DisputedClaim{DeviceClaimReference: p.DeviceClaimReference, Proof: p.Proof})
-			}
-		}
-		if len(dev.Spec.Dispute.Claims) >= claim.MaxDisputeClaims {
-			// Decide saw room; look again rather than write a status the
-			// Device does not show.
-			return apierrors.NewConflict(custodyv1alpha1.GroupVersion.WithResource("devices").GroupResource(), dev.Name, errors.New("the dispute is full"))
-		}
-		dev.Spec.Dispute.Claims = append(dev.Spec.Dispute.Claims, me)
-		dev.Spec.PendingClaim = nil
-		if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-			return err
-		}
-		r.Recorder.Eventf(dev, c, corev1.EventTypeWarning, "Disputed", "Claim", "Tenant %s proved ownership (%s) with Claim %s/%s while another claim competes: support staff must resolve the dispute.",
-			in.Tenant.Name, d.Proof, c.Namespace, c.Name)
-		return r.record(ctx, dev, c, in, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventDisputed, Proof: d.Proof})
+		ch, err = custody.Dispute(dev, me, d.Proof, by)
+	}
+	if err != nil {
+		return err
+	}
+	ch.Event.Related = c
+	if err := r.Custody.Apply(ctx, dev, ch); err != nil {
+		return err
+	}
+	if err := r.failPoint("bound", c); err != nil {
+		return err
+	}
+	switch d.Action {
+	case claim.ActionBind, claim.ActionTransfer, claim.ActionReattach:
+		return r.finishBind(ctx, c, in)
 	}
 	return nil
 }
@@ -375,22 +323,11 @@ func (r *ClaimReconciler) reportCompetingClaim(in claim.Input) {
 		in.Tenant.Name, custodyv1alpha1.ClaimReasonHeldByAnotherTenant, in.Tenant.TargetNamespace(), custodyv1alpha1.ClaimReasonHeldByAnotherTenant)
 }
 
-// record appends a history entry about Claim c to the device's history,
-// filling in what c says (tenant, Claim, actor).
-func (r *ClaimReconciler) record(ctx context.Context, dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim, in claim.Input, rec custodyv1alpha1.CustodyRecord) error {
-	rec.Time = metav1.NewTime(r.Options.Clock.Now())
-	rec.Tenant = in.Tenant.Name
-	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
-	rec.Actor = r.claimActor(dev, c, rec.Proof, rec.Tenant)
-	return recordHistory(ctx, r.Client, dev.Name, rec)
-}
-
 // claimActor says who caused a change made for Claim c, for the history:
 //   - a pairing token: the device, which proved possession with the token
 //     of tenant (the manager made the Claim on its behalf);
 //   - a direct sale: the ERP that recorded the sale (the manager made the
 //     Claim for the owner, as the sale asked), as its Sold entry names it;
-//   - a support award: the support user of the SupportAction;
 //   - otherwise (a code, possession, a custodian's or owner's sale-record
 //     Claim, a transfer accepted): the user who created the Claim, as the
 //     API server authenticated it (spec.requestedBy).
@@ -398,14 +335,6 @@ func (r *ClaimReconciler) claimActor(dev *custodyv1alpha1.Device, c *custodyv1al
 	switch {
 	case proof == claim.ProofPairingToken && c.Spec.PairingToken != nil:
 		return "device:" + dev.Name + " with the pairing token " + c.Namespace + "/" + c.Spec.PairingToken.SecretName + " of tenant " + tenant
-	case proof == claim.ProofSupportAward:
-		// Support staff bound it: the Resolved entry names who.
-		for _, h := range dev.Status.History {
-			if h.Type == custodyv1alpha1.CustodyEventResolved && h.ClaimUID == c.UID && h.Actor != "" {
-				return h.Actor
-			}
-		}
-		return "support"
 	case proof == claim.ProofSaleRecord && r.managerMade(c):
 		for _, h := range dev.Status.History {
 			if h.Type == custodyv1alpha1.CustodyEventSold && dev.Spec.Sale != nil && h.Reference == dev.Spec.Sale.OrderReference {
@@ -432,46 +361,18 @@ func (r *ClaimReconciler) managerMade(c *custodyv1alpha1.Claim) bool {
 	return slices.Contains(r.Options.ManagerUsernames, c.Spec.RequestedBy)
 }
 
-// boundProof is the proof that bound c, as recorded in the device's
-// history, for repairing an interrupted binding.
-func boundProof(dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim) string {
-	for _, h := range dev.Status.History {
-		if h.ClaimUID == c.UID {
-			switch h.Type {
-			case custodyv1alpha1.CustodyEventBound, custodyv1alpha1.CustodyEventTransferred:
-				return h.Proof
-			case custodyv1alpha1.CustodyEventResolved:
-				return claim.ProofSupportAward
-			}
-		}
+// finishBind does everything that follows a binding of c; each step is
+// idempotent, so an earlier reconcile that stopped after binding is
+// repaired: the device's history is completed (custody.Complete), the
+// tenant's failures on the device are forgotten, and a claim code that
+// bound the device is removed from the cluster.
+func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
+	dev := in.Device
+	if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound && custody.Completed(dev) {
+		return nil // steady state: nothing to repair
 	}
-	switch {
-	case c.Spec.SaleRecord != nil:
-		return claim.ProofSaleRecord
-	case c.Spec.Transfer != nil:
-		return claim.ProofTransfer
-	}
-	if c.Spec.ClaimCode == nil {
-		return claim.ProofPossession
-	}
-	return claim.ProofCode
-}
-
-// finishBind does everything that follows a binding; each step is
-// idempotent. The history entry and the consumed Secret are repaired if an
-// earlier reconcile stopped after binding.
-func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, dev *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord) error {
-	tenantName := dev.Spec.ClaimRef.Tenant
-	typ, proof := rec.Type, rec.Proof
-	rec.Time = metav1.NewTime(r.Options.Clock.Now())
-	rec.Tenant = tenantName
-	rec.Claim, rec.ClaimUID = c.Namespace+"/"+c.Name, c.UID
-	rec.Actor = r.claimActor(dev, c, proof, tenantName)
-	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
+	if err := r.Custody.Complete(ctx, dev); err != nil {
 		return err
-	}
-	if c.Status.Phase != custodyv1alpha1.ClaimPhaseBound {
-		r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, string(typ), "Bind", "%s to tenant %s by Claim %s/%s (proof: %s).", typ, tenantName, c.Namespace, c.Name, proof)
 	}
 	if in.Tenant != nil {
 		if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
@@ -481,7 +382,10 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 		}
 	}
 	// The code is good for one binding: remove it from the cluster.
-	if (typ == custodyv1alpha1.CustodyEventBound || typ == custodyv1alpha1.CustodyEventTransferred) && c.Spec.ClaimCode != nil {
+	usedCode := custody.Recorded(dev, func(h custodyv1alpha1.CustodyRecord) bool {
+		return h.ClaimUID == c.UID && (h.Type == custodyv1alpha1.CustodyEventBound || h.Type == custodyv1alpha1.CustodyEventTransferred)
+	})
+	if usedCode && c.Spec.ClaimCode != nil {
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: c.Namespace, Name: c.Spec.ClaimCode.SecretRef.Name}}
 		if err := r.Client.Delete(ctx, secret); client.IgnoreNotFound(err) != nil {
 			return err
@@ -497,7 +401,7 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 // fresh Tenant, and in.Reserved reports whether this call counted the
 // attempt (only then may the code be verified).
 func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim, in *claim.Input) error {
-	return retry.RetryOnConflict(historyBackoff, func() error {
+	return retry.RetryOnConflict(tenantBackoff, func() error {
 		t := &custodyv1alpha1.Tenant{}
 		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: in.Tenant.Name}, t); err != nil {
 			return err
@@ -514,6 +418,10 @@ func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim,
 		return nil
 	})
 }
+
+// tenantBackoff retries a write of a Tenant's claim bookkeeping that lost to
+// another Claim's reservation of the same tenant.
+var tenantBackoff = wait.Backoff{Steps: 10, Duration: 10 * time.Millisecond, Factor: 2, Jitter: 0.2, Cap: time.Second}
 
 // unreserveBackoff retries taking back a right code's reservation longer
 // than other writes: giving up would leave the owner's attempt counted.
@@ -550,7 +458,7 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, in claim.Input) err
 // updateTenantStatus applies mutate to the Tenant's status with optimistic
 // concurrency, retrying on conflict with a fresh read.
 func (r *ClaimReconciler) updateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
-	return retry.RetryOnConflict(historyBackoff, func() error { return r.mutateTenantStatus(ctx, name, mutate) })
+	return retry.RetryOnConflict(tenantBackoff, func() error { return r.mutateTenantStatus(ctx, name, mutate) })
 }
 
 // mutateTenantStatus applies mutate to a fresh read of the Tenant's status
@@ -644,32 +552,44 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	return changed, nil
 }
 
-// reconcileDelete applies the Claim's release policy, then lets it go.
+// reconcileDelete applies the Claim's release policy, then lets it go: a
+// Claim that cooled off or disputed withdraws; a bound Claim releases the
+// device (policy Release, or its Tenant is being deleted) or leaves it
+// with its tenant (Retain).
 func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha1.Claim) (reconcile.Result, error) {
 	dev := &custodyv1alpha1.Device{}
 	err := r.Client.Get(ctx, client.ObjectKey{Name: c.DeviceName()}, dev)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return reconcile.Result{}, err
 	}
-	if err == nil && (claim.InDispute(dev, c.UID) || (dev.Spec.PendingClaim != nil && dev.Spec.PendingClaim.UID == c.UID)) {
-		if err := r.withdraw(ctx, dev, c); err != nil {
-			if apierrors.IsConflict(err) {
-				return reconcile.Result{RequeueAfter: conflictRetry}, nil
-			}
-			return reconcile.Result{}, err
+	found := err == nil
+	by := custody.By{Time: r.Options.Clock.Now()}
+	if found && (claim.InDispute(dev, c.UID) || (dev.Spec.PendingClaim != nil && dev.Spec.PendingClaim.UID == c.UID)) {
+		// Who deleted the Claim is not known to the manager; the entry
+		// names the tenant whose claim it was.
+		ch, err := custody.Withdraw(dev, c.UID, by)
+		if err == nil {
+			ch.Event.Related = c
+			err = r.Custody.Apply(ctx, dev, ch)
+		}
+		if err != nil {
+			return retryOrFail(err)
 		}
 	}
-	if err == nil && dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == c.UID {
+	if found && dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == c.UID {
 		tenantGone, err := r.tenantDeleting(ctx, dev.Spec.ClaimRef.Tenant)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
 		if c.Spec.ReleasePolicy == custodyv1alpha1.ReleasePolicyRelease || tenantGone {
-			if err := releaseDevice(ctx, r.Client, r.Recorder, dev, c, "ClaimDeleted", r.Options.Clock.Now()); err != nil {
-				if apierrors.IsConflict(err) {
-					return reconcile.Result{RequeueAfter: conflictRetry}, nil
-				}
-				return reconcile.Result{}, err
+			by.Actor = "tenant:" + dev.Spec.ClaimRef.Tenant
+			ch, err := custody.Release(dev, custody.HolderOf(*dev.Spec.ClaimRef), "ClaimDeleted", "", "", by)
+			if err == nil {
+				ch.Event.Related = c
+				err = r.Custody.Apply(ctx, dev, ch)
+			}
+			if err != nil {
+				return retryOrFail(err)
 			}
 		} else {
 			r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "Retained", "Release",
@@ -682,33 +602,6 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 		}
 	}
 	return reconcile.Result{}, nil
-}
-
-// withdraw takes a deleted Claim out of the device's cooling-off or dispute.
-// A dispute stays open with the remaining claims until support staff
-// resolve it: the party that withdraws may be the one that started it.
-func (r *ClaimReconciler) withdraw(ctx context.Context, dev *custodyv1alpha1.Device, c *custodyv1alpha1.Claim) error {
-	before := dev.DeepCopy()
-	if p := dev.Spec.PendingClaim; p != nil && p.UID == c.UID {
-		dev.Spec.PendingClaim = nil
-	}
-	if dp := dev.Spec.Dispute; dp != nil {
-		kept := dp.Claims[:0:0]
-		for _, p := range dp.Claims {
-			if p.UID != c.UID {
-				kept = append(kept, p)
-			}
-		}
-		dp.Claims = kept
-		if len(kept) == 0 {
-			dev.Spec.Dispute = nil
-		}
-	}
-	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-		return err
-	}
-	r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "ClaimWithdrawn", "Claim", "Claim %s/%s was deleted while cooling off or disputed; it no longer competes for the device.", c.Namespace, c.Name)
-	return nil
 }
 
 func (r *ClaimReconciler) tenantDeleting(ctx context.Context, name string) (bool, error) {

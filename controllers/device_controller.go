@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,11 +21,8 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/claimcode"
-	"github.com/custody-dev/custody/internal/history"
+	"github.com/custody-dev/custody/internal/custody"
 )
-
-// maxHistory bounds Device.status.history (the CRD's MaxItems).
-const maxHistory = 32
 
 // DeviceReconciler keeps a Device's phase, conditions and summary in line
 // with its spec, records sales in its history, ends the binding of a
@@ -38,28 +33,30 @@ type DeviceReconciler struct {
 	// them), to record which ERP field manager wrote a sale.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
-	Options   Options
+	// Custody writes every ownership change of a Device.
+	Custody *custody.Applier
+	Options Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=devices,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=custody.dev,resources=devices/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=create
 
-// Reconcile computes one Device's status.
+// Reconcile keeps one Device's custody chain complete (the one crash-repair
+// rule, custody.Complete), records what the ERP changed (a restore, a sale,
+// a decommissioning) through the custody core, opens a direct sale's Claim,
+// and computes the Device's status.
 func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	device := &custodyv1alpha1.Device{}
 	if err := r.Client.Get(ctx, req.NamespacedName, device); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if err := r.recordSale(ctx, device); err != nil {
+	if err := r.Custody.Complete(ctx, device); err != nil {
 		return reconcile.Result{}, err
 	}
-	if device.Spec.Decommissioned {
-		if err := r.decommission(ctx, device); err != nil {
-			if apierrors.IsConflict(err) {
-				return reconcile.Result{RequeueAfter: conflictRetry}, nil
-			}
-			return reconcile.Result{}, err
+	for _, step := range []func(context.Context, *custodyv1alpha1.Device) error{r.restore, r.recordSale, r.decommission} {
+		if err := step(ctx, device); err != nil {
+			return retryOrFail(err)
 		}
 	}
 	if err := r.openDirectSale(ctx, device); err != nil {
@@ -81,67 +78,85 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if equality.Semantic.DeepEqual(before.Status, device.Status) {
 		return reconcile.Result{}, nil
 	}
-	if err := r.Client.Status().Patch(ctx, device, client.MergeFrom(before)); err != nil {
+	if err := r.Client.Status().Patch(ctx, device, client.MergeFrom(before), client.FieldOwner(FieldOwner)); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	return reconcile.Result{}, nil
 }
 
-// recordSale records the ERP's sale in the device's history, once per
-// order reference, with the ERP's field manager as the actor.
-func (r *DeviceReconciler) recordSale(ctx context.Context, d *custodyv1alpha1.Device) error {
-	sale := d.Spec.Sale
-	if sale == nil {
+// restore records that the Device was re-created from a backup
+// (custody.Restore): the Claims it refers to were re-created by the same
+// restore with new UIDs, and its binding follows them by namespace and name.
+func (r *DeviceReconciler) restore(ctx context.Context, d *custodyv1alpha1.Device) error {
+	if !custody.RestorePending(d) {
 		return nil
 	}
-	for _, h := range d.Status.History {
-		if h.Type == custodyv1alpha1.CustodyEventSold && h.Reference == sale.OrderReference {
-			return nil
+	current := map[string]types.UID{}
+	refs := []custodyv1alpha1.DeviceClaimReference{}
+	if d.Spec.ClaimRef != nil {
+		refs = append(refs, *d.Spec.ClaimRef)
+	}
+	if d.Spec.PendingClaim != nil {
+		refs = append(refs, d.Spec.PendingClaim.DeviceClaimReference)
+	}
+	if d.Spec.Dispute != nil {
+		for _, p := range d.Spec.Dispute.Claims {
+			refs = append(refs, p.DeviceClaimReference)
+		}
+	}
+	for _, ref := range refs {
+		c := &custodyv1alpha1.Claim{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, c); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue // not restored (yet): a later Claim of the tenant reattaches
+			}
+			return err
+		}
+		if c.DeviceName() == d.Name && c.DeletionTimestamp.IsZero() {
+			current[ref.Namespace+"/"+ref.Name] = c.UID
 		}
 	}
 	full := &custodyv1alpha1.Device{}
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(d), full); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	rec := custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(r.Options.Clock.Now()), Type: custodyv1alpha1.CustodyEventSold,
-		Tenant: claim.SaleHolder(d), Reference: sale.OrderReference, Actor: "erp:" + fieldManagerOf(full, "f:spec", "f:sale")}
-	switch {
-	case sale.CustodianTenant != "":
-		rec.Proof = "Custodian"
-	case sale.OwnerTenant != "":
-		rec.Proof = "Owner"
+	tool := fieldManagerOf(full, "f:spec", "f:custody")
+	ch, err := custody.Restore(d, current, tool, custody.By{Actor: "restore:" + tool, Time: r.Options.Clock.Now()})
+	if err != nil {
+		return err
 	}
-	return recordHistory(ctx, r.Client, d.Name, rec)
+	return r.Custody.Apply(ctx, d, ch)
+}
+
+// recordSale records the ERP's sale in the device's history, once per
+// order reference, with the ERP's field manager as the actor.
+func (r *DeviceReconciler) recordSale(ctx context.Context, d *custodyv1alpha1.Device) error {
+	if !custody.SaleToRecord(d) {
+		return nil
+	}
+	full := &custodyv1alpha1.Device{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(d), full); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	ch, err := custody.RecordSale(d, custody.By{Actor: "erp:" + fieldManagerOf(full, "f:spec", "f:sale"), Time: r.Options.Clock.Now()})
+	if err != nil {
+		return err
+	}
+	return r.Custody.Apply(ctx, d, ch)
 }
 
 // decommission ends the binding, cooling-off and dispute of a
-// decommissioned device. The history entry is written first, so that a
-// crash in between still leaves the former holder on record.
+// decommissioned device, and records it, in one change.
 func (r *DeviceReconciler) decommission(ctx context.Context, d *custodyv1alpha1.Device) error {
-	n := len(d.Status.History)
-	if n == 0 || d.Status.History[n-1].Type != custodyv1alpha1.CustodyEventDecommissioned {
-		rec := custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(r.Options.Clock.Now()), Type: custodyv1alpha1.CustodyEventDecommissioned,
-			Proof: "Decommissioned", Actor: "erp:" + r.decommissionedBy(ctx, d), Reference: fmt.Sprintf("generation/%d", d.Generation)}
-		if ref := d.Spec.ClaimRef; ref != nil {
-			rec.Tenant, rec.Claim, rec.ClaimUID = ref.Tenant, ref.Namespace+"/"+ref.Name, ref.UID
-		}
-		if err := recordHistory(ctx, r.Client, d.Name, rec); err != nil {
-			return err
-		}
-	}
-	if d.Spec.ClaimRef == nil && d.Spec.PendingClaim == nil && d.Spec.Dispute == nil {
+	if !custody.DecommissionPending(d) {
 		return nil
 	}
-	before := d.DeepCopy()
-	released := d.Spec.ClaimRef
-	d.Spec.ClaimRef, d.Spec.PendingClaim, d.Spec.Dispute = nil, nil, nil
-	if err := r.Client.Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+	ch, err := custody.Decommission(d, custody.By{Actor: "erp:" + r.decommissionedBy(ctx, d), Time: r.Options.Clock.Now()})
+	if err != nil {
 		return err
 	}
-	if released != nil {
-		r.Recorder.Eventf(d, nil, corev1.EventTypeNormal, "Decommissioned", "Release", "Decommissioned: released from tenant %s (claim %s/%s); its certificates are refused from now on.", released.Tenant, released.Namespace, released.Name)
-	}
-	return nil
+	ch.Record.Reference = fmt.Sprintf("generation/%d", d.Generation)
+	return r.Custody.Apply(ctx, d, ch)
 }
 
 func (r *DeviceReconciler) decommissionedBy(ctx context.Context, d *custodyv1alpha1.Device) string {
@@ -236,75 +251,11 @@ func phaseUnbound(d *custodyv1alpha1.Device) custodyv1alpha1.DevicePhase {
 	return custodyv1alpha1.DevicePhaseAvailable
 }
 
-// appendHistory adds rec to d's history as the next link of its hash
-// chain, unless it is already there (retried reconciles), keeping the
-// newest maxHistory entries. It returns the entry added, nil if none was.
-func appendHistory(d *custodyv1alpha1.Device, rec custodyv1alpha1.CustodyRecord) *custodyv1alpha1.CustodyRecord {
-	var added *custodyv1alpha1.CustodyRecord
-	d.Status.History, added = history.Append(d.Status.History, rec, maxHistory)
-	return added
-}
-
 // auditLog receives one line per custody history entry, with the whole
 // entry: the complete, verifiable chain (`custodyctl history verify
-// --audit-log`), where the Device keeps only the newest entries.
+// --audit-log`), where the Device keeps only the newest entries. The
+// custody core writes it (custody.Applier).
 var auditLog = ctrl.Log.WithName("audit")
-
-// historyBackoff outlasts the bursts of status writes around an ownership
-// change (device, transfer, notification and enrollment controllers), so
-// that the entry is written by the step that made the change.
-var historyBackoff = wait.Backoff{Steps: 10, Duration: 10 * time.Millisecond, Factor: 2, Jitter: 0.2, Cap: time.Second}
-
-// recordHistory appends rec to the history of Device name, re-reading the
-// Device on conflict (the device controller writes its status too). It is
-// idempotent: appendHistory ignores an entry that is already there. Each
-// entry written is logged to the audit log once the write succeeded.
-func recordHistory(ctx context.Context, c client.Client, name string, rec custodyv1alpha1.CustodyRecord) error {
-	var added *custodyv1alpha1.CustodyRecord
-	err := retry.RetryOnConflict(historyBackoff, func() error {
-		d := &custodyv1alpha1.Device{}
-		if err := c.Get(ctx, client.ObjectKey{Name: name}, d); err != nil {
-			return client.IgnoreNotFound(err)
-		}
-		before := d.DeepCopy()
-		if added = appendHistory(d, rec); added == nil {
-			return nil
-		}
-		return c.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
-	})
-	if err == nil && added != nil {
-		auditLog.Info(history.AuditMessage, "device", name, "entry", added)
-	}
-	return err
-}
-
-// releaseDevice clears a Device's binding (only if it is still bound to
-// onlyClaim, when given), records why in its history, and emits an Event.
-// The write is optimistic: a conflict is returned for the caller to retry.
-func releaseDevice(ctx context.Context, c client.Client, rec events.EventRecorder, d *custodyv1alpha1.Device, onlyClaim *custodyv1alpha1.Claim, why string, now time.Time) error {
-	ref := d.Spec.ClaimRef
-	if ref == nil || (onlyClaim != nil && ref.UID != onlyClaim.UID) {
-		return nil
-	}
-	released := *ref
-	before := d.DeepCopy()
-	d.Spec.ClaimRef = nil
-	if err := c.Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-		return err
-	}
-	if err := recordHistory(ctx, c, d.Name, custodyv1alpha1.CustodyRecord{
-		Time: metav1.NewTime(now), Type: custodyv1alpha1.CustodyEventReleased, Tenant: released.Tenant,
-		Claim: released.Namespace + "/" + released.Name, ClaimUID: released.UID, Proof: why,
-		// Who deleted the Claim or Tenant is not known to the manager; the
-		// entry names whose binding ended.
-		Actor: "tenant:" + released.Tenant,
-	}); err != nil {
-		// The binding is already gone; the Event below records the change.
-		rec.Eventf(d, nil, corev1.EventTypeWarning, "HistoryNotRecorded", "Release", "Could not record the release in status.history: %v", err)
-	}
-	rec.Eventf(d, nil, corev1.EventTypeNormal, "Released", "Release", "Released from tenant %s (claim %s/%s): %s.", released.Tenant, released.Namespace, released.Name, why)
-	return nil
-}
 
 // SetupWithManager registers the controller.
 func (r *DeviceReconciler) SetupWithManager(mgr manager.Manager) error {

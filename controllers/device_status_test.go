@@ -1,10 +1,8 @@
 package controllers
 
 import (
-	"fmt"
 	"testing"
 
-	"k8s.io/apimachinery/pkg/types"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 
@@ -66,19 +64,3 @@ func TestDeviceStatus(t *testing.T) {
 		})
 	}
 }
-
-func TestAppendHistoryIsIdempotentAndBounded(t *testing.T) {
-	d := &custodyv1alpha1.Device{}
-	rec := custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventBound, Tenant: "acme", ClaimUID: "u"}
-	if appendHistory(d, rec) == nil || appendHistory(d, rec) != nil {
-		t.Fatal("the same change was recorded twice")
-	}
-	for i := range 2 * maxHistory {
-		appendHistory(d, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventReleased, Tenant: "acme", ClaimUID: typesUID(i)})
-	}
-	if len(d.Status.History) != maxHistory || d.Status.History[maxHistory-1].ClaimUID != typesUID(2*maxHistory-1) {
-		t.Fatalf("history not bounded to the newest %d entries", maxHistory)
-	}
-}
-
-func typesUID(i int) types.UID { return types.UID(fmt.Sprintf("uid-%d", i)) }

@@ -7,16 +7,21 @@ package controllers
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/custody"
 )
 
 // FieldOwner is the field manager of every write the manager makes.
@@ -221,15 +226,19 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 
 	recorder := mgr.GetEventRecorder(FieldOwner)
+	applier := &custody.Applier{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, FieldOwner: FieldOwner, Audit: auditLog}
+	if fp := opts.FailPoint; fp != nil {
+		applier.FailPoint = func(step, device string) error { return fp(step, client.ObjectKey{Name: device}) }
+	}
 	reconcilers := []struct {
 		name  string
 		setup func(ctrl.Manager) error
 	}{
-		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
-		{"device", (&DeviceReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
-		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
-		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
-		{"supportaction", (&SupportActionReconciler{Client: mgr.GetClient(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Options: opts}).SetupWithManager},
+		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+		{"supportaction", (&SupportActionReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Options: opts}).SetupWithManager},
 		{"notification", (&NotificationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts, HTTP: NotificationHTTPClient(opts.NotificationRoots)}).SetupWithManager},
 		{"pairingtoken", (&PairingTokenReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts}).SetupWithManager},
 		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
@@ -241,4 +250,14 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		}
 	}
 	return nil
+}
+
+// retryOrFail turns an error of a write that lost a race (a conflict, or a
+// change the Device no longer allows as observed) into another look soon;
+// any other error is returned for the workqueue's back-off.
+func retryOrFail(err error) (reconcile.Result, error) {
+	if apierrors.IsConflict(err) || errors.Is(err, custody.ErrNotApplicable) {
+		return reconcile.Result{RequeueAfter: conflictRetry}, nil
+	}
+	return reconcile.Result{}, err
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -15,7 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
-	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/custody"
 )
 
 // SupportActionReconciler applies support staff's decisions: award a device
@@ -24,7 +23,9 @@ import (
 type SupportActionReconciler struct {
 	Client   client.Client
 	Recorder events.EventRecorder
-	Options  Options
+	// Custody writes every ownership change of a Device.
+	Custody *custody.Applier
+	Options Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=supportactions,verbs=get;list;watch
@@ -42,12 +43,10 @@ func (r *SupportActionReconciler) Reconcile(ctx context.Context, req reconcile.R
 	msg, err := r.apply(ctx, a)
 	var failed *actionFailed
 	switch {
-	case apierrors.IsConflict(err):
-		return reconcile.Result{RequeueAfter: conflictRetry}, nil
 	case errors.As(err, &failed):
 		return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionFailed, failed.msg)
 	case err != nil:
-		return reconcile.Result{}, err
+		return retryOrFail(err)
 	}
 	return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionSucceeded, msg)
 }
@@ -69,68 +68,40 @@ func (r *SupportActionReconciler) apply(ctx context.Context, a *custodyv1alpha1.
 		return "", err
 	}
 	ref := "supportaction/" + a.Name
-	// Recorded before a crash or a lost write: finish applying it, once.
-	for _, h := range dev.Status.History {
-		if h.Type == custodyv1alpha1.CustodyEventResolved && h.Reference == ref && applied(a, dev, h) {
-			return "Applied: " + h.Proof + ".", nil
+	// Applied before a crash or a lost status write: the decision and its
+	// entry landed together, once.
+	for _, h := range custody.Records(dev) {
+		if h.Type == custodyv1alpha1.CustodyEventResolved && h.Reference == ref {
+			return appliedMessage(h), r.Custody.Complete(ctx, dev)
 		}
 	}
-	rec := custodyv1alpha1.CustodyRecord{Time: metav1.NewTime(r.Options.Clock.Now()), Type: custodyv1alpha1.CustodyEventResolved,
-		Actor: "user:" + a.Spec.RequestedBy, Reference: ref, Reason: a.Spec.Reason}
-	before := dev.DeepCopy()
-	// The current claim code took part in whatever is being resolved:
-	// it never binds again.
-	if dev.Spec.ClaimCode != nil {
-		dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(dev.Spec.ClaimCode.Verifier))
-	}
-	dev.Spec.PendingClaim, dev.Spec.Dispute = nil, nil
-	var msg string
+	by := custody.By{Actor: "user:" + a.Spec.RequestedBy, Time: r.Options.Clock.Now()}
+	var ch custody.Change
 	switch a.Spec.Action {
 	case custodyv1alpha1.SupportActionAward:
 		c, tenant, err := r.awardee(ctx, a, dev)
 		if err != nil {
 			return "", err
 		}
-		if ref := dev.Spec.ClaimRef; ref != nil && ref.UID != c.UID {
-			rec.FromTenant = ref.Tenant
+		if ch, err = custody.Award(dev, custody.Holder{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, ref, a.Spec.Reason, by); err != nil {
+			return "", &actionFailed{"Device " + dev.Name + " is decommissioned. Nothing was done."}
 		}
-		since := boundAt(r.Options.Clock.Now())
-		if ref := dev.Spec.ClaimRef; ref != nil && ref.UID == c.UID {
-			since = ref.BoundAt // awarded to the Claim already bound: the binding goes on
-		}
-		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID, BoundAt: since}
-		rec.Tenant, rec.Claim, rec.ClaimUID, rec.Proof = tenant, c.Namespace+"/"+c.Name, c.UID, "Award"
-		msg = fmt.Sprintf("Awarded to tenant %s (Claim %s/%s).", tenant, c.Namespace, c.Name)
 	case custodyv1alpha1.SupportActionReset:
-		if ref := dev.Spec.ClaimRef; ref != nil {
-			rec.Tenant, rec.Claim, rec.ClaimUID = ref.Tenant, ref.Namespace+"/"+ref.Name, ref.UID
-		}
-		dev.Spec.ClaimRef = nil
-		rec.Proof = "Reset"
-		msg = "Reset: no binding, cooling-off or dispute remains, and the current claim code is used up; the ERP issues a new one."
+		ch = custody.Reset(dev, ref, a.Spec.Reason, by)
 	}
-	// The decision is recorded first, so that the awarded Claim, which
-	// reacts to the binding, finds who bound it; a retry after a crash in
-	// between finds the entry (by its reference) and applies the decision.
-	if err := recordHistory(ctx, r.Client, dev.Name, rec); err != nil {
+	ch.Event.Related = a
+	if err := r.Custody.Apply(ctx, dev, ch); err != nil {
 		return "", err
 	}
-	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-		return "", err
-	}
-	r.Recorder.Eventf(dev, a, corev1.EventTypeNormal, "Resolved", "SupportAction", "%s by %s: %s (SupportAction %s: %s)", a.Spec.Action, a.Spec.RequestedBy, msg, a.Name, a.Spec.Reason)
-	return msg, nil
+	return appliedMessage(dev.Spec.Custody.Head), nil
 }
 
-// applied reports whether the Device shows the decision h recorded.
-func applied(a *custodyv1alpha1.SupportAction, dev *custodyv1alpha1.Device, h custodyv1alpha1.CustodyRecord) bool {
-	if dev.Spec.PendingClaim != nil || dev.Spec.Dispute != nil {
-		return false
+// appliedMessage is the SupportAction's message for the decision h recorded.
+func appliedMessage(h custodyv1alpha1.CustodyRecord) string {
+	if h.Proof == custody.ProofAward {
+		return fmt.Sprintf("Awarded to tenant %s (Claim %s).", h.Tenant, h.Claim)
 	}
-	if a.Spec.Action == custodyv1alpha1.SupportActionAward {
-		return dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == h.ClaimUID
-	}
-	return dev.Spec.ClaimRef == nil
+	return "Reset: no binding, cooling-off or dispute remains, and the current claim code is used up; the ERP issues a new one."
 }
 
 // awardee is the Claim an Award names, checked: it exists, asks for this

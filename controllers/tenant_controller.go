@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/custody"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -83,7 +84,9 @@ var tenantRoles = []struct {
 type TenantReconciler struct {
 	Client   client.Client
 	Recorder events.EventRecorder
-	Options  Options
+	// Custody writes every ownership change of a Device.
+	Custody *custody.Applier
+	Options Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=tenants,verbs=get;list;watch;update;patch
@@ -424,8 +427,17 @@ func (r *TenantReconciler) reconcileDelete(ctx context.Context, t *custodyv1alph
 		return reconcile.Result{}, err
 	}
 	for i := range devices.Items {
-		if err := releaseDevice(ctx, r.Client, r.Recorder, &devices.Items[i], nil, "TenantDeleted", r.Options.Clock.Now()); err != nil {
-			return reconcile.Result{}, err
+		d := &devices.Items[i]
+		if d.Spec.ClaimRef == nil {
+			continue
+		}
+		ch, err := custody.Release(d, custody.Holder{}, "TenantDeleted", "", "", custody.By{Actor: "tenant:" + t.Name, Time: r.Options.Clock.Now()})
+		if err == nil {
+			ch.Event.Related = t
+			err = r.Custody.Apply(ctx, d, ch)
+		}
+		if err != nil {
+			return retryOrFail(err)
 		}
 	}
 

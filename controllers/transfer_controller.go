@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -19,6 +20,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/custody"
 )
 
 // TransferReconciler carries out Transfers. An offer to a named tenant is
@@ -30,7 +32,9 @@ type TransferReconciler struct {
 	// manager never caches.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
-	Options   Options
+	// Custody writes every ownership change of a Device.
+	Custody *custody.Applier
+	Options Options
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=transfers,verbs=get;list;watch
@@ -57,10 +61,10 @@ func (r *TransferReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 			err = client.IgnoreNotFound(perr)
 		}
 	}
-	if apierrors.IsConflict(err) {
-		return reconcile.Result{RequeueAfter: conflictRetry}, nil
+	if err != nil {
+		return retryOrFail(err)
 	}
-	return res, err
+	return res, nil
 }
 
 func transferDone(tr *custodyv1alpha1.Transfer) bool {
@@ -112,7 +116,7 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 
 	// An offer: the recipient's Claim completes it.
 	ref := tr.Namespace + "/" + tr.Name
-	for _, h := range dev.Status.History {
+	for _, h := range custody.Records(dev) {
 		if h.Type == custodyv1alpha1.CustodyEventTransferred && h.Reference == ref {
 			setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was handed to tenant "+h.Tenant+".", now)
 			t := h.Time
@@ -140,67 +144,45 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 }
 
 // release ends the offering tenant's binding and opens the device for
-// claiming, with a fresh claim code when asked. Each step is idempotent:
-// the code's Secret is written before the Device, and the Device write is
-// optimistic and conditional on the Claim still holding it.
+// claiming, with a fresh claim code when asked, in one custody change. The
+// code's Secret is written before the Device, and the change applies only
+// while the Claim still holds the device.
 func (r *TransferReconciler) release(ctx context.Context, tr *custodyv1alpha1.Transfer, c *custodyv1alpha1.Claim, dev *custodyv1alpha1.Device, tenant string, now time.Time) error {
 	ref := tr.Namespace + "/" + tr.Name
+	for _, h := range custody.Records(dev) {
+		if h.Type == custodyv1alpha1.CustodyEventReleased && h.Reference == ref {
+			setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
+			t := h.Time
+			tr.Status.CompletionTime = &t
+			return nil
+		}
+	}
 	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID {
-		recorded := false
-		for _, h := range dev.Status.History {
-			if h.Type == custodyv1alpha1.CustodyEventReleased && h.ClaimUID == c.UID {
-				recorded = true
-				if h.Reference == ref {
-					setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
-					t := h.Time
-					tr.Status.CompletionTime = &t
-					return nil
-				}
-			}
-		}
-		if !recorded && dev.Spec.ClaimRef == nil && c.UID != "" {
-			// This release's Device write landed and the manager stopped
-			// before recording it: every other release records itself.
-			return r.recordRelease(ctx, tr, dev, custodyv1alpha1.DeviceClaimReference{Tenant: tenant, Namespace: c.Namespace, Name: c.Name, UID: c.UID}, now)
-		}
 		setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
 			"Claim "+tr.Spec.ClaimName+" no longer holds the device: nothing was released.", now)
 		return nil
 	}
-	before := dev.DeepCopy()
+	var verifier string
 	if tr.Spec.Release.RotateClaimCode {
 		code, err := r.freshCode(ctx, tr)
 		if err != nil {
 			return err
 		}
-		verifier, err := claimcode.NewVerifier(code)
-		if err != nil {
+		if verifier, err = claimcode.NewVerifier(code); err != nil {
 			return err
 		}
-		if old := dev.Spec.ClaimCode; old != nil {
-			dev.Spec.ConsumedClaimCodes = appendBounded(dev.Spec.ConsumedClaimCodes, claimcode.Digest(old.Verifier))
-		}
-		dev.Spec.ClaimCode = &custodyv1alpha1.DeviceClaimCode{Verifier: verifier}
 		tr.Status.ClaimCodeSecretName = claimCodeSecretName(tr)
 	}
-	released := *dev.Spec.ClaimRef
-	dev.Spec.ClaimRef = nil
-	if err := r.Client.Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+	ch, err := custody.Release(dev, custody.HolderOf(*dev.Spec.ClaimRef), "Transfer", ref, verifier, custody.By{Actor: "tenant:" + tenant, Time: now})
+	if err != nil {
 		return err
 	}
-	return r.recordRelease(ctx, tr, dev, released, now)
-}
-
-func (r *TransferReconciler) recordRelease(ctx context.Context, tr *custodyv1alpha1.Transfer, dev *custodyv1alpha1.Device, released custodyv1alpha1.DeviceClaimReference, now time.Time) error {
-	ref := tr.Namespace + "/" + tr.Name
-	if err := recordHistory(ctx, r.Client, dev.Name, custodyv1alpha1.CustodyRecord{
-		Time: metav1.NewTime(now), Type: custodyv1alpha1.CustodyEventReleased, Tenant: released.Tenant,
-		Claim: released.Namespace + "/" + released.Name, ClaimUID: released.UID, Proof: "Transfer", Reference: ref,
-		Actor: "tenant:" + released.Tenant,
-	}); err != nil {
+	ch.Event.Related = tr
+	ch.Event.Reason, ch.Event.Action = "Released", "Transfer"
+	ch.Event.Note = fmt.Sprintf("Released for claiming by tenant %s (Transfer %s); its certificates are refused from now on.", tenant, ref)
+	if err := r.Custody.Apply(ctx, dev, ch); err != nil {
 		return err
 	}
-	r.Recorder.Eventf(dev, tr, corev1.EventTypeNormal, "Released", "Transfer", "Released for claiming by tenant %s (Transfer %s); its certificates are refused from now on.", released.Tenant, ref)
 	setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
 	t := metav1.NewTime(now)
 	tr.Status.CompletionTime = &t

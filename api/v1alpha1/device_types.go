@@ -206,6 +206,38 @@ type DeviceSpec struct {
 	// certificate is issued. Written only by the manager.
 	// +optional
 	Dispute *Dispute `json:"dispute,omitempty"`
+
+	// custody is the manager's own record of the device's custody chain,
+	// written in the same write as every ownership change, so that a crash
+	// or a restore without status never separates a change from its history
+	// entry. Written only by the manager (and by a restore identity).
+	// +optional
+	Custody *DeviceCustody `json:"custody,omitempty"`
+}
+
+// DeviceCustody is the manager's record of a device's custody chain, kept in
+// spec next to the binding it explains.
+type DeviceCustody struct {
+	// head is the newest entry of the device's custody history, written
+	// together with the change it records. status.history and the audit log
+	// are completed from it: a change is never applied without its entry,
+	// and an entry is never logged for a change that did not happen.
+	// +required
+	Head CustodyRecord `json:"head"`
+
+	// deviceUID is the metadata.uid of the Device the head was written to.
+	// A Device re-created from a backup has a new UID: the manager then
+	// records that a restore happened and carries the chain on from head.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	DeviceUID types.UID `json:"deviceUID"`
+
+	// recordedSale is the order reference of the newest sale recorded in the
+	// history (a Sold entry), so that a sale is recorded once even after a
+	// restore or after its entry left status.history.
+	// +optional
+	// +kubebuilder:validation:MaxLength=128
+	RecordedSale string `json:"recordedSale,omitempty"`
 }
 
 // PendingClaim is a Claim that proved ownership with fewer proofs than the
@@ -293,6 +325,14 @@ const (
 	// CustodyEventReattached: the tenant's binding moved to a new Claim of the
 	// same tenant after the previous Claim was deleted with policy Retain.
 	CustodyEventReattached CustodyEventType = "Reattached"
+	// CustodyEventWithdrawn: a Claim that was cooling off or disputed was
+	// deleted and no longer competes for the device.
+	CustodyEventWithdrawn CustodyEventType = "Withdrawn"
+	// CustodyEventRestored: the Device was re-created from a backup without
+	// status; its binding and proofs are those of the backup, and the
+	// entries before this one are in the audit log (reference: the restore
+	// tool's field manager).
+	CustodyEventRestored CustodyEventType = "Restored"
 )
 
 // CustodyRecord is one entry of a Device's custody history. Entries form a
@@ -311,7 +351,7 @@ type CustodyRecord struct {
 	Time metav1.Time `json:"time"`
 
 	// type of change: Sold, Claimed, Bound, Released, Transferred, Disputed,
-	// Resolved, Decommissioned or Reattached.
+	// Resolved, Decommissioned, Reattached, Withdrawn or Restored.
 	// +required
 	// +kubebuilder:validation:MaxLength=32
 	Type CustodyEventType `json:"type"`

@@ -21,7 +21,7 @@ import (
 
 func main() {
 	var (
-		opNS, rootIssuer, managerUsers, gatewayUsers, metricsAddr, healthAddr, certDir, trustDomain, webhookHost, configFile string
+		opNS, rootIssuer, managerUsers, gatewayUsers, restoreGroups, metricsAddr, healthAddr, certDir, trustDomain, webhookHost, configFile string
 		webhookPort, maxAttempts                                                                                             int
 		leaderElect                                                                                                          bool
 		lockoutBase, certDuration, transferTTL                                                                               time.Duration
@@ -31,6 +31,7 @@ func main() {
 	flag.StringVar(&rootIssuer, "root-issuer", "custody-root", "Shared root ClusterIssuer of earlier versions: tenant CAs are now self-signed roots, and every request to it is denied.")
 	flag.StringVar(&managerUsers, "manager-usernames", "system:serviceaccount:custody-system:custody-manager", "Comma-separated users allowed to write Device bindings (the manager's ServiceAccount).")
 	flag.StringVar(&certManagerUsers, "cert-manager-usernames", controllers.DefaultCertManagerUsername, "Comma-separated users cert-manager's controller runs as: a tenant CA's CertificateRequest is approved only if one of them created it.")
+	flag.StringVar(&restoreGroups, "restore-groups", webhooks.DefaultRestoreGroup, "Comma-separated groups of the restore identity, which may re-create Devices, Claims and SupportActions from a backup as they were (docs/operations.md); empty turns restores off.")
 	flag.StringVar(&gatewayUsers, "gateway-usernames", "system:serviceaccount:custody-system:custody-gateway", "Comma-separated users of the gateway: on Devices they may record heartbeats only.")
 	flag.StringVar(&trustDomain, "trust-domain", controllers.DefaultTrustDomain, "SPIFFE trust domain of device identities.")
 	flag.DurationVar(&certDuration, "certificate-duration", controllers.DefaultCertificateDuration, "Default lifetime of device certificates (a Tenant may set its own).")
@@ -72,7 +73,7 @@ func main() {
 		HealthAddr:     healthAddr,
 		LeaderElection: leaderElect,
 		Controllers:    ctrlOpts,
-		Webhooks:       webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ","), GatewayUsernames: strings.Split(gatewayUsers, ",")},
+		Webhooks:       webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ","), GatewayUsernames: strings.Split(gatewayUsers, ","), RestoreGroups: splitList(restoreGroups)},
 		Logger:         logger,
 	})
 	if err != nil {
@@ -91,4 +92,15 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// splitList splits a comma-separated flag; empty is an empty (not nil) list.
+func splitList(s string) []string {
+	out := []string{}
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

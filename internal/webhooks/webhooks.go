@@ -31,6 +31,31 @@ type Options struct {
 	// GatewayUsernames are the gateway's users: on Devices they may change
 	// status.lastSeen and status.reported, and nothing else.
 	GatewayUsernames []string
+	// RestoreGroups are the groups of the restore identity: a member may
+	// re-create objects from a backup as they were, manager-only Device
+	// fields, pairing-token Claims and the recorded requester of Claims and
+	// SupportActions included (docs/operations.md, "Backup and restore").
+	// It may not change them afterwards. DefaultRestoreGroup when nil; an
+	// empty list turns restores off.
+	RestoreGroups []string
+}
+
+// DefaultRestoreGroup is the restore identity's group unless configured:
+// only a cluster administrator who may impersonate it (or an authenticator
+// that grants it) acts as the restore identity.
+const DefaultRestoreGroup = "custody.dev:restore"
+
+// isRestore reports whether the request comes from the restore identity.
+func (o Options) isRestore(ctx context.Context) bool {
+	req, err := admission.RequestFromContext(ctx)
+	if err != nil {
+		return false
+	}
+	groups := o.RestoreGroups
+	if groups == nil {
+		groups = []string{DefaultRestoreGroup}
+	}
+	return slices.ContainsFunc(req.UserInfo.Groups, func(g string) bool { return slices.Contains(groups, g) })
 }
 
 // Setup registers the webhooks with mgr's webhook server.
@@ -38,10 +63,10 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Device{}).WithValidator(&DeviceValidator{Options: opts}).Complete(); err != nil {
 		return err
 	}
-	if err := ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Claim{}).WithValidator(&ClaimValidator{Options: opts}).WithDefaulter(&ClaimDefaulter{}).Complete(); err != nil {
+	if err := ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.Claim{}).WithValidator(&ClaimValidator{Options: opts}).WithDefaulter(&ClaimDefaulter{Options: opts}).Complete(); err != nil {
 		return err
 	}
-	return ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.SupportAction{}).WithDefaulter(&SupportActionDefaulter{}).Complete()
+	return ctrl.NewWebhookManagedBy(mgr, &custodyv1alpha1.SupportAction{}).WithDefaulter(&SupportActionDefaulter{Options: opts}).Complete()
 }
 
 // requester is the user the API server authenticated for this request.
@@ -57,31 +82,41 @@ func requester(ctx context.Context) (string, error) {
 
 // ClaimDefaulter records who created a Claim in spec.requestedBy,
 // overwriting whatever the request said, as cert-manager does for a
-// CertificateRequest's spec.username. The CRD keeps it immutable.
-type ClaimDefaulter struct{}
+// CertificateRequest's spec.username. The CRD keeps it immutable. Only the
+// restore identity re-creates a Claim with the requester it had.
+type ClaimDefaulter struct {
+	Options Options
+}
 
 // Default sets spec.requestedBy on creation.
-func (ClaimDefaulter) Default(ctx context.Context, c *custodyv1alpha1.Claim) error {
+func (d ClaimDefaulter) Default(ctx context.Context, c *custodyv1alpha1.Claim) error {
 	user, err := requester(ctx)
 	if err != nil {
 		return err
 	}
-	c.Spec.RequestedBy = user
+	if c.Spec.RequestedBy == "" || !d.Options.isRestore(ctx) {
+		c.Spec.RequestedBy = user
+	}
 	return nil
 }
 
 // +kubebuilder:webhook:path=/mutate-custody-dev-v1alpha1-supportaction,mutating=true,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=supportactions,verbs=create,versions=v1alpha1,name=msupportaction.custody.dev,admissionReviewVersions=v1
 
-// SupportActionDefaulter records who created a SupportAction.
-type SupportActionDefaulter struct{}
+// SupportActionDefaulter records who created a SupportAction (the
+// restore identity re-creates one with the requester it had).
+type SupportActionDefaulter struct {
+	Options Options
+}
 
 // Default sets spec.requestedBy on creation.
-func (SupportActionDefaulter) Default(ctx context.Context, a *custodyv1alpha1.SupportAction) error {
+func (d SupportActionDefaulter) Default(ctx context.Context, a *custodyv1alpha1.SupportAction) error {
 	user, err := requester(ctx)
 	if err != nil {
 		return err
 	}
-	a.Spec.RequestedBy = user
+	if a.Spec.RequestedBy == "" || !d.Options.isRestore(ctx) {
+		a.Spec.RequestedBy = user
+	}
 	return nil
 }
 
@@ -101,13 +136,13 @@ func (o Options) isManager(ctx context.Context) bool {
 }
 
 // ValidateCreate checks the identity key and that no manager-only field is
-// preset.
+// preset, except by the manager and the restore identity.
 func (v *DeviceValidator) ValidateCreate(ctx context.Context, d *custodyv1alpha1.Device) (admission.Warnings, error) {
 	var errs field.ErrorList
 	if _, err := protocol.ParsePublicKeyPEM([]byte(d.Spec.Identity.PublicKey)); err != nil {
 		errs = append(errs, field.Invalid(field.NewPath("spec", "identity", "publicKey"), "(PEM)", err.Error()))
 	}
-	if !v.Options.isManager(ctx) {
+	if !v.Options.isManager(ctx) && !v.Options.isRestore(ctx) {
 		errs = append(errs, managerFieldsSet(&d.Spec)...)
 	}
 	return nil, invalid(d.Name, errs)
@@ -151,8 +186,8 @@ type managerField struct {
 // DeviceSpec field must be added here or to userWritableFields in the tests
 // (TestManagerOnlyFieldsCoverDeviceSpec fails otherwise).
 //
-// A future restore identity (DESIGN.md, "Backup and restore") re-creates
-// these fields by passing this same check, as the manager does.
+// The restore identity (Options.RestoreGroups) may set them on create, to
+// re-create a Device from a backup; only the manager changes them.
 var managerOnlyFields = []managerField{
 	{
 		name: "claimRef", set: func(s *custodyv1alpha1.DeviceSpec) bool { return s.ClaimRef != nil },
@@ -177,6 +212,12 @@ var managerOnlyFields = []managerField{
 		value:   func(s *custodyv1alpha1.DeviceSpec) any { return s.PendingClaim },
 		created: "only the Custody manager records a claim's cooling-off; create the Device without pendingClaim",
 		changed: "only the Custody manager records a claim's cooling-off",
+	},
+	{
+		name: "custody", set: func(s *custodyv1alpha1.DeviceSpec) bool { return s.Custody != nil },
+		value:   func(s *custodyv1alpha1.DeviceSpec) any { return s.Custody },
+		created: "only the Custody manager writes the custody chain; create the Device without custody",
+		changed: "only the Custody manager writes the custody chain (every ownership change records itself there)",
 	},
 	{
 		name: "dispute", set: func(s *custodyv1alpha1.DeviceSpec) bool { return s.Dispute != nil },
@@ -266,7 +307,7 @@ var claimGK = custodyv1alpha1.GroupVersion.WithKind("Claim").GroupKind()
 // pairing-token proof from anyone but the manager.
 func (v ClaimValidator) ValidateCreate(ctx context.Context, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
 	if c.Spec.PairingToken != nil {
-		if !v.Options.isManager(ctx) {
+		if !v.Options.isManager(ctx) && !v.Options.isRestore(ctx) {
 			return nil, apierrors.NewInvalid(claimGK, c.Name, field.ErrorList{field.Forbidden(field.NewPath("spec", "pairingToken"),
 				"only the Custody manager creates pairing-token Claims, when a device presents the token; give the token to the device instead")})
 		}

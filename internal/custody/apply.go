@@ -1,0 +1,193 @@
+package custody
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/history"
+)
+
+// Steps of Apply at which a test may inject a crash (Applier.FailPoint).
+const (
+	// StepChanged: the change and its head are written; nothing else is.
+	StepChanged = "custody-changed"
+	// StepAudited: the audit line is written; status.history is not.
+	StepAudited = "custody-audited"
+)
+
+// ErrRestorePending is returned by Apply for a Device re-created from a
+// backup whose restore is not yet recorded: the device controller records
+// it first (Restore), so that no change is written over a chain that does
+// not yet say where it came from.
+var ErrRestorePending = fmt.Errorf("%w: the device was restored from a backup and the restore is not recorded yet", ErrNotApplicable)
+
+// Applier writes Changes: the one writer of a Device's ownership fields,
+// spec.custody and status.history.
+type Applier struct {
+	// Client writes the Device.
+	Client client.Client
+	// Reader reads a Device afresh when its status changed under us; the
+	// API server, not a cache that may lag.
+	Reader client.Reader
+	// Recorder records each change's Event on the Device.
+	Recorder events.EventRecorder
+	// FieldOwner is the field manager of every write.
+	FieldOwner string
+	// Audit receives one line per history entry (history.AuditMessage).
+	Audit logr.Logger
+	// FailPoint, when set, is called after each step with the device name;
+	// an error stops Apply there, as a crash would.
+	FailPoint func(step, device string) error
+}
+
+// Apply writes ch to the Device d was observed as: first it completes a
+// change d shows unfinished (Complete), then writes the new spec with its
+// linked history entry in one optimistic write (a conflict is returned for
+// the caller to look again), then completes it. On success d is the Device
+// as written.
+func (a *Applier) Apply(ctx context.Context, d *custodyv1alpha1.Device, ch Change) error {
+	if RestorePending(d) && ch.Record.Type != custodyv1alpha1.CustodyEventRestored {
+		return ErrRestorePending
+	}
+	if err := a.Complete(ctx, d); err != nil {
+		return err
+	}
+	before := d.DeepCopy()
+	entry := history.Link(Head(d), ch.Record)
+	d.Spec = *ch.Spec.DeepCopy()
+	if d.Spec.Custody == nil {
+		d.Spec.Custody = &custodyv1alpha1.DeviceCustody{}
+	}
+	d.Spec.Custody.Head, d.Spec.Custody.DeviceUID = entry, d.UID
+	if err := a.Client.Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(a.FieldOwner)); err != nil {
+		*d = *before
+		return err
+	}
+	if ch.Event != nil && a.Recorder != nil {
+		a.Recorder.Eventf(d, ch.Event.Related, ch.Event.Type, ch.Event.Reason, ch.Event.Action, "%s", ch.Event.Note)
+	}
+	if err := a.failPoint(StepChanged, d.Name); err != nil {
+		return err
+	}
+	return a.Complete(ctx, d)
+}
+
+// Complete is the one crash-repair rule: if d's chain head is not yet the
+// newest entry of status.history, it writes the head's audit line and then
+// appends the head to status.history. It is idempotent, and a no-op for a
+// complete device. On success d.Status.History ends with the head.
+func (a *Applier) Complete(ctx context.Context, d *custodyv1alpha1.Device) error {
+	if d.Spec.Custody == nil || complete(d) {
+		return nil
+	}
+	head := d.Spec.Custody.Head
+	// The change landed with its head; the audit line follows it, and
+	// precedes the status entry, so that a crash loses neither.
+	a.Audit.Info(history.AuditMessage, "device", d.Name, "entry", head)
+	if err := a.failPoint(StepAudited, d.Name); err != nil {
+		return err
+	}
+	return retry.OnError(completeBackoff, isStale, func() error {
+		if complete(d) {
+			return nil
+		}
+		err := a.appendHead(ctx, d)
+		if isStale(err) {
+			fresh := &custodyv1alpha1.Device{}
+			if gerr := a.Reader.Get(ctx, client.ObjectKeyFromObject(d), fresh); gerr != nil {
+				return client.IgnoreNotFound(gerr)
+			}
+			if fresh.Spec.Custody == nil || fresh.Spec.Custody.Head.Hash != head.Hash {
+				// Another change landed meanwhile; whoever wrote it
+				// completes its own head, which follows ours.
+				*d = *fresh
+				return a.Complete(ctx, d)
+			}
+			*d = *fresh
+		}
+		return err
+	})
+}
+
+// completeBackoff retries a status append that lost to another append (or
+// to a status write of a device without history).
+var completeBackoff = wait.Backoff{Steps: 8, Duration: 5 * time.Millisecond, Factor: 2, Jitter: 0.2, Cap: 500 * time.Millisecond}
+
+func complete(d *custodyv1alpha1.Device) bool {
+	n := len(d.Status.History)
+	return n > 0 && d.Status.History[n-1].Hash == d.Spec.Custody.Head.Hash
+}
+
+// appendHead writes d's head as the newest entry of status.history. When
+// the head follows the newest entry, a JSON patch appends it on the
+// condition that the newest entry is still that one (other status fields
+// may change meanwhile). Otherwise (a device's first entry, or a chain
+// whose earlier entries are only in the audit log after a restore) the
+// history becomes a window starting at the head, written with the Device's
+// resourceVersion.
+func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) error {
+	head := d.Spec.Custody.Head
+	hist := d.Status.History
+	n := len(hist)
+	var patch client.Patch
+	if n > 0 && hist[n-1].Sequence == head.Sequence-1 && hist[n-1].Hash == head.PreviousHash {
+		ops := []map[string]any{
+			{"op": "test", "path": fmt.Sprintf("/status/history/%d/hash", n-1), "value": hist[n-1].Hash},
+			{"op": "add", "path": "/status/history/-", "value": head},
+		}
+		if n+1 > MaxHistory {
+			ops = append(ops, map[string]any{"op": "remove", "path": "/status/history/0"})
+		}
+		raw, err := json.Marshal(ops)
+		if err != nil {
+			return err
+		}
+		patch = client.RawPatch(types.JSONPatchType, raw)
+	} else {
+		raw, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
+			"status":   map[string]any{"history": []custodyv1alpha1.CustodyRecord{head}},
+		})
+		if err != nil {
+			return err
+		}
+		patch = client.RawPatch(types.MergePatchType, raw)
+	}
+	return client.IgnoreNotFound(a.Client.Status().Patch(ctx, d, patch, client.FieldOwner(a.FieldOwner)))
+}
+
+// isStale reports whether a status write was refused because the Device
+// changed: a conflict, or a JSON patch whose test failed.
+func isStale(err error) bool {
+	if err == nil {
+		return false
+	}
+	if apierrors.IsConflict(err) {
+		return true
+	}
+	var status apierrors.APIStatus
+	if s, ok := err.(apierrors.APIStatus); ok {
+		status = s
+	}
+	return status != nil && status.Status().Code == http.StatusUnprocessableEntity && strings.Contains(err.Error(), "test failed")
+}
+
+func (a *Applier) failPoint(step, device string) error {
+	if a.FailPoint == nil {
+		return nil
+	}
+	return a.FailPoint(step, device)
+}
