@@ -287,7 +287,13 @@ func (r *ClaimReconciler) act(ctx context.Context, c *custodyv1alpha1.Claim, in 
 		ch, err = custody.Transfer(dev, custody.HolderOf(*dev.Spec.ClaimRef), me, in.Offer.Namespace+"/"+in.Offer.Name, by)
 	case claim.ActionReattach:
 		by.Actor = r.claimActor(dev, c, "", in.Tenant.Name)
-		ch, err = custody.Reattach(dev, me, custody.ProofRetained, by)
+		proof := custody.ProofRetained
+		if ref := dev.Spec.ClaimRef; ref != nil && ref.Name == c.Name && custody.Recorded(dev, func(h custodyv1alpha1.CustodyRecord) bool { return h.Type == custodyv1alpha1.CustodyEventRestored }) {
+			// The Claim re-created by a restore, after its Device's restore
+			// was recorded without it.
+			proof = custody.ProofRestore
+		}
+		ch, err = custody.Reattach(dev, me, proof, by)
 	case claim.ActionStartCoolingOff:
 		ch, err = custody.StartCoolingOff(dev, me, d.Proof, d.CoolingOffUntil, by)
 	case claim.ActionDispute:

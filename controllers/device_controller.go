@@ -54,7 +54,13 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err := r.Custody.Complete(ctx, device); err != nil {
 		return reconcile.Result{}, err
 	}
-	for _, step := range []func(context.Context, *custodyv1alpha1.Device) error{r.restore, r.recordSale, r.decommission} {
+	if waiting, err := r.restore(ctx, device); err != nil || waiting {
+		if err == nil {
+			return reconcile.Result{RequeueAfter: restoreRecheck}, nil
+		}
+		return retryOrFail(err)
+	}
+	for _, step := range []func(context.Context, *custodyv1alpha1.Device) error{r.recordSale, r.decommission} {
 		if err := step(ctx, device); err != nil {
 			return retryOrFail(err)
 		}
@@ -84,12 +90,23 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	return reconcile.Result{}, nil
 }
 
+// RestoreGrace is how long after a Device was re-created from a backup the
+// manager waits for the Claims it refers to to be re-created too, before it
+// records the restore without them (their tenants' new Claims then
+// reattach). Until the restore is recorded no change applies to the device.
+const RestoreGrace = 2 * time.Minute
+
+// restoreRecheck is how often a restored Device looks for its Claims.
+const restoreRecheck = 2 * time.Second
+
 // restore records that the Device was re-created from a backup
 // (custody.Restore): the Claims it refers to were re-created by the same
-// restore with new UIDs, and its binding follows them by namespace and name.
-func (r *DeviceReconciler) restore(ctx context.Context, d *custodyv1alpha1.Device) error {
+// restore with new UIDs, and its binding, cooling-off and dispute follow
+// them by namespace and name. It reports waiting while a referenced Claim
+// is missing and RestoreGrace has not passed.
+func (r *DeviceReconciler) restore(ctx context.Context, d *custodyv1alpha1.Device) (waiting bool, err error) {
 	if !custody.RestorePending(d) {
-		return nil
+		return false, nil
 	}
 	current := map[string]types.UID{}
 	refs := []custodyv1alpha1.DeviceClaimReference{}
@@ -104,28 +121,33 @@ func (r *DeviceReconciler) restore(ctx context.Context, d *custodyv1alpha1.Devic
 			refs = append(refs, p.DeviceClaimReference)
 		}
 	}
+	missing := false
 	for _, ref := range refs {
 		c := &custodyv1alpha1.Claim{}
 		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, c); err != nil {
-			if apierrors.IsNotFound(err) {
-				continue // not restored (yet): a later Claim of the tenant reattaches
+			if !apierrors.IsNotFound(err) {
+				return false, err
 			}
-			return err
+			missing = true
+			continue
 		}
 		if c.DeviceName() == d.Name && c.DeletionTimestamp.IsZero() {
 			current[ref.Namespace+"/"+ref.Name] = c.UID
 		}
 	}
+	if missing && r.Options.Clock.Since(d.CreationTimestamp.Time) < RestoreGrace {
+		return true, nil
+	}
 	full := &custodyv1alpha1.Device{}
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(d), full); err != nil {
-		return client.IgnoreNotFound(err)
+		return false, client.IgnoreNotFound(err)
 	}
 	tool := fieldManagerOf(full, "f:spec", "f:custody")
 	ch, err := custody.Restore(d, current, tool, custody.By{Actor: "restore:" + tool, Time: r.Options.Clock.Now()})
 	if err != nil {
-		return err
+		return false, err
 	}
-	return r.Custody.Apply(ctx, d, ch)
+	return false, r.Custody.Apply(ctx, d, ch)
 }
 
 // recordSale records the ERP's sale in the device's history, once per

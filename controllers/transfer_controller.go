@@ -98,6 +98,25 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 			return reconcile.Result{}, err
 		}
 	}
+	// Done already: the change that carried this Transfer out is in the
+	// device's history (also when its status was never written: a crash
+	// right after the change, or a restore without status).
+	ref := tr.Namespace + "/" + tr.Name
+	for _, h := range custody.Records(dev) {
+		if h.Reference == ref && (h.Type == custodyv1alpha1.CustodyEventTransferred || h.Type == custodyv1alpha1.CustodyEventReleased) {
+			msg := "The device was handed to tenant " + h.Tenant + "."
+			if h.Type == custodyv1alpha1.CustodyEventReleased {
+				msg = "The device was released for claiming."
+			}
+			if tr.Status.DeviceName == "" {
+				tr.Status.DeviceName = dev.Name
+			}
+			setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, msg, now)
+			t := h.Time
+			tr.Status.CompletionTime = &t
+			return reconcile.Result{}, nil
+		}
+	}
 	if tr.Status.DeviceName == "" {
 		if err != nil || dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID || dev.Spec.ClaimRef.Tenant != tenant.Name {
 			// Not yet: the Claim may have been applied with this Transfer.
@@ -115,15 +134,6 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 	}
 
 	// An offer: the recipient's Claim completes it.
-	ref := tr.Namespace + "/" + tr.Name
-	for _, h := range custody.Records(dev) {
-		if h.Type == custodyv1alpha1.CustodyEventTransferred && h.Reference == ref {
-			setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was handed to tenant "+h.Tenant+".", now)
-			t := h.Time
-			tr.Status.CompletionTime = &t
-			return reconcile.Result{}, nil
-		}
-	}
 	if ref := dev.Spec.ClaimRef; ref == nil || ref.UID != c.UID {
 		if ref != nil && ref.Tenant == tr.Spec.Recipient.Tenant {
 			// Accepted: the history entry follows the binding, and its
@@ -149,14 +159,6 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 // while the Claim still holds the device.
 func (r *TransferReconciler) release(ctx context.Context, tr *custodyv1alpha1.Transfer, c *custodyv1alpha1.Claim, dev *custodyv1alpha1.Device, tenant string, now time.Time) error {
 	ref := tr.Namespace + "/" + tr.Name
-	for _, h := range custody.Records(dev) {
-		if h.Type == custodyv1alpha1.CustodyEventReleased && h.Reference == ref {
-			setTransfer(tr, custodyv1alpha1.TransferPhaseCompleted, true, custodyv1alpha1.TransferReasonCompleted, "The device was released for claiming.", now)
-			t := h.Time
-			tr.Status.CompletionTime = &t
-			return nil
-		}
-	}
 	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.UID != c.UID {
 		setTransfer(tr, custodyv1alpha1.TransferPhaseFailed, false, custodyv1alpha1.TransferReasonClaimNotBound,
 			"Claim "+tr.Spec.ClaimName+" no longer holds the device: nothing was released.", now)

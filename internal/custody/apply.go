@@ -134,7 +134,7 @@ func complete(d *custodyv1alpha1.Device) bool {
 // appendHead writes d's head as the newest entry of status.history. When
 // the head follows the newest entry, a JSON patch appends it on the
 // condition that the newest entry is still that one (other status fields
-// may change meanwhile). Otherwise (a device's first entry, or a chain
+// may change meanwhile, and only another history append conflicts). Otherwise (a device's first entry, or a chain
 // whose earlier entries are only in the audit log after a restore) the
 // history becomes a window starting at the head, written with the Device's
 // resourceVersion.
@@ -144,8 +144,10 @@ func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) err
 	n := len(hist)
 	var patch client.Patch
 	if n > 0 && hist[n-1].Sequence == head.Sequence-1 && hist[n-1].Hash == head.PreviousHash {
+		// The test is of the whole list: an entry's index alone would
+		// also match after another append.
 		ops := []map[string]any{
-			{"op": "test", "path": fmt.Sprintf("/status/history/%d/hash", n-1), "value": hist[n-1].Hash},
+			{"op": "test", "path": "/status/history", "value": hist},
 			{"op": "add", "path": "/status/history/-", "value": head},
 		}
 		if n+1 > MaxHistory {

@@ -111,18 +111,25 @@ type manager struct {
 // the webhook server's address is the control plane's.
 func startManager(t testing.TB, mutate ...func(*controllers.Options)) *manager {
 	t.Helper()
-	cfg, err := cp.ManagerConfig()
+	return startManagerOn(t, cp, mutate...)
+}
+
+// startManagerOn starts a manager against the control plane on (the
+// suite's, or another a test started).
+func startManagerOn(t testing.TB, on *controlplane.ControlPlane, mutate ...func(*controllers.Options)) *manager {
+	t.Helper()
+	cfg, err := on.ManagerConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := &manager{Clock: clocktesting.NewFakeClock(epoch), done: make(chan error, 1)}
-	opts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer, Clock: m.Clock}
+	opts := controllers.Options{OperatorNamespace: on.OperatorNamespace, RootIssuer: on.RootIssuer, Clock: m.Clock}
 	for _, f := range mutate {
 		f(&opts)
 	}
 	mgr, err := operator.New(operator.Config{
 		RESTConfig:         rest.CopyConfig(cfg),
-		WebhookServer:      cp.WebhookServer(),
+		WebhookServer:      on.WebhookServer(),
 		MetricsAddr:        "0",
 		HealthAddr:         "0",
 		Controllers:        opts,
@@ -141,7 +148,7 @@ func startManager(t testing.TB, mutate ...func(*controllers.Options)) *manager {
 	waitFor(t, "the webhook server", func() bool {
 		c := &custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
 			Spec: custodyv1alpha1.ClaimSpec{SerialNumber: "SN-PROBE", Model: "PROBE", ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: "x"}}}}
-		return admin.Create(context.Background(), c, client.DryRunAll) == nil
+		return on.Client.Create(context.Background(), c, client.DryRunAll) == nil
 	})
 	return m
 }
