@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
@@ -441,24 +443,40 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, in claim.Input) err
 	if in.Device == nil {
 		return nil
 	}
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		dev := &custodyv1alpha1.Device{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: in.Device.Name}, dev); err != nil {
-			return client.IgnoreNotFound(err)
+	// The counter is the claim controller's alone: the write is conditional
+	// on the count it read (a JSON-patch test), so heartbeats, certificates
+	// and history entries written meanwhile never make it fail.
+	dev := in.Device.DeepCopy()
+	err := retry.OnError(tenantBackoff, custody.IsStale, func() error {
+		n := dev.Status.FailedClaimAttempts
+		ops := []map[string]any{
+			{"op": "test", "path": "/metadata/resourceVersion", "value": dev.ResourceVersion},
+			{"op": "add", "path": "/status/failedClaimAttempts", "value": n + 1},
+			{"op": "add", "path": "/status/lastFailedClaimTime", "value": metav1.NewTime(in.Now)},
 		}
-		before := dev.DeepCopy()
-		dev.Status.FailedClaimAttempts++
-		t := metav1.NewTime(in.Now)
-		dev.Status.LastFailedClaimTime = &t
-		if err := r.Client.Status().Patch(ctx, dev, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		if n > 0 {
+			ops[0] = map[string]any{"op": "test", "path": "/status/failedClaimAttempts", "value": n}
+		}
+		raw, err := json.Marshal(ops)
+		if err != nil {
 			return err
 		}
-		// Related to the Tenant, with a note that holds for every failure
-		// of that tenant, so that the events API aggregates them.
-		r.Recorder.Eventf(dev, in.Tenant, corev1.EventTypeWarning, "ClaimFailed", "Claim",
-			"A claim by tenant %s failed verification; status.failedClaimAttempts counts the failed attempts on this device from all tenants.", in.Tenant.Name)
-		return nil
+		err = r.Client.Status().Patch(ctx, dev, client.RawPatch(types.JSONPatchType, raw), client.FieldOwner(FieldOwner))
+		if custody.IsStale(err) {
+			if gerr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(dev), dev); gerr != nil {
+				return gerr
+			}
+		}
+		return err
 	})
+	if err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	// Related to the Tenant, with a note that holds for every failure of
+	// that tenant, so that the events API aggregates them.
+	r.Recorder.Eventf(dev, in.Tenant, corev1.EventTypeWarning, "ClaimFailed", "Claim",
+		"A claim by tenant %s failed verification; status.failedClaimAttempts counts the failed attempts on this device from all tenants.", in.Tenant.Name)
+	return nil
 }
 
 // updateTenantStatus applies mutate to the Tenant's status with optimistic

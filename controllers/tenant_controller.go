@@ -31,7 +31,6 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/custody"
-	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
@@ -112,13 +111,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 
 	before := tenant.DeepCopy()
 	defer func() {
-		err := r.patchStatus(ctx, before, tenant, retErr == nil)
-		switch {
-		case apierrors.IsConflict(err):
-			// The claim controller updated the throttles meanwhile; the
-			// status is recomputed from a fresh read.
-			result = reconcile.Result{RequeueAfter: conflictRetry}
-		case err != nil:
+		if err := r.patchStatus(ctx, before, tenant, retErr == nil); err != nil {
 			retErr = errors.Join(retErr, err)
 		}
 	}()
@@ -133,11 +126,15 @@ func (r *TenantReconciler) patchStatus(ctx context.Context, before, tenant *cust
 	if success && tenant.DeletionTimestamp.IsZero() {
 		tenant.Status.ObservedGeneration = tenant.Generation
 	}
-	claim.Prune(&tenant.Status, r.Options.Clock.Now(), r.Options.ClaimPolicy)
 	if equality.Semantic.DeepEqual(before.Status, tenant.Status) {
 		return nil
 	}
-	if err := r.Client.Status().Patch(ctx, tenant, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+	// The tenant controller owns the conditions, namespace, issuer and
+	// observedGeneration; the claim bookkeeping (claimThrottles,
+	// failedClaimAttempts) is the claim controller's, so this patch, which
+	// carries only what changed here, needs no resourceVersion and never
+	// collides with a reservation.
+	if err := r.Client.Status().Patch(ctx, tenant, client.MergeFrom(before), client.FieldOwner(FieldOwner)); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}

@@ -14,8 +14,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -256,10 +258,21 @@ func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
 	byClaim := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 		return transfersFor(ctx, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexTransferClaim: o.GetName()})
 	})
+	// Transfers wait for their Tenant to become ready (after a restore, for
+	// example).
+	byTenant := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+		return transfersFor(ctx, client.InNamespace(o.(*custodyv1alpha1.Tenant).TargetNamespace()))
+	})
+	readinessChanged := predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return tenantUsable(e.ObjectOld.(*custodyv1alpha1.Tenant)) != tenantUsable(e.ObjectNew.(*custodyv1alpha1.Tenant))
+		},
+	}
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Transfer{}).
 		Watches(&custodyv1alpha1.Device{}, byDevice).
 		Watches(&custodyv1alpha1.Claim{}, byClaim).
+		Watches(&custodyv1alpha1.Tenant{}, byTenant, builder.WithPredicates(readinessChanged)).
 		Named("transfer").
 		Complete(r)
 }

@@ -3,6 +3,7 @@ package custody
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -100,12 +101,12 @@ func (a *Applier) Complete(ctx context.Context, d *custodyv1alpha1.Device) error
 	if err := a.failPoint(StepAudited, d.Name); err != nil {
 		return err
 	}
-	return retry.OnError(completeBackoff, isStale, func() error {
+	return retry.OnError(completeBackoff, IsStale, func() error {
 		if complete(d) {
 			return nil
 		}
 		err := a.appendHead(ctx, d)
-		if isStale(err) {
+		if IsStale(err) {
 			fresh := &custodyv1alpha1.Device{}
 			if gerr := a.Reader.Get(ctx, client.ObjectKeyFromObject(d), fresh); gerr != nil {
 				return client.IgnoreNotFound(gerr)
@@ -171,9 +172,9 @@ func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) err
 	return client.IgnoreNotFound(a.Client.Status().Patch(ctx, d, patch, client.FieldOwner(a.FieldOwner)))
 }
 
-// isStale reports whether a status write was refused because the Device
-// changed: a conflict, or a JSON patch whose test failed.
-func isStale(err error) bool {
+// IsStale reports whether a write was refused because the object changed
+// since it was read: a conflict, or a JSON patch whose test failed.
+func IsStale(err error) bool {
 	if err == nil {
 		return false
 	}
@@ -181,10 +182,7 @@ func isStale(err error) bool {
 		return true
 	}
 	var status apierrors.APIStatus
-	if s, ok := err.(apierrors.APIStatus); ok {
-		status = s
-	}
-	return status != nil && status.Status().Code == http.StatusUnprocessableEntity && strings.Contains(err.Error(), "test failed")
+	return errors.As(err, &status) && status.Status().Code == http.StatusUnprocessableEntity && strings.Contains(err.Error(), "test failed")
 }
 
 func (a *Applier) failPoint(step, device string) error {

@@ -255,6 +255,11 @@ func TestRestoreFromAStatusLessBackup(t *testing.T) {
 	}
 	// The offer stands, and its recipient can take it.
 	got := &custodyv1alpha1.Transfer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("restored Transfer: %+v", got.Status)
+		}
+	})
 	waitFor(t, "the restored Transfer to be offered", func() bool {
 		return fresh.Client.Get(ctx, clientKey(tr), got) == nil && got.Status.Phase == custodyv1alpha1.TransferPhaseOffered
 	})
