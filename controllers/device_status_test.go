@@ -3,7 +3,6 @@ package controllers
 import (
 	"testing"
 
-
 	"k8s.io/apimachinery/pkg/api/meta"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"

@@ -22,9 +22,9 @@ import (
 func main() {
 	var (
 		opNS, rootIssuer, managerUsers, gatewayUsers, restoreGroups, metricsAddr, healthAddr, certDir, trustDomain, webhookHost, configFile string
-		webhookPort, maxAttempts                                                                                             int
-		leaderElect                                                                                                          bool
-		lockoutBase, certDuration, transferTTL                                                                               time.Duration
+		webhookPort, maxAttempts                                                                                                            int
+		leaderElect                                                                                                                         bool
+		lockoutBase, certDuration, transferTTL                                                                                              time.Duration
 	)
 	var certManagerUsers string
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")

@@ -87,9 +87,12 @@ func TestChangesRefuseWhatTheDeviceDoesNotAllow(t *testing.T) {
 			_, err := Dispute(device(disputedBy(acme, globe)), acme, "ClaimCode", by)
 			return err
 		},
-		"withdraw a stranger":              func() error { _, err := Withdraw(device(pending(globe)), acme.UID, by); return err },
-		"transfer from a Claim not bound":  func() error { _, err := Transfer(device(boundTo(globe)), acme, third, "ns/t", by); return err },
-		"transfer a decommissioned device": func() error { _, err := Transfer(device(boundTo(acme), decommissioned), acme, globe, "ns/t", by); return err },
+		"withdraw a stranger":             func() error { _, err := Withdraw(device(pending(globe)), acme.UID, by); return err },
+		"transfer from a Claim not bound": func() error { _, err := Transfer(device(boundTo(globe)), acme, third, "ns/t", by); return err },
+		"transfer a decommissioned device": func() error {
+			_, err := Transfer(device(boundTo(acme), decommissioned), acme, globe, "ns/t", by)
+			return err
+		},
 		"release another's binding":        func() error { _, err := Release(device(boundTo(globe)), acme, "ClaimDeleted", "", "", by); return err },
 		"release an unbound device":        func() error { _, err := Release(device(), Holder{}, "TenantDeleted", "", "", by); return err },
 		"award a decommissioned device":    func() error { _, err := Award(device(decommissioned), acme, "supportaction/a", "why", by); return err },
@@ -167,7 +170,9 @@ func TestChanges(t *testing.T) {
 			want{record: custodyv1alpha1.CustodyRecord{Type: "Withdrawn", Tenant: "acme", Claim: "tenant-acme/c1", ClaimUID: "uid-acme", Proof: "ClaimDeleted", Actor: "user:alice"}, eventType: "Normal"}},
 		{"transfer", func() (Change, error) { return Transfer(device(boundTo(acme)), acme, globe, "tenant-acme/t1", by) },
 			want{claimRef: &globe, boundAt: &now, record: custodyv1alpha1.CustodyRecord{Type: "Transferred", Tenant: "globex", FromTenant: "acme", Claim: "tenant-globex/c2", ClaimUID: "uid-globex", Proof: "Transfer", Reference: "tenant-acme/t1", Actor: "user:alice"}, eventType: "Normal"}},
-		{"release with a new code", func() (Change, error) { return Release(device(boundTo(acme)), acme, "Transfer", "tenant-acme/t1", "v2", by) },
+		{"release with a new code", func() (Change, error) {
+			return Release(device(boundTo(acme)), acme, "Transfer", "tenant-acme/t1", "v2", by)
+		},
 			want{consumed: []string{digest}, verifier: "v2", record: custodyv1alpha1.CustodyRecord{Type: "Released", Tenant: "acme", Claim: "tenant-acme/c1", ClaimUID: "uid-acme", Proof: "Transfer", Reference: "tenant-acme/t1", Actor: "user:alice"}, eventType: "Normal"}},
 		{"award to the bound claim keeps its start", func() (Change, error) {
 			return Award(device(boundTo(acme)), acme, "supportaction/a1", "invoice shown", by)
@@ -181,7 +186,9 @@ func TestChanges(t *testing.T) {
 			return Award(device(boundTo(globe)), acme, "supportaction/a1", "stolen", by)
 		}, want{claimRef: &acme, boundAt: &now, consumed: []string{digest},
 			record: custodyv1alpha1.CustodyRecord{Type: "Resolved", Tenant: "acme", FromTenant: "globex", Claim: "tenant-acme/c1", ClaimUID: "uid-acme", Proof: "Award", Reference: "supportaction/a1", Reason: "stolen", Actor: "user:alice"}, eventType: "Normal"}},
-		{"reset", func() (Change, error) { return Reset(device(boundTo(acme), pending(globe)), "supportaction/r1", "stolen", by), nil },
+		{"reset", func() (Change, error) {
+			return Reset(device(boundTo(acme), pending(globe)), "supportaction/r1", "stolen", by), nil
+		},
 			want{consumed: []string{digest}, record: custodyv1alpha1.CustodyRecord{Type: "Resolved", Tenant: "acme", Claim: "tenant-acme/c1", ClaimUID: "uid-acme", Proof: "Reset", Reference: "supportaction/r1", Reason: "stolen", Actor: "user:alice"}, eventType: "Normal"}},
 		{"decommission", func() (Change, error) { return Decommission(device(boundTo(acme), decommissioned), by) },
 			want{record: custodyv1alpha1.CustodyRecord{Type: "Decommissioned", Tenant: "acme", Claim: "tenant-acme/c1", ClaimUID: "uid-acme", Proof: "Decommissioned", Actor: "user:alice"}, eventType: "Normal"}},
