@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -63,7 +62,7 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if c.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(c, custodyv1alpha1.FinalizerName) {
-		return reconcile.Result{}, r.Client.Update(ctx, c)
+		return reconcile.Result{}, r.Client.Update(ctx, c, client.FieldOwner(FieldOwner))
 	}
 	if !c.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, c)
@@ -89,9 +88,6 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	if d.Action == claim.ActionReserve {
 		// Count the attempt before verifying the code, then decide again.
 		if err := r.reserve(ctx, c, &in); err != nil {
-			if apierrors.IsConflict(err) {
-				return reconcile.Result{RequeueAfter: conflictRetry}, nil
-			}
 			return reconcile.Result{}, err
 		}
 		d = claim.Decide(in, r.Options.Verifier)
@@ -109,15 +105,10 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 
 	if err := r.act(ctx, c, in, d); err != nil {
 		// Someone else wrote the Device or Tenant first: look again.
-		return retryOrFail(err)
+		return reconcile.Result{}, err
 	}
 	changed, err := r.writeStatus(ctx, c, d, in.Reserved)
 	if err != nil {
-		if apierrors.IsConflict(err) {
-			// Decided from a stale read: decide again from a fresh one, so
-			// that each outcome is recorded (Event, metric) exactly once.
-			return reconcile.Result{RequeueAfter: conflictRetry}, nil
-		}
 		return reconcile.Result{}, err
 	}
 	if changed && d.Action == claim.ActionReportDispute {
@@ -417,7 +408,7 @@ func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim,
 		before := t.DeepCopy()
 		in.Reserved = claim.Reserve(&t.Status, c.DeviceName(), c.UID, in.Now, in.Policy) == claim.Reserved
 		if in.Reserved {
-			if err := r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+			if err := r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 				in.Reserved = false
 				return err
 			}
@@ -496,7 +487,7 @@ func (r *ClaimReconciler) mutateTenantStatus(ctx context.Context, name string, m
 	if !mutate(&t.Status) {
 		return nil
 	}
-	return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
 }
 
 // writeStatus writes the Decision into the Claim's status and records its
@@ -564,7 +555,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	if reserved && d.Action == claim.ActionRecordFailure {
 		patch = client.MergeFrom(before)
 	}
-	if err := r.Client.Status().Patch(ctx, c, patch); err != nil {
+	if err := r.Client.Status().Patch(ctx, c, patch, client.FieldOwner(FieldOwner)); err != nil {
 		return false, client.IgnoreNotFound(err)
 	}
 	if changed {
@@ -597,7 +588,7 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 			err = r.Custody.Apply(ctx, dev, ch)
 		}
 		if err != nil {
-			return retryOrFail(err)
+			return reconcile.Result{}, err
 		}
 	}
 	if found && dev.Spec.ClaimRef != nil && dev.Spec.ClaimRef.UID == c.UID {
@@ -613,7 +604,7 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 				err = r.Custody.Apply(ctx, dev, ch)
 			}
 			if err != nil {
-				return retryOrFail(err)
+				return reconcile.Result{}, err
 			}
 		} else {
 			r.Recorder.Eventf(dev, c, corev1.EventTypeNormal, "Retained", "Release",
@@ -621,7 +612,7 @@ func (r *ClaimReconciler) reconcileDelete(ctx context.Context, c *custodyv1alpha
 		}
 	}
 	if controllerutil.RemoveFinalizer(c, custodyv1alpha1.FinalizerName) {
-		if err := r.Client.Update(ctx, c); err != nil {
+		if err := r.Client.Update(ctx, c, client.FieldOwner(FieldOwner)); err != nil {
 			return reconcile.Result{}, client.IgnoreNotFound(err)
 		}
 	}
@@ -728,7 +719,7 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&custodyv1alpha1.Transfer{}, byTransfer).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, ctrl.WithPredicates(readinessChanged)).
 		WatchesMetadata(&corev1.Secret{}, bySecret).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentClaims}).
+		WithOptions(controllerOptions(r.Options.MaxConcurrentClaims)).
 		Named("claim").
 		Complete(r)
 }

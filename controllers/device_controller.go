@@ -58,11 +58,11 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		if err == nil {
 			return reconcile.Result{RequeueAfter: restoreRecheck}, nil
 		}
-		return retryOrFail(err)
+		return reconcile.Result{}, err
 	}
 	for _, step := range []func(context.Context, *custodyv1alpha1.Device) error{r.recordSale, r.decommission} {
 		if err := step(ctx, device); err != nil {
-			return retryOrFail(err)
+			return reconcile.Result{}, err
 		}
 	}
 	if err := r.openDirectSale(ctx, device); err != nil {
@@ -283,6 +283,7 @@ var auditLog = ctrl.Log.WithName("audit")
 func (r *DeviceReconciler) SetupWithManager(mgr manager.Manager) error {
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}).
+		WithOptions(controllerOptions(1)).
 		Named("device").
 		Complete(r)
 }

@@ -16,9 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -81,13 +81,21 @@ func (r *NotificationReconciler) Reconcile(ctx context.Context, req reconcile.Re
 			retryIn = wait
 		}
 	}
-	if !equality.Semantic.DeepEqual(before.Status, d.Status) {
-		if err := r.Client.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-			if apierrors.IsConflict(err) {
-				// Delivered but not recorded: the next look sends again,
-				// with the same IDs; receivers deduplicate.
-				return reconcile.Result{RequeueAfter: conflictRetry}, nil
-			}
+	if !equality.Semantic.DeepEqual(before.Status.Notifications, d.Status.Notifications) {
+		// The delivery state is this controller's alone: the write is
+		// conditional on the state it read (a JSON-patch test), so other
+		// status writers never make it fail. If it does fail (delivered but
+		// not recorded), the next look sends again, with the same IDs;
+		// receivers deduplicate.
+		test := map[string]any{"op": "test", "path": "/status/notifications", "value": before.Status.Notifications}
+		if len(before.Status.Notifications) == 0 {
+			test = map[string]any{"op": "test", "path": "/metadata/resourceVersion", "value": before.ResourceVersion}
+		}
+		raw, err := json.Marshal([]map[string]any{test, {"op": "add", "path": "/status/notifications", "value": d.Status.Notifications}})
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if err := r.Client.Status().Patch(ctx, d, client.RawPatch(types.JSONPatchType, raw), client.FieldOwner(FieldOwner)); err != nil {
 			return reconcile.Result{}, client.IgnoreNotFound(err)
 		}
 	}
@@ -292,7 +300,7 @@ func (r *NotificationReconciler) SetupWithManager(mgr manager.Manager) error {
 	}
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}, builder.WithPredicates(historyChanged)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 2}).
+		WithOptions(controllerOptions(2)).
 		Named("notification").
 		Complete(r)
 }

@@ -7,15 +7,15 @@ package controllers
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -252,12 +252,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	return nil
 }
 
-// retryOrFail turns an error of a write that lost a race (a conflict, or a
-// change the Device no longer allows as observed) into another look soon;
-// any other error is returned for the workqueue's back-off.
-func retryOrFail(err error) (reconcile.Result, error) {
-	if apierrors.IsConflict(err) || errors.Is(err, custody.ErrNotApplicable) {
-		return reconcile.Result{RequeueAfter: conflictRetry}, nil
+// controllerOptions are the options of every controller: workers
+// reconciles at once, and a failed reconcile (an error, a conflict with
+// another writer included) is retried with the workqueue's per-item
+// exponential back-off, from 5 ms up to a minute, without the default's
+// overall 10 per second bucket, which would stall a burst of claims that
+// race for the same devices.
+func controllerOptions(workers int) controller.Options {
+	return controller.Options{
+		MaxConcurrentReconciles: workers,
+		RateLimiter:             workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, time.Minute),
 	}
-	return reconcile.Result{}, err
 }

@@ -46,7 +46,7 @@ func (r *SupportActionReconciler) Reconcile(ctx context.Context, req reconcile.R
 	case errors.As(err, &failed):
 		return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionFailed, failed.msg)
 	case err != nil:
-		return retryOrFail(err)
+		return reconcile.Result{}, err
 	}
 	return reconcile.Result{}, r.finish(ctx, a, custodyv1alpha1.SupportActionSucceeded, msg)
 }
@@ -132,13 +132,14 @@ func (r *SupportActionReconciler) finish(ctx context.Context, a *custodyv1alpha1
 	a.Status.Phase, a.Status.Message = phase, msg
 	t := metav1.NewTime(r.Options.Clock.Now())
 	a.Status.CompletionTime = &t
-	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, a, client.MergeFrom(before)))
+	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, a, client.MergeFrom(before), client.FieldOwner(FieldOwner)))
 }
 
 // SetupWithManager registers the controller.
 func (r *SupportActionReconciler) SetupWithManager(mgr manager.Manager) error {
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.SupportAction{}).
+		WithOptions(controllerOptions(1)).
 		Named("supportaction").
 		Complete(r)
 }

@@ -106,7 +106,7 @@ func (r *TenantReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if tenant.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(tenant, custodyv1alpha1.FinalizerName) {
-		return reconcile.Result{}, r.Client.Update(ctx, tenant)
+		return reconcile.Result{}, r.Client.Update(ctx, tenant, client.FieldOwner(FieldOwner))
 	}
 
 	before := tenant.DeepCopy()
@@ -434,7 +434,7 @@ func (r *TenantReconciler) reconcileDelete(ctx context.Context, t *custodyv1alph
 			err = r.Custody.Apply(ctx, d, ch)
 		}
 		if err != nil {
-			return retryOrFail(err)
+			return reconcile.Result{}, err
 		}
 	}
 
@@ -455,7 +455,7 @@ func (r *TenantReconciler) reconcileDelete(ctx context.Context, t *custodyv1alph
 	}
 	r.Recorder.Eventf(t, nil, corev1.EventTypeNormal, "Deleted", "Delete", "Released %d devices and removed the tenant's CA and namespace.", len(devices.Items))
 	if controllerutil.RemoveFinalizer(t, custodyv1alpha1.FinalizerName) {
-		if err := r.Client.Update(ctx, t); err != nil {
+		if err := r.Client.Update(ctx, t, client.FieldOwner(FieldOwner)); err != nil {
 			return reconcile.Result{}, client.IgnoreNotFound(err)
 		}
 	}
@@ -505,6 +505,7 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&cmapi.Certificate{}, byTenantLabel).
 		Watches(&cmapi.Issuer{}, byTenantLabel).
 		Watches(&custodyv1alpha1.Device{}, byBoundTenant, ctrl.WithPredicates(bindingChanged)).
+		WithOptions(controllerOptions(1)).
 		Named("tenant").
 		Complete(r)
 }

@@ -59,12 +59,12 @@ func (r *TransferReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	before := tr.DeepCopy()
 	res, err := r.reconcile(ctx, tr)
 	if !equality.Semantic.DeepEqual(before.Status, tr.Status) {
-		if perr := r.Client.Status().Patch(ctx, tr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); perr != nil && err == nil {
+		if perr := r.Client.Status().Patch(ctx, tr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); perr != nil && err == nil {
 			err = client.IgnoreNotFound(perr)
 		}
 	}
 	if err != nil {
-		return retryOrFail(err)
+		return reconcile.Result{}, err
 	}
 	return res, nil
 }
@@ -215,7 +215,7 @@ func (r *TransferReconciler) freshCode(ctx context.Context, tr *custodyv1alpha1.
 		if err := controllerutil.SetOwnerReference(tr, s, r.Client.Scheme()); err != nil {
 			return "", err
 		}
-		if err := r.Client.Create(ctx, s); err != nil {
+		if err := r.Client.Create(ctx, s, client.FieldOwner(FieldOwner)); err != nil {
 			return "", err
 		}
 		return code, nil
@@ -273,6 +273,7 @@ func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&custodyv1alpha1.Device{}, byDevice).
 		Watches(&custodyv1alpha1.Claim{}, byClaim).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, builder.WithPredicates(readinessChanged)).
+		WithOptions(controllerOptions(1)).
 		Named("transfer").
 		Complete(r)
 }

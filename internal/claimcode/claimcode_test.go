@@ -173,6 +173,19 @@ func BenchmarkVerify(b *testing.B) {
 	}
 }
 
+// BenchmarkVerifyParallel is what the machine's cores can verify together
+// (-cpu sets how many): the ceiling of claims by code.
+func BenchmarkVerifyParallel(b *testing.B) {
+	c, _ := Generate()
+	v, _ := NewVerifier(c)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_, _ = Verify(c, v)
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifications/s")
+}
+
 // TestContainsIgnoresUIDs: UIDs are hex in 8-4-4-4-12 groups, which are all
 // alphabet symbols; none may be taken for a code.
 func TestContainsIgnoresUIDs(t *testing.T) {
