@@ -730,8 +730,9 @@ func (r *ClaimReconciler) failPoint(point string, c *custodyv1alpha1.Claim) erro
 	return nil
 }
 
-// maxConsumed bounds the manager's lists of used proofs (the CRD's MaxItems).
-const maxConsumed = 16
+// maxConsumed bounds the manager's lists of used proofs (the CRD's MaxItems
+// of both; TestBoundsAreTheAPIs checks they are the same).
+const maxConsumed = custodyv1alpha1.MaxConsumedClaimCodes
 
 // appendBounded adds v to list once, keeping the newest maxConsumed.
 func appendBounded(list []string, v string) []string {

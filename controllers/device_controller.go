@@ -27,7 +27,7 @@ import (
 )
 
 // maxHistory bounds Device.status.history (the CRD's MaxItems).
-const maxHistory = 32
+const maxHistory = custodyv1alpha1.MaxHistoryEntries
 
 // DeviceReconciler keeps a Device's phase, conditions and summary in line
 // with its spec, records sales in its history, ends the binding of a

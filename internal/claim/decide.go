@@ -448,7 +448,7 @@ func coolingOff(until, now time.Time, a Action) Decision {
 }
 
 // MaxDisputeClaims bounds Device.spec.dispute.claims (the CRD's MaxItems).
-const MaxDisputeClaims = 8
+const MaxDisputeClaims = custodyv1alpha1.MaxDisputeClaims
 
 // Proofs recorded in the custody history.
 const (

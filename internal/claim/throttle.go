@@ -133,7 +133,7 @@ func Counted(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID) 
 }
 
 // maxAttemptUIDs bounds ClaimThrottle.attempts (the CRD's MaxItems).
-const maxAttemptUIDs = 16
+const maxAttemptUIDs = custodyv1alpha1.MaxThrottleAttempts
 
 // Reservation is the outcome of Reserve.
 type Reservation string
@@ -230,7 +230,7 @@ func RecordSuccess(s *custodyv1alpha1.TenantStatus, deviceName string) bool {
 }
 
 // maxThrottles bounds Tenant.status.claimThrottles (the CRD's MaxItems).
-const maxThrottles = 256
+const maxThrottles = custodyv1alpha1.MaxClaimThrottles
 
 // Prune drops entries that are no longer locked and whose last failure is
 // older than p.Forget. If the list is still full, the oldest unlocked entry

@@ -1,0 +1,24 @@
+package controllers
+
+import (
+	"testing"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+)
+
+// TestBoundsAreTheAPIs: the lists the controllers keep bounded use the
+// API's bounds (which api/v1alpha1's TestCRDBoundsMatchGo checks against
+// the CRDs), so a changed MaxItems cannot leave a controller writing more
+// than the API server accepts.
+func TestBoundsAreTheAPIs(t *testing.T) {
+	for name, tc := range map[string]struct{ got, want int }{
+		"maxHistory":                        {maxHistory, custodyv1alpha1.MaxHistoryEntries},
+		"maxDeviceCertificates":             {maxDeviceCertificates, custodyv1alpha1.MaxDeviceCertificates},
+		"maxConsumed (consumedClaimCodes)":  {maxConsumed, custodyv1alpha1.MaxConsumedClaimCodes},
+		"maxConsumed (consumedSaleRecords)": {maxConsumed, custodyv1alpha1.MaxConsumedSaleRecords},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s is %d, the API's bound %d", name, tc.got, tc.want)
+		}
+	}
+}
