@@ -44,7 +44,7 @@ func TestValidate(t *testing.T) {
 		"shortest cooling-off":     {func(p *Policy) { p.CoolingOff = custodyv1alpha1.CoolingOffPeriodShortest }, ""},
 		"cooling-off too short":    {func(p *Policy) { p.CoolingOff = time.Second }, "coolingOff.period must be between 1m and 720h"},
 		"cooling-off too long":     {func(p *Policy) { p.CoolingOff = custodyv1alpha1.CoolingOffPeriodLongest + time.Hour }, "coolingOff.period must be between 1m and 720h"},
-		"misspelt proof":           {func(p *Policy) { p.RequiredProof = "Posession" }, "requiredProof must be"},
+		"misspelt proof":           {func(p *Policy) { p.RequiredProof = "possession" }, "requiredProof must be"},
 		"misspelt immediate proof": {func(p *Policy) { p.ImmediateProof = "Both" }, "immediateProof must be"},
 	} {
 		p := DefaultPolicy
