@@ -56,8 +56,11 @@ func main() {
 	klog.SetLogger(logger)
 	log := logger.WithName("setup")
 
+	// The flags set these two fields, every time (their defaults are
+	// DefaultPolicy's); a value out of int32 is clamped, out of bounds
+	// either way, and Validate says so.
 	policy := claim.DefaultPolicy
-	policy.MaxFailedAttempts = int32(min(max(maxAttempts, 0), math.MaxInt32)) // out of bounds either way; Validate says so
+	policy.MaxFailedAttempts = int32(min(max(maxAttempts, math.MinInt32), math.MaxInt32))
 	policy.LockoutBase = lockoutBase
 	if err := policy.Validate(); err != nil {
 		log.Error(err, "invalid --claim-max-failed-attempts or --claim-lockout")
