@@ -3,6 +3,13 @@
 // the tenant supplied. It performs no I/O; the claim controller fetches the
 // inputs and applies the Decision.
 //
+// Every claim decision lives here: Decide (the outcome, the dispute cap, the
+// pairing code's issue, keep or drop), DirectSaleTenant and DirectSaleClaim
+// (the Claim the manager opens for a direct sale), UseToken (whether a
+// device claims itself with a pairing token), Reserve and Unreserve (the
+// failed-attempt throttle), and the claim policy (policy.go: one Policy,
+// defaulted, bounded by the API and combined in one place).
+//
 // Security rules this package owns:
 //   - a wrong code and an unknown serial produce the same Decision;
 //   - the code never appears in a Decision;
