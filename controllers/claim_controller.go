@@ -114,16 +114,12 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	if changed && d.Action == claim.ActionReportDispute {
 		r.reportCompetingClaim(in)
 	}
-	if d.IssuePairing {
-		// Another look when the new pairing code expires.
-		d.RequeueAfter = r.Options.PairingTTL
-	}
 	return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
 }
 
 // observe gathers the inputs of claim.Decide.
 func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim) (claim.Input, error) {
-	in := claim.Input{Claim: c, Now: r.Options.Clock.Now()}
+	in := claim.Input{Claim: c, Now: r.Options.Clock.Now(), PairingTTL: r.Options.PairingTTL}
 
 	var tenants custodyv1alpha1.TenantList
 	if err := r.Client.List(ctx, &tenants, client.MatchingFields{indexTenantNamespace: c.Namespace}); err != nil {
@@ -158,14 +154,7 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 		}
 	}
 
-	policies := []*custodyv1alpha1.ClaimPolicy{}
-	if in.Tenant != nil {
-		policies = append(policies, in.Tenant.Spec.ClaimPolicy)
-	}
-	if in.Device != nil {
-		policies = append(policies, in.Device.Spec.ClaimPolicy)
-	}
-	in.Policy = r.Options.policyFor(c.Spec.Model).Tighten(policies...)
+	in.Policy = r.Options.claimPolicy(c.Spec.Model, in.Tenant, in.Device)
 
 	// A decided Claim needs no code: do not read Secrets for it.
 	if claimDecided(c) {
@@ -503,14 +492,15 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	c.Status.Phase = d.Phase
 	c.Status.ObservedGeneration = c.Generation
 	switch {
-	case d.IssuePairing && c.Status.Pairing == nil:
+	case d.IssuePairing:
+		// Decide chose to issue and when it expires; only the code's
+		// randomness is drawn here.
 		code, err := claimcode.GeneratePairingCode()
 		if err != nil {
 			return false, err
 		}
-		c.Status.Pairing = &custodyv1alpha1.Pairing{Code: code, ExpiresAt: metav1.NewTime(r.Options.Clock.Now().Add(r.Options.PairingTTL))}
-	case d.Phase != custodyv1alpha1.ClaimPhaseAwaitingDevice && d.Phase != custodyv1alpha1.ClaimPhasePending:
-		// Decided: the pairing code has done its work or expired.
+		c.Status.Pairing = &custodyv1alpha1.Pairing{Code: code, ExpiresAt: metav1.NewTime(d.PairingExpiresAt)}
+	case d.DropPairing:
 		c.Status.Pairing = nil
 	}
 	if d.Phase != custodyv1alpha1.ClaimPhaseBound {
@@ -636,23 +626,6 @@ func (r *ClaimReconciler) failPoint(point string, c *custodyv1alpha1.Claim) erro
 		return err
 	}
 	return nil
-}
-
-// maxConsumed bounds the manager's lists of used proofs (the CRD's MaxItems).
-const maxConsumed = 16
-
-// appendBounded adds v to list once, keeping the newest maxConsumed.
-func appendBounded(list []string, v string) []string {
-	for _, x := range list {
-		if x == v {
-			return list
-		}
-	}
-	list = append(list, v)
-	if len(list) > maxConsumed {
-		list = list[len(list)-maxConsumed:]
-	}
-	return list
 }
 
 // SetupWithManager registers the controller. Claims are re-examined when

@@ -191,27 +191,23 @@ func (r *DeviceReconciler) decommissionedBy(ctx context.Context, d *custodyv1alp
 
 // openDirectSale creates the Claim of a direct sale in the owner tenant's
 // namespace, named after the device; the claim controller binds it with the
-// sale record as proof. Nothing is created when policy forbids sale-record
-// proofs or the device is held, claimed or used.
+// sale record as proof. Whether to open it is claim.DirectSaleTenant's and
+// claim.DirectSaleClaim's decision.
 func (r *DeviceReconciler) openDirectSale(ctx context.Context, d *custodyv1alpha1.Device) error {
-	sale := d.Spec.Sale
-	if sale == nil || sale.OwnerTenant == "" || d.Spec.Decommissioned || d.Spec.ClaimRef != nil || d.Spec.PendingClaim != nil || d.Spec.Dispute != nil || claim.SaleConsumed(d) {
+	name := claim.DirectSaleTenant(d)
+	if name == "" {
 		return nil
 	}
 	t := &custodyv1alpha1.Tenant{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Name: sale.OwnerTenant}, t); err != nil {
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	if !tenantUsable(t) || r.Options.policyFor(d.Spec.Model).Tighten(d.Spec.ClaimPolicy, t.Spec.ClaimPolicy).SaleRecordForbidden {
+	c := claim.DirectSaleClaim(d, t, tenantUsable(t), r.Options.claimPolicy(d.Spec.Model, t, d))
+	if c == nil {
 		return nil
 	}
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: t.TargetNamespace(), Name: d.Name}, &custodyv1alpha1.Claim{}); !apierrors.IsNotFound(err) {
+	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(c), &custodyv1alpha1.Claim{}); !apierrors.IsNotFound(err) {
 		return client.IgnoreNotFound(err) // opened already, or a namesake the tenant made
-	}
-	c := &custodyv1alpha1.Claim{
-		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: t.TargetNamespace(), Labels: map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}},
-		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: d.Spec.SerialNumber, Model: d.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{},
-			ReleasePolicy: custodyv1alpha1.ReleasePolicyRetain},
 	}
 	if err := r.Client.Create(ctx, c); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err

@@ -180,7 +180,7 @@ func delivery(d *custodyv1alpha1.Device, id string) *custodyv1alpha1.Notificatio
 			return &d.Status.Notifications[i]
 		}
 	}
-	if len(d.Status.Notifications) >= 16 {
+	if len(d.Status.Notifications) >= custodyv1alpha1.MaxNotificationDeliveries {
 		d.Status.Notifications = d.Status.Notifications[1:]
 	}
 	d.Status.Notifications = append(d.Status.Notifications, custodyv1alpha1.NotificationDelivery{Endpoint: id})

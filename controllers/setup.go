@@ -41,7 +41,9 @@ type Options struct {
 	CertManagerUsernames []string
 	// Clock is injected so that lockouts are tested without sleeping.
 	Clock clock.PassiveClock
-	// ClaimPolicy is the default claim policy.
+	// ClaimPolicy is the manager's claim policy, before the model's, the
+	// Tenant's and the Device's tighten it; its unset fields are
+	// claim.DefaultPolicy's.
 	ClaimPolicy claim.Policy
 	// Verifier checks claim codes; argon2id unless a test injects another.
 	Verifier claim.Verifier
@@ -80,10 +82,11 @@ type Options struct {
 	NotificationBackoff time.Duration
 }
 
-// policyFor is the operator's policy for a model: the default tightened by
-// the model's policy, if any.
-func (o *Options) policyFor(model string) claim.Policy {
-	return o.ClaimPolicy.Tighten(o.ModelPolicies[model])
+// claimPolicy is the policy a claim on a device of model is decided under:
+// the manager's, tightened by the model's, the Tenant's and the Device's
+// (t and d may be nil). See claim.Effective.
+func (o *Options) claimPolicy(model string, t *custodyv1alpha1.Tenant, d *custodyv1alpha1.Device) claim.Policy {
+	return claim.Effective(o.ClaimPolicy, o.ModelPolicies[model], t, d)
 }
 
 // Defaults of Options.
@@ -102,9 +105,7 @@ func (o *Options) defaults() {
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
 	}
-	if o.ClaimPolicy == (claim.Policy{}) {
-		o.ClaimPolicy = claim.DefaultPolicy
-	}
+	o.ClaimPolicy = o.ClaimPolicy.Defaulted()
 	if o.Verifier == nil {
 		o.Verifier = Argon2Verifier{}
 	}

@@ -302,6 +302,10 @@ const (
 	// ClaimReasonDisputeLost: support staff awarded the device to another
 	// claim, or reset it.
 	ClaimReasonDisputeLost = "DisputeResolvedForAnother"
+	// ClaimReasonDisputeFull: ownership was proven while the device's
+	// dispute already held MaxDisputeClaims claims; this Claim was not added
+	// to it and is final.
+	ClaimReasonDisputeFull = "DisputeFull"
 	// ClaimReasonNoTransferOffer: no Transfer of this device to this tenant
 	// is on offer from fromTenant; ask the holder to create one.
 	ClaimReasonNoTransferOffer = "NoTransferOffer"

@@ -256,6 +256,19 @@ type PendingClaim struct {
 	Until metav1.Time `json:"until"`
 }
 
+// Bounds of the manager's lists in DeviceSpec, the same numbers as their
+// MaxItems markers (TestCRDBoundsMatchGo checks the generated CRD). The
+// manager keeps the newest entries of each list within its bound.
+const (
+	// MaxConsumedClaimCodes bounds spec.consumedClaimCodes.
+	MaxConsumedClaimCodes = 16
+	// MaxConsumedSaleRecords bounds spec.consumedSaleRecords.
+	MaxConsumedSaleRecords = 16
+	// MaxDisputeClaims bounds spec.dispute.claims: a valid claim that finds
+	// the dispute full is denied, never added.
+	MaxDisputeClaims = 8
+)
+
 // Dispute is a set of competing valid claims on one device.
 type Dispute struct {
 	// since is when the second valid claim arrived.
@@ -481,6 +494,17 @@ type DeviceReport struct {
 	// +kubebuilder:validation:MaxLength=64
 	State string `json:"state,omitempty"`
 }
+
+// Bounds of the lists in DeviceStatus, the same numbers as their MaxItems
+// markers (TestCRDBoundsMatchGo checks the generated CRD).
+const (
+	// MaxHistoryEntries bounds status.history: the newest entries are kept.
+	MaxHistoryEntries = 32
+	// MaxDeviceCertificates bounds status.certificates.
+	MaxDeviceCertificates = 4
+	// MaxNotificationDeliveries bounds status.notifications.
+	MaxNotificationDeliveries = 16
+)
 
 // DeviceStatus is the observed state of a Device.
 type DeviceStatus struct {

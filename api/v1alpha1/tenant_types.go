@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -74,6 +76,20 @@ type CertificatePolicy struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('720h')",message="duration must be between 1h and 720h",reason=FieldValueInvalid
 	Duration *metav1.Duration `json:"duration,omitempty"`
 }
+
+// Bounds of ClaimPolicy, the same numbers as its validation markers below
+// (TestCRDBoundsMatchGo checks the generated CRDs). The manager holds its
+// own policy (flags, --config) to the same bounds.
+const (
+	// MaxFailedAttemptsLowest is the lowest maxFailedAttempts.
+	MaxFailedAttemptsLowest = 1
+	// MaxFailedAttemptsHighest is the highest maxFailedAttempts.
+	MaxFailedAttemptsHighest = 20
+	// CoolingOffPeriodShortest is the shortest coolingOff.period.
+	CoolingOffPeriodShortest = time.Minute
+	// CoolingOffPeriodLongest is the longest coolingOff.period.
+	CoolingOffPeriodLongest = 720 * time.Hour
+)
 
 // ClaimPolicy tightens how claims are verified. Policies combine by taking the
 // strictest value of the manager's default, the Device's and the Tenant's:
@@ -226,6 +242,15 @@ type SigningKeyReference struct {
 	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
 	Key string `json:"key,omitempty"`
 }
+
+// Bounds of the claim-throttle lists in TenantStatus, the same numbers as
+// their MaxItems markers (TestCRDBoundsMatchGo checks the generated CRD).
+const (
+	// MaxClaimThrottles bounds status.claimThrottles.
+	MaxClaimThrottles = 256
+	// MaxThrottleAttempts bounds status.claimThrottles[].attempts.
+	MaxThrottleAttempts = 16
+)
 
 // ClaimThrottle is the failed-attempt bookkeeping of this tenant for one
 // device name. It is kept per tenant and per requested device name, whether

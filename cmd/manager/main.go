@@ -4,6 +4,8 @@ package main
 
 import (
 	"flag"
+	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/operator"
@@ -40,7 +43,7 @@ func main() {
 	flag.StringVar(&healthAddr, "health-probe-bind-address", ":8081", "Health probe address.")
 	flag.StringVar(&certDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory with the webhook serving certificate (tls.crt, tls.key).")
 	flag.IntVar(&webhookPort, "webhook-port", 9443, "Webhook server port.")
-	flag.IntVar(&maxAttempts, "claim-max-failed-attempts", int(claim.DefaultPolicy.MaxFailedAttempts), "Failed claim attempts a tenant may make on one serial number before it is locked out.")
+	flag.IntVar(&maxAttempts, "claim-max-failed-attempts", int(claim.DefaultPolicy.MaxFailedAttempts), fmt.Sprintf("Failed claim attempts a tenant may make on one serial number before it is locked out (%d to %d).", custodyv1alpha1.MaxFailedAttemptsLowest, custodyv1alpha1.MaxFailedAttemptsHighest))
 	flag.DurationVar(&lockoutBase, "claim-lockout", claim.DefaultPolicy.LockoutBase, "First lockout after too many failed attempts; doubles with each further failure (at most 24h).")
 	flag.DurationVar(&transferTTL, "transfer-ttl", controllers.DefaultTransferTTL, "How long a Transfer offer waits for its recipient.")
 	flag.StringVar(&configFile, "config", "", "YAML file with the operator's claim policy (cooling-off, sale-record proofs), per-model policies and notification endpoints; see docs/operations.md.")
@@ -54,9 +57,16 @@ func main() {
 	klog.SetLogger(logger)
 	log := logger.WithName("setup")
 
+	// The flags set these two fields, every time (their defaults are
+	// DefaultPolicy's); a value out of int32 is clamped, out of bounds
+	// either way, and Validate says so.
 	policy := claim.DefaultPolicy
-	policy.MaxFailedAttempts = int32(maxAttempts)
+	policy.MaxFailedAttempts = int32(min(max(maxAttempts, math.MinInt32), math.MaxInt32))
 	policy.LockoutBase = lockoutBase
+	if err := policy.Validate(); err != nil {
+		log.Error(err, "invalid --claim-max-failed-attempts or --claim-lockout")
+		os.Exit(1)
+	}
 	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, CertManagerUsernames: strings.Split(certManagerUsers, ","), ClaimPolicy: policy,
 		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL}
 	if configFile != "" {

@@ -3,6 +3,13 @@
 // the tenant supplied. It performs no I/O; the claim controller fetches the
 // inputs and applies the Decision.
 //
+// Every claim decision lives here: Decide (the outcome, the dispute cap, the
+// pairing code's issue, keep or drop), DirectSaleTenant and DirectSaleClaim
+// (the Claim the manager opens for a direct sale), UseToken (whether a
+// device claims itself with a pairing token), Reserve and Unreserve (the
+// failed-attempt throttle), and the claim policy (policy.go: one Policy,
+// defaulted, bounded by the API and combined in one place).
+//
 // Security rules this package owns:
 //   - a wrong code and an unknown serial produce the same Decision;
 //   - the code never appears in a Decision;
@@ -91,7 +98,14 @@ type Input struct {
 	// Tenant (ActionReserve) and Tenant holds the status it wrote. Only
 	// then is a code verified.
 	Reserved bool
+	// PairingTTL is how long a pairing code issued now is accepted
+	// (DefaultPairingTTL when zero).
+	PairingTTL time.Duration
 }
+
+// DefaultPairingTTL is how long a Claim's pairing code is accepted unless
+// the manager is configured otherwise.
+const DefaultPairingTTL = 24 * time.Hour
 
 // Verifier checks a code against a verifier string. It is injected so that
 // tests need not spend argon2id's cost; claimcode.Verify in production.
@@ -125,8 +139,17 @@ type Decision struct {
 	Proof string
 	// ConsumeCode: the claim code bound the device and is used up.
 	ConsumeCode bool
-	// IssuePairing: give the Claim a pairing code to enter into the device.
+	// IssuePairing: give the Claim a new pairing code to enter into the
+	// device (the controller draws it at random). Set only when the Claim
+	// has none.
 	IssuePairing bool
+	// PairingExpiresAt is when the pairing code IssuePairing asks for
+	// expires.
+	PairingExpiresAt time.Time
+	// DropPairing: the Claim is decided (neither awaiting its device nor
+	// pending), so its pairing code has done its work or expired; remove
+	// it. Neither this nor IssuePairing: keep the Claim's pairing as it is.
+	DropPairing bool
 	// ConsumeSale: the sale record bound the device and is used up.
 	ConsumeSale bool
 	// CoolingOffUntil is when the Claim's cooling-off ends.
@@ -148,7 +171,7 @@ const (
 	MsgCodeUsed           = "The claim code is right but has already been used to claim this device. Ask the seller for a new claim code."
 	MsgHeldByOther        = "The claim code is right, but the device is already bound to another tenant and that binding stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
 	MsgSaleHeldByOther    = "The sale record names this tenant, but the device is already bound to, cooling off for, or disputed by another claim, and that stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
-	MsgDisputeFull        = "Other valid claims already dispute this device (the dispute holds at most 8 claims); this Claim was not added. Support staff are resolving the dispute."
+	MsgDisputeFull        = "Ownership was proven, but when this Claim was decided the device's dispute already held the most competing claims it can (8), so this Claim was not added to it and will not be considered, however the dispute ends. Ask support staff about the device; if it is still unclaimed after the dispute, create a new Claim."
 	MsgAlreadyYours       = "Another Claim of this tenant already holds this device. This Claim is redundant and can be deleted."
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
@@ -165,6 +188,30 @@ const (
 
 // Decide returns the Decision for a Claim that is not being deleted.
 func Decide(in Input, v Verifier) Decision {
+	d := decide(in, v)
+	pairing(&d, in)
+	return d
+}
+
+// pairing completes d with what becomes of the Claim's pairing code: a new
+// one is issued (awaitDevice asks for it) with its expiry, an existing one
+// is kept while the Claim awaits its device or is pending, and dropped once
+// it is decided.
+func pairing(d *Decision, in Input) {
+	if d.IssuePairing {
+		ttl := in.PairingTTL
+		if ttl <= 0 {
+			ttl = DefaultPairingTTL
+		}
+		d.PairingExpiresAt = in.Now.Add(ttl)
+		d.RequeueAfter = ttl // another look when it expires
+		return
+	}
+	d.DropPairing = in.Claim.Status.Pairing != nil &&
+		d.Phase != custodyv1alpha1.ClaimPhaseAwaitingDevice && d.Phase != custodyv1alpha1.ClaimPhasePending
+}
+
+func decide(in Input, v Verifier) Decision {
 	c := in.Claim
 	d := in.Device
 	boundHere := d != nil && d.Spec.ClaimRef != nil && d.Spec.ClaimRef.UID == c.UID
@@ -319,9 +366,12 @@ func decideProven(in Input, codeOK bool) Decision {
 			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeUsed, MsgCodeUsed}}
 	}
 	// A second valid claim while another waits or competes is a dispute.
+	// The dispute holds MaxDisputeClaims at most: a claim that finds it
+	// full is denied for good, and never added (Denied is final, so it
+	// never reads as a party that lost the dispute either).
 	if d.Spec.Dispute != nil && len(d.Spec.Dispute.Claims) >= MaxDisputeClaims {
-		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonDisputed, Message: MsgDisputeFull,
-			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDisputed, MsgDisputeFull}}
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseDenied, Reason: custodyv1alpha1.ClaimReasonDisputeFull, Message: MsgDisputeFull,
+			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDisputeFull, MsgDisputeFull}}
 	}
 	if d.Spec.Dispute != nil || (d.Spec.PendingClaim != nil && d.Spec.PendingClaim.UID != c.UID) {
 		dd := disputed(ActionDispute)
@@ -448,7 +498,7 @@ func coolingOff(until, now time.Time, a Action) Decision {
 }
 
 // MaxDisputeClaims bounds Device.spec.dispute.claims (the CRD's MaxItems).
-const MaxDisputeClaims = 8
+const MaxDisputeClaims = custodyv1alpha1.MaxDisputeClaims
 
 // Proofs recorded in the custody history.
 const (

@@ -10,101 +10,6 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 )
 
-// Policy is the effective claim policy for one claim.
-type Policy struct {
-	// MaxFailedAttempts a tenant may make on one device name before the
-	// first lockout.
-	MaxFailedAttempts int32
-	// LockoutBase is the first lockout; each further failure doubles it.
-	LockoutBase time.Duration
-	// LockoutMax caps a lockout.
-	LockoutMax time.Duration
-	// Forget is how long after its last failure an unlocked entry is dropped.
-	Forget time.Duration
-	// RequiredProof is which proofs a claim must offer; empty means
-	// CodeOrPossession.
-	RequiredProof custodyv1alpha1.RequiredProof
-	// CoolingOff is how long a claim proven with less than ImmediateProof
-	// waits before it binds; zero binds at once.
-	CoolingOff time.Duration
-	// ImmediateProof is the proof with which a claim binds at once when
-	// CoolingOff is set (CodeAndPossession when empty).
-	ImmediateProof custodyv1alpha1.RequiredProof
-	// SaleRecordForbidden: sale records prove nothing.
-	SaleRecordForbidden bool
-}
-
-// DefaultPolicy is the manager's default claim policy.
-var DefaultPolicy = Policy{MaxFailedAttempts: 5, LockoutBase: 5 * time.Minute, LockoutMax: 24 * time.Hour, Forget: 24 * time.Hour,
-	RequiredProof: custodyv1alpha1.RequiredProofCodeOrPossession}
-
-// Tighten returns p made stricter by the given policies (nil ones are
-// ignored): a Device or Tenant can lower MaxFailedAttempts, never raise it,
-// and can require more proofs, never fewer.
-func (p Policy) Tighten(policies ...*custodyv1alpha1.ClaimPolicy) Policy {
-	for _, o := range policies {
-		if o == nil {
-			continue
-		}
-		if o.MaxFailedAttempts != nil && *o.MaxFailedAttempts < p.MaxFailedAttempts {
-			p.MaxFailedAttempts = *o.MaxFailedAttempts
-		}
-		p.RequiredProof = StricterProof(p.RequiredProof, o.RequiredProof)
-		if co := o.CoolingOff; co != nil {
-			p.CoolingOff = max(p.CoolingOff, co.Period.Duration)
-			immediate := co.ImmediateProof
-			if immediate == "" {
-				immediate = custodyv1alpha1.RequiredProofCodeAndPossession
-			}
-			p.ImmediateProof = StricterProof(p.ImmediateProof, immediate)
-		}
-		if o.SaleRecordProof == custodyv1alpha1.SaleRecordProofForbidden {
-			p.SaleRecordForbidden = true
-		}
-	}
-	if p.CoolingOff > 0 && p.ImmediateProof == "" {
-		p.ImmediateProof = custodyv1alpha1.RequiredProofCodeAndPossession
-	}
-	return p
-}
-
-// StricterProof combines two proof requirements into the strictest one.
-func StricterProof(a, b custodyv1alpha1.RequiredProof) custodyv1alpha1.RequiredProof {
-	code := NeedsCode(a) || NeedsCode(b)
-	possession := NeedsPossession(a) || NeedsPossession(b)
-	switch {
-	case code && possession:
-		return custodyv1alpha1.RequiredProofCodeAndPossession
-	case code:
-		return custodyv1alpha1.RequiredProofCode
-	case possession:
-		return custodyv1alpha1.RequiredProofPossession
-	}
-	return custodyv1alpha1.RequiredProofCodeOrPossession
-}
-
-// NeedsCode reports whether r requires the claim code.
-func NeedsCode(r custodyv1alpha1.RequiredProof) bool {
-	return r == custodyv1alpha1.RequiredProofCode || r == custodyv1alpha1.RequiredProofCodeAndPossession
-}
-
-// NeedsPossession reports whether r requires a possession proof.
-func NeedsPossession(r custodyv1alpha1.RequiredProof) bool {
-	return r == custodyv1alpha1.RequiredProofPossession || r == custodyv1alpha1.RequiredProofCodeAndPossession
-}
-
-// Lockout is how long a tenant is locked out after its failures-th failure.
-func (p Policy) Lockout(failures int32) time.Duration {
-	if failures < p.MaxFailedAttempts {
-		return 0
-	}
-	d := p.LockoutBase
-	for i := p.MaxFailedAttempts; i < failures && d < p.LockoutMax; i++ {
-		d *= 2
-	}
-	return min(d, p.LockoutMax)
-}
-
 // findThrottle returns the tenant's entry for deviceName, or nil.
 func findThrottle(s *custodyv1alpha1.TenantStatus, deviceName string) *custodyv1alpha1.ClaimThrottle {
 	for i := range s.ClaimThrottles {
@@ -133,7 +38,7 @@ func Counted(s *custodyv1alpha1.TenantStatus, deviceName string, uid types.UID) 
 }
 
 // maxAttemptUIDs bounds ClaimThrottle.attempts (the CRD's MaxItems).
-const maxAttemptUIDs = 16
+const maxAttemptUIDs = custodyv1alpha1.MaxThrottleAttempts
 
 // Reservation is the outcome of Reserve.
 type Reservation string
@@ -230,7 +135,7 @@ func RecordSuccess(s *custodyv1alpha1.TenantStatus, deviceName string) bool {
 }
 
 // maxThrottles bounds Tenant.status.claimThrottles (the CRD's MaxItems).
-const maxThrottles = 256
+const maxThrottles = custodyv1alpha1.MaxClaimThrottles
 
 // Prune drops entries that are no longer locked and whose last failure is
 // older than p.Forget. If the list is still full, the oldest unlocked entry

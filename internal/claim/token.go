@@ -54,7 +54,33 @@ const (
 	TokenUsedUp       TokenVerdict = "the token has claimed as many devices as its usage-limit allows"
 	TokenRevoked      TokenVerdict = "the token is revoked"
 	TokenSerialRefuse TokenVerdict = "the device's serial number is not in the token's allowed-serials" //nolint:gosec // a message, not a credential
+	// TokenDeviceNotFree: the token is valid, but the device is bound,
+	// cooling off, disputed, decommissioned or in another tenant's custody
+	// (DeviceFree).
+	TokenDeviceNotFree TokenVerdict = "the device is not free to claim"
 )
+
+// UseToken is the whole decision whether device d, which proved possession
+// and signed digest with a pairing token of tenant kept in Secret s, may
+// claim itself for that tenant with DeviceProof proof at now. st is the
+// manager's record of the token; UseToken updates it as the decision
+// requires (what it sees of the Secret, ObserveToken; the use, counted once
+// per proof, RecordUse, only when it accepts) and reports whether st
+// changed, for the caller to write back under optimistic locking before it
+// opens the Claim. The token is judged first (CheckToken); a valid token on
+// a device that is not free (DeviceFree) is TokenDeviceNotFree and is not
+// counted.
+func UseToken(st *TokenState, s *corev1.Secret, tenant string, d *custodyv1alpha1.Device, digest, proof string, now time.Time) (TokenVerdict, bool) {
+	changed := ObserveToken(st, s, now)
+	verdict := CheckToken(s, st, tenant, d.Name, d.Spec.SerialNumber, digest, proof, now)
+	if verdict == TokenAccepted && !DeviceFree(d, tenant) {
+		verdict = TokenDeviceNotFree
+	}
+	if verdict != TokenAccepted {
+		return verdict, changed
+	}
+	return verdict, RecordUse(st, d.Name, proof, now) || changed
+}
 
 // CheckToken decides whether the pairing-token Secret s, whose state the
 // manager recorded in st, lets the device named deviceName (serial number

@@ -37,14 +37,15 @@ import (
 	"github.com/custody-dev/custody/internal/claimcode"
 )
 
-// Bounds of the manager-written lists, as the CRD declares them.
+// Bounds of the manager-written lists: the API's (api/v1alpha1
+// TestCRDBoundsMatchGo keeps them equal to the CRDs').
 const (
 	// MaxConsumed bounds spec.consumedClaimCodes and spec.consumedSaleRecords.
-	MaxConsumed = 16
+	MaxConsumed = min(custodyv1alpha1.MaxConsumedClaimCodes, custodyv1alpha1.MaxConsumedSaleRecords)
 	// MaxDisputeClaims bounds spec.dispute.claims.
-	MaxDisputeClaims = 8
+	MaxDisputeClaims = custodyv1alpha1.MaxDisputeClaims
 	// MaxHistory bounds status.history.
-	MaxHistory = 32
+	MaxHistory = custodyv1alpha1.MaxHistoryEntries
 )
 
 // Proofs and reasons recorded in the history that this package chooses.

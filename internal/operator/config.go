@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"regexp"
-	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -54,28 +53,13 @@ func LoadConfig(path string, opts *controllers.Options) error {
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	var errs []error
-	check := func(where string, p *custodyv1alpha1.ClaimPolicy) {
-		if p == nil {
-			return
-		}
-		if p.MaxFailedAttempts != nil && (*p.MaxFailedAttempts < 1 || *p.MaxFailedAttempts > 20) {
-			errs = append(errs, fmt.Errorf("%s.maxFailedAttempts must be between 1 and 20", where))
-		}
-		if co := p.CoolingOff; co != nil && (co.Period.Duration < time.Minute || co.Period.Duration > 720*time.Hour) {
-			errs = append(errs, fmt.Errorf("%s.coolingOff.period must be between 1m and 720h", where))
-		}
-	}
-	check("claimPolicy", cfg.ClaimPolicy)
-	if opts.ClaimPolicy == (claim.Policy{}) {
-		opts.ClaimPolicy = claim.DefaultPolicy
-	}
-	opts.ClaimPolicy = opts.ClaimPolicy.Tighten(cfg.ClaimPolicy)
+	errs := claim.ValidateClaimPolicy("claimPolicy", cfg.ClaimPolicy)
+	opts.ClaimPolicy = opts.ClaimPolicy.Defaulted().Tighten(cfg.ClaimPolicy)
 	for model, p := range cfg.Models {
 		if !modelName.MatchString(model) {
 			errs = append(errs, fmt.Errorf("models: %q is not a model as Devices spell it (upper case)", model))
 		}
-		check("models."+model, p)
+		errs = append(errs, claim.ValidateClaimPolicy("models."+model, p)...)
 	}
 	opts.ModelPolicies = cfg.Models
 	seen := map[string]bool{}
