@@ -17,6 +17,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/contract"
 )
 
 // FieldOwner is the field manager of every write the manager makes.
@@ -83,7 +84,7 @@ func (o *Options) policyFor(model string) claim.Policy {
 
 // Defaults of Options.
 const (
-	DefaultTrustDomain         = "custody.dev"
+	DefaultTrustDomain         = contract.DefaultTrustDomain
 	DefaultCertificateDuration = 24 * time.Hour
 	DefaultPairingTTL          = 24 * time.Hour
 	DefaultProofRetention      = time.Hour
