@@ -369,7 +369,7 @@ func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1al
 			Request:   []byte(p.Spec.CSR),
 			IssuerRef: cmmeta.IssuerReference{Name: TenantIssuerName(ref.Tenant), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
 			Duration:  &metav1.Duration{Duration: duration},
-			Usages:    []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth},
+			Usages:    slices.Clone(deviceCertificateUsages),
 		},
 	}
 	if err := controllerutil.SetControllerReference(p, cr, r.Client.Scheme()); err != nil {

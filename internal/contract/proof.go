@@ -88,17 +88,10 @@ func SameRenewalKey(csr *x509.CertificateRequest, leaf *x509.Certificate) bool {
 	return protocol.SameKey(csr.PublicKey, leaf.PublicKey)
 }
 
-// CheckTenantCACSR checks the PEM CSR of a tenant CA's CertificateRequest:
-// it parses, its signature verifies, and it asks for the CA named
-// commonName and nothing else (protocol.CheckCACSR). It returns the parsed
-// CSR, whose key the approver compares with the one cert-manager holds.
-func CheckTenantCACSR(csrPEM []byte, commonName string) (*x509.CertificateRequest, error) {
-	csr, err := protocol.ParseCSRPEM(csrPEM)
-	if err != nil {
-		return nil, err
-	}
-	if err := protocol.CheckCACSR(csr.Raw, commonName); err != nil {
-		return nil, err
-	}
-	return csr, nil
+// CheckTenantCACSR checks the CSR of a tenant CA's CertificateRequest
+// (parsed with protocol.ParseCSRPEM, which checks its signature and key
+// type): it asks for the CA named commonName and nothing else
+// (protocol.CheckCACSR), judged on its DER.
+func CheckTenantCACSR(csr *x509.CertificateRequest, commonName string) error {
+	return protocol.CheckCACSR(csr.Raw, commonName)
 }
