@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -460,17 +459,8 @@ func (r *EnrollmentReconciler) confirmPossession(ctx context.Context, p *custody
 	if err := r.Client.List(ctx, &claims, client.MatchingFields{indexClaimDevice: dev.Name}); err != nil {
 		return err
 	}
-	for i := range claims.Items {
-		c := &claims.Items[i]
-		pr := c.Status.Pairing
-		if pr == nil || !c.DeletionTimestamp.IsZero() || !now.Before(pr.ExpiresAt.Time) {
-			continue
-		}
-		want := protocol.PairingDigest(dev.Name, pr.Code)
-		if subtle.ConstantTimeCompare([]byte(want), []byte(p.Spec.PairingDigest)) != 1 {
-			continue
-		}
-		if pr.ConfirmedAt == nil {
+	if c := pairedClaim(claims.Items, dev.Name, p.Spec.PairingDigest, now); c != nil {
+		if c.Status.Pairing.ConfirmedAt == nil {
 			before := c.DeepCopy()
 			t := metav1.NewTime(now)
 			c.Status.Pairing.ConfirmedAt = &t

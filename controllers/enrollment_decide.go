@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
@@ -169,4 +170,23 @@ func decideIssue(p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, cs
 	}
 	return issueDecision{Step: issuePublish, Chain: chain,
 		Message: fmt.Sprintf("Certificate %x issued, valid until %s.", chain[0].SerialNumber, chain[0].NotAfter.UTC().Format(time.RFC3339))}
+}
+
+// pairedClaim is the Claim, among claims (those waiting for device
+// deviceName), whose pairing code the device signed (digest): its pairing
+// is unexpired at now and the Claim is not being deleted. nil when there is
+// none: a device never confirms a Claim it was not paired with. The digests
+// are compared in constant time.
+func pairedClaim(claims []custodyv1alpha1.Claim, deviceName, digest string, now time.Time) *custodyv1alpha1.Claim {
+	for i := range claims {
+		c := &claims[i]
+		pr := c.Status.Pairing
+		if pr == nil || !c.DeletionTimestamp.IsZero() || !now.Before(pr.ExpiresAt.Time) {
+			continue
+		}
+		if subtle.ConstantTimeCompare([]byte(protocol.PairingDigest(deviceName, pr.Code)), []byte(digest)) == 1 {
+			return c
+		}
+	}
+	return nil
 }

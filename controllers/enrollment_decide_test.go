@@ -16,6 +16,7 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -340,6 +341,83 @@ func TestDecideIssue(t *testing.T) {
 			}
 			if (d.Withheld != nil) != tc.withheld {
 				t.Errorf("withheld: %v", d.Withheld)
+			}
+		})
+	}
+}
+
+// TestPairedClaim: a possession proof confirms only the Claim whose
+// unexpired pairing code the device signed.
+func TestPairedClaim(t *testing.T) {
+	pairing := func(name, code string, expires time.Time) custodyv1alpha1.Claim {
+		return custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "acme"},
+			Status: custodyv1alpha1.ClaimStatus{Pairing: &custodyv1alpha1.Pairing{Code: code, ExpiresAt: metav1.NewTime(expires)}}}
+	}
+	deleting := pairing("deleting", "ABC123", testNow.Add(time.Hour))
+	deleting.DeletionTimestamp = ptrTime(testNow)
+	claims := []custodyv1alpha1.Claim{
+		{ObjectMeta: metav1.ObjectMeta{Name: "unpaired", Namespace: "acme"}},
+		pairing("expired", "EXP123", testNow),
+		deleting,
+		pairing("other", "OTH123", testNow.Add(time.Hour)),
+		pairing("mine", "ABC123", testNow.Add(time.Second)),
+	}
+	for _, tc := range []struct {
+		name, device, code, want string
+	}{
+		{"the code of a waiting Claim", testDeviceName, "ABC123", "mine"},
+		{"another waiting Claim's code", testDeviceName, "OTH123", "other"},
+		{"an expired pairing", testDeviceName, "EXP123", ""},
+		{"a code no Claim waits for", testDeviceName, "ZZZ999", ""},
+		{"the right code signed for another device", "xr200.sn-0043", "ABC123", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := pairedClaim(claims, testDeviceName, protocol.PairingDigest(tc.device, tc.code), testNow)
+			switch {
+			case tc.want == "" && got != nil:
+				t.Fatalf("confirmed %s", got.Name)
+			case tc.want != "" && (got == nil || got.Name != tc.want):
+				t.Fatalf("confirmed %v, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func ptrTime(t time.Time) *metav1.Time {
+	m := metav1.NewTime(t)
+	return &m
+}
+
+// TestAddCertificate: the Device lists the newest certificates of its
+// current binding, unexpired, at most maxDeviceCertificates, each once.
+func TestAddCertificate(t *testing.T) {
+	cert := func(fp string, claimUID string, notAfter time.Time) custodyv1alpha1.DeviceCertificate {
+		return custodyv1alpha1.DeviceCertificate{Fingerprint: fp, ClaimUID: types.UID(claimUID), NotAfter: metav1.NewTime(notAfter)}
+	}
+	later := testNow.Add(time.Hour)
+	fps := func(list []custodyv1alpha1.DeviceCertificate) string {
+		var out []string
+		for _, c := range list {
+			out = append(out, c.Fingerprint)
+		}
+		return strings.Join(out, ",")
+	}
+	for _, tc := range []struct {
+		name string
+		list []custodyv1alpha1.DeviceCertificate
+		add  custodyv1alpha1.DeviceCertificate
+		want string
+	}{
+		{"the first", nil, cert("a", "c1", later), "a"},
+		{"again", []custodyv1alpha1.DeviceCertificate{cert("a", "c1", later)}, cert("a", "c1", later), "a"},
+		{"expired ones leave", []custodyv1alpha1.DeviceCertificate{cert("a", "c1", testNow), cert("b", "c1", later)}, cert("c", "c1", later), "b,c"},
+		{"an earlier binding's leave", []custodyv1alpha1.DeviceCertificate{cert("a", "c0", later)}, cert("b", "c1", later), "b"},
+		{"the newest four stay", []custodyv1alpha1.DeviceCertificate{cert("a", "c1", later), cert("b", "c1", later), cert("c", "c1", later), cert("d", "c1", later)},
+			cert("e", "c1", later), "b,c,d,e"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fps(addCertificate(tc.list, tc.add, testNow)); got != tc.want {
+				t.Fatalf("%s, want %s", got, tc.want)
 			}
 		})
 	}
