@@ -45,12 +45,10 @@ func TenantCAName(tenant string) string { return tenantPrefix + tenant + "-ca" }
 func TenantIssuerName(tenant string) string { return tenantPrefix + tenant }
 
 // IsTenantIssuerName reports whether an Issuer name in the operator
-// namespace is one of the names TenantIssuerName or TenantCAName makes: the
-// approver judges every request to such an issuer, whether or not the
-// tenant exists.
-func IsTenantIssuerName(name string) bool {
-	return len(name) > len(tenantPrefix) && strings.HasPrefix(name, tenantPrefix)
-}
+// namespace starts like the names TenantIssuerName and TenantCAName make:
+// the approver judges (and denies unless genuine) every request to such an
+// issuer, whether or not a tenant of that name exists.
+func IsTenantIssuerName(name string) bool { return strings.HasPrefix(name, tenantPrefix) }
 
 // Names of DeviceProofs.
 const (
