@@ -209,7 +209,7 @@ func (r *DeviceReconciler) openDirectSale(ctx context.Context, d *custodyv1alpha
 	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(c), &custodyv1alpha1.Claim{}); !apierrors.IsNotFound(err) {
 		return client.IgnoreNotFound(err) // opened already, or a namesake the tenant made
 	}
-	if err := r.Client.Create(ctx, c); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := r.Client.Create(ctx, c, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	return nil

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -32,21 +30,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
-	"github.com/custody-dev/custody/internal/challenge"
 	"github.com/custody-dev/custody/internal/claim"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
-// LabelDevice names the Device a CertificateRequest or proof is for.
-const LabelDevice = "custody.dev/device"
-
-// ProofName is the name of the DeviceProof made with a challenge nonce: the
-// API server's name uniqueness makes each challenge single-use across every
-// gateway replica.
-func ProofName(nonce string) string { return "proof-" + nonce }
-
 // maxDeviceCertificates bounds Device.status.certificates (CRD MaxItems).
-const maxDeviceCertificates = 4
+const maxDeviceCertificates = custodyv1alpha1.MaxDeviceCertificates
 
 // EnrollmentReconciler acts on DeviceProofs the gateway records. It trusts
 // nothing the gateway checked: it verifies the device's signature against the
@@ -93,11 +83,8 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		if equality.Semantic.DeepEqual(before.Status, p.Status) {
 			return
 		}
-		if err := r.Client.Status().Patch(ctx, p, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-			if apierrors.IsConflict(err) {
-				result = reconcile.Result{RequeueAfter: conflictRetry}
-				return
-			}
+		if err := r.Client.Status().Patch(ctx, p, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			// A conflict is retried with the workqueue's back-off.
 			retErr = errors.Join(retErr, client.IgnoreNotFound(err))
 		}
 	}()
@@ -122,123 +109,73 @@ func reject(p *custodyv1alpha1.DeviceProof, reason, msg string) {
 	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseRejected, reason, msg
 }
 
-// verify checks the proof against the Device. It returns the Device (and
-// the CSR of an Enroll or Renew proof) when the proof holds, nil after
-// rejecting it.
+// verify checks the proof against the Device (verifyProof). It returns
+// the Device (and the CSR of an Enroll or Renew proof) when the proof holds,
+// nil after rejecting it.
 func (r *EnrollmentReconciler) verify(ctx context.Context, p *custodyv1alpha1.DeviceProof) (*custodyv1alpha1.Device, *x509.CertificateRequest, error) {
 	if p.Status.Phase == "" {
 		p.Status.Phase = custodyv1alpha1.DeviceProofPhasePending
 	}
 	dev := &custodyv1alpha1.Device{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: p.Spec.DeviceName}, dev); err != nil {
-		if apierrors.IsNotFound(err) {
-			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "No such device.")
-			return nil, nil, nil
+		if !apierrors.IsNotFound(err) {
+			return nil, nil, err
 		}
-		return nil, nil, err
+		dev = nil
 	}
-	identityKey, err := protocol.ParsePublicKeyPEM([]byte(dev.Spec.Identity.PublicKey))
-	if err != nil {
-		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The device's identity key cannot be parsed.")
-		return nil, nil, nil
-	}
-	var csr *x509.CertificateRequest
-	if p.Spec.Purpose != custodyv1alpha1.DeviceProofPossession {
-		if csr, err = protocol.ParseCSRPEM([]byte(p.Spec.CSR)); err != nil {
-			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The CSR is not valid.")
-			return nil, nil, nil
+	var anchors []*x509.Certificate
+	if dev != nil && p.Spec.Purpose == custodyv1alpha1.DeviceProofRenew && dev.Spec.ClaimRef != nil {
+		var err error
+		if anchors, err = contract.TenantTrustAnchors(ctx, r.APIReader, dev.Spec.ClaimRef.Namespace); err != nil && !apierrors.IsNotFound(err) && !errors.Is(err, contract.ErrNoTrustBundle) {
+			return nil, nil, err
 		}
 	}
-	switch p.Spec.Purpose {
-	case custodyv1alpha1.DeviceProofEnroll, custodyv1alpha1.DeviceProofPossession:
-		claims, _, _, err := challenge.Parse(p.Spec.Challenge)
-		want := protocol.PurposeEnroll
-		if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
-			want = protocol.PurposePossession
-		}
-		if err != nil || claims.Purpose != want || claims.SerialNumber != dev.Spec.SerialNumber || claims.Model != dev.Spec.Model ||
-			p.Name != ProofName(claims.Nonce) || !p.CreationTimestamp.Time.Before(claims.ExpiresAt.Add(time.Second)) {
-			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The challenge was not issued for this device and purpose, or had expired.")
-			return nil, nil, nil
-		}
-		var payload []byte
-		if p.Spec.Purpose == custodyv1alpha1.DeviceProofPossession {
-			payload = protocol.PossessionPayload(p.Spec.Challenge, p.Spec.PairingDigest)
-		} else {
-			payload = protocol.EnrollPayload(p.Spec.Challenge, csr.Raw)
-		}
-		sig, err := base64.StdEncoding.DecodeString(p.Spec.Signature)
-		if err != nil || !protocol.Verify(identityKey, payload, sig) {
-			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "The signature does not verify under the device's identity key.")
-			return nil, nil, nil
-		}
-	case custodyv1alpha1.DeviceProofRenew:
-		certs, err := protocol.ParseCertificatesPEM([]byte(p.Spec.ClientCertificate))
-		if err != nil {
-			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding.")
-			return nil, nil, nil
-		}
-		var anchors []*x509.Certificate
-		if ref := dev.Spec.ClaimRef; ref != nil {
-			if anchors, err = TenantTrustAnchors(ctx, r.APIReader, ref.Namespace); err != nil && !apierrors.IsNotFound(err) && !errors.Is(err, ErrNoTrustBundle) {
-				return nil, nil, err
-			}
-		}
-		if v := AcceptCertificate(dev, r.Options.TrustDomain, certs[0], anchors, r.Options.Clock.Now()); v != CertificateAccepted {
-			reject(p, custodyv1alpha1.DeviceProofReasonCertificateNotCurrent, "The certificate presented is not a current certificate of the device's binding ("+string(v)+").")
-			return nil, nil, nil
-		}
-		if !protocol.SameKey(csr.PublicKey, certs[0].PublicKey) {
-			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A renewal must keep the certificate's key; enroll with a fresh challenge to change keys.")
-			return nil, nil, nil
-		}
-	default:
-		reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "Unknown purpose.")
+	csr, v := verifyProof(p, dev, anchors, r.Options.TrustDomain, r.Options.Clock.Now())
+	if v.rejected() {
+		reject(p, v.Reason, v.Message)
 		return nil, nil, nil
 	}
 	return dev, csr, nil
 }
 
-// CurrentCertificate reports whether fingerprint is listed on the Device as
-// a certificate the manager issued under the device's current binding: one
-// of the ways AcceptCertificate finds a certificate of the binding.
-func CurrentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
-	ref := dev.Spec.ClaimRef
-	if ref == nil || dev.Spec.Decommissioned {
-		return false
-	}
-	for _, c := range dev.Status.Certificates {
-		if c.ClaimUID == ref.UID && c.Tenant == ref.Tenant && c.Fingerprint == fingerprint {
-			return true
+// issue requests the certificate for a verified Enroll or Renew proof and
+// publishes it once cert-manager has signed it (decideIssue decides which).
+func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, csr *x509.CertificateRequest) (reconcile.Result, error) {
+	var cr *cmapi.CertificateRequest
+	if rec := p.Status.CertificateRequest; rec != nil {
+		cr = &cmapi.CertificateRequest{}
+		key := client.ObjectKey{Namespace: p.Namespace, Name: rec.Name}
+		if err := r.Client.Get(ctx, key, cr); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return reconcile.Result{}, err
+			}
+			// The cache may not have seen the request this manager just
+			// made: only the API server can say it is gone.
+			if err := r.APIReader.Get(ctx, key, cr); err != nil {
+				if !apierrors.IsNotFound(err) {
+					return reconcile.Result{}, err
+				}
+				cr = nil
+			}
 		}
 	}
-	return false
-}
-
-// issue requests the certificate for a verified Enroll or Renew proof and
-// publishes it once cert-manager has signed it.
-func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, csr *x509.CertificateRequest) (reconcile.Result, error) {
-	ref := dev.Spec.ClaimRef
-	if ref == nil || dev.Spec.Decommissioned {
-		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device is not bound to a tenant.")
+	d := decideIssue(p, dev, csr, cr, r.Options.TrustDomain)
+	switch d.Step {
+	case issueReject:
+		reject(p, d.Rejection.Reason, d.Rejection.Message)
+		if d.Withheld != nil {
+			r.Recorder.Eventf(dev, p, corev1.EventTypeWarning, "CertificateWithheld", "Enroll", "Certificate %s from CertificateRequest %s was not published: %s.",
+				protocol.CertFingerprint(d.Chain[0].Raw), cr.Name, d.Withheld.Error())
+		}
 		return reconcile.Result{}, nil
-	}
-	if p.Status.ClaimUID != "" && p.Status.ClaimUID != ref.UID {
-		reject(p, custodyv1alpha1.DeviceProofReasonNotBound, "The device's binding changed while its certificate was being issued.")
-		return reconcile.Result{}, nil
-	}
-	id := protocol.DeriveIdentity(r.Options.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)
-	if err := protocol.CheckCSRIdentity(csr.Raw, id); err != nil {
-		reject(p, custodyv1alpha1.DeviceProofReasonIdentityMismatch, "The CSR must ask for exactly the identity derived from the Device and nothing else: "+err.Error()+".")
-		return reconcile.Result{}, nil
-	}
-
-	if p.Status.CertificateRequest == nil {
-		cr, err := r.requestFor(ctx, p, dev, csr)
+	case issueWait:
+		return reconcile.Result{}, nil // cert-manager's progress is watched
+	case issueRequest:
+		created, err := r.requestFor(ctx, p, dev, csr)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
-		if cr == nil {
+		if created == nil {
 			reject(p, custodyv1alpha1.DeviceProofReasonInvalid, "A CertificateRequest of this name exists and was not made for this proof.")
 			return reconcile.Result{}, nil
 		}
@@ -247,64 +184,21 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 				return reconcile.Result{}, err
 			}
 		}
+		ref := dev.Spec.ClaimRef
 		p.Status.Tenant, p.Status.ClaimUID = ref.Tenant, ref.UID
-		p.Status.CertificateRequest = &custodyv1alpha1.ObjectReference{Name: cr.Name, UID: cr.UID}
+		p.Status.CertificateRequest = &custodyv1alpha1.ObjectReference{Name: created.Name, UID: created.UID}
 		p.Status.Reason, p.Status.Message = "Issuing", "The certificate is being issued by the tenant's CA."
 		return reconcile.Result{}, nil
 	}
-
-	cr := &cmapi.CertificateRequest{}
-	key := client.ObjectKey{Namespace: p.Namespace, Name: p.Status.CertificateRequest.Name}
-	if err := r.Client.Get(ctx, key, cr); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return reconcile.Result{}, err
-		}
-		// The cache may not have seen the request this manager just made:
-		// only the API server can say it is gone.
-		if err := r.APIReader.Get(ctx, key, cr); err != nil {
-			if apierrors.IsNotFound(err) {
-				reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest disappeared.")
-				return reconcile.Result{}, nil
-			}
-			return reconcile.Result{}, err
-		}
-	}
-	if cr.UID != p.Status.CertificateRequest.UID || requestFailed(cr) {
-		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest was denied or failed.")
-		return reconcile.Result{}, nil
-	}
-	if len(cr.Status.Certificate) == 0 {
-		return reconcile.Result{}, nil // cert-manager's progress is watched
-	}
-	chain, err := protocol.ParseCertificatesPEM(cr.Status.Certificate)
-	if err != nil {
-		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "cert-manager returned an unparsable certificate.")
-		return reconcile.Result{}, nil
-	}
-	// Whoever's request this is (an adopted one, see requestFor), the
-	// device receives only a certificate for the key it proved.
-	if !protocol.SameKey(chain[0].PublicKey, csr.PublicKey) {
-		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The certificate is not for the key this proof's CSR holds; it was not published to the device.")
-		return reconcile.Result{}, nil
-	}
-	// Defence in depth: whatever the CA made of the CSR, a certificate that
-	// carries more than the device's identity is never published, so the
-	// gateway never accepts it.
-	if err := protocol.CheckCertificateIdentity(chain[0].Raw, id); err != nil {
-		reject(p, custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The tenant CA issued a certificate that does not carry exactly the device's identity; it was not published to the device: "+err.Error()+".")
-		r.Recorder.Eventf(dev, p, corev1.EventTypeWarning, "CertificateWithheld", "Enroll", "Certificate %s from CertificateRequest %s was not published: %s.",
-			protocol.CertFingerprint(chain[0].Raw), cr.Name, err.Error())
-		return reconcile.Result{}, nil
-	}
-	if err := r.publish(ctx, dev, chain[0], string(cr.Status.Certificate)); err != nil {
+	leaf := d.Chain[0]
+	if err := r.publish(ctx, dev, leaf, string(cr.Status.Certificate)); err != nil {
 		return reconcile.Result{}, err
 	}
 	p.Status.Certificate = string(cr.Status.Certificate)
-	p.Status.CA = caBundle(chain, cr.Status.CA)
-	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseIssued, custodyv1alpha1.DeviceProofReasonIssued,
-		fmt.Sprintf("Certificate %x issued, valid until %s.", chain[0].SerialNumber, chain[0].NotAfter.UTC().Format(time.RFC3339))
+	p.Status.CA = caBundle(d.Chain, cr.Status.CA)
+	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseIssued, custodyv1alpha1.DeviceProofReasonIssued, d.Message
 	r.Recorder.Eventf(dev, p, corev1.EventTypeNormal, "CertificateIssued", "Enroll", "Certificate %s issued to the device under tenant %s, valid until %s (%s).",
-		protocol.CertFingerprint(chain[0].Raw), ref.Tenant, chain[0].NotAfter.UTC().Format(time.RFC3339), p.Spec.Purpose)
+		protocol.CertFingerprint(leaf.Raw), dev.Spec.ClaimRef.Tenant, leaf.NotAfter.UTC().Format(time.RFC3339), p.Spec.Purpose)
 	return reconcile.Result{}, nil
 }
 
@@ -410,7 +304,7 @@ func (r *EnrollmentReconciler) managerRequested(cr *cmapi.CertificateRequest) bo
 // of the certificate's lifetime spent.
 func (r *EnrollmentReconciler) adoptable(ctx context.Context, cr *cmapi.CertificateRequest, dev *custodyv1alpha1.Device, csr *x509.CertificateRequest) (bool, error) {
 	ref := dev.Spec.ClaimRef
-	if requestFailed(cr) || cr.Labels[LabelDevice] != dev.Name || cr.Spec.IssuerRef.Name != TenantIssuerName(ref.Tenant) {
+	if requestFailed(cr) || cr.Labels[contract.LabelDevice] != dev.Name || cr.Spec.IssuerRef.Name != TenantIssuerName(ref.Tenant) {
 		return false, nil
 	}
 	theirs, err := protocol.ParseCSRPEM(cr.Spec.Request)
@@ -464,20 +358,20 @@ func (r *EnrollmentReconciler) createRequest(ctx context.Context, p *custodyv1al
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,
 			Namespace: p.Namespace,
-			Labels: map[string]string{custodyv1alpha1.LabelTenant: ref.Tenant, LabelDevice: dev.Name,
+			Labels: map[string]string{custodyv1alpha1.LabelTenant: ref.Tenant, contract.LabelDevice: dev.Name,
 				custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
 		},
 		Spec: cmapi.CertificateRequestSpec{
 			Request:   []byte(p.Spec.CSR),
 			IssuerRef: cmmeta.IssuerReference{Name: TenantIssuerName(ref.Tenant), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
 			Duration:  &metav1.Duration{Duration: duration},
-			Usages:    []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth},
+			Usages:    slices.Clone(deviceCertificateUsages),
 		},
 	}
 	if err := controllerutil.SetControllerReference(p, cr, r.Client.Scheme()); err != nil {
 		return nil, err
 	}
-	err := r.Client.Create(ctx, cr)
+	err := r.Client.Create(ctx, cr, client.FieldOwner(FieldOwner))
 	if apierrors.IsAlreadyExists(err) {
 		// Read past the cache: the request may be minutes old or just made.
 		existing := &cmapi.CertificateRequest{}
@@ -513,7 +407,7 @@ func (r *EnrollmentReconciler) publish(ctx context.Context, dev *custodyv1alpha1
 		if equality.Semantic.DeepEqual(before.Status, d.Status) {
 			return nil
 		}
-		return r.Client.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		return r.Client.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
 	})
 	if err != nil {
 		return err
@@ -531,7 +425,7 @@ func (r *EnrollmentReconciler) publish(ctx context.Context, dev *custodyv1alpha1
 		}
 		before := c.DeepCopy()
 		c.Status.Certificate = &custodyv1alpha1.ClaimCertificate{Certificate: chainPEM, Fingerprint: fp, NotAfter: metav1.NewTime(leaf.NotAfter)}
-		return r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		return r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
 	})
 }
 
@@ -562,21 +456,12 @@ func (r *EnrollmentReconciler) confirmPossession(ctx context.Context, p *custody
 	if err := r.Client.List(ctx, &claims, client.MatchingFields{indexClaimDevice: dev.Name}); err != nil {
 		return err
 	}
-	for i := range claims.Items {
-		c := &claims.Items[i]
-		pr := c.Status.Pairing
-		if pr == nil || !c.DeletionTimestamp.IsZero() || !now.Before(pr.ExpiresAt.Time) {
-			continue
-		}
-		want := protocol.PairingDigest(dev.Name, pr.Code)
-		if subtle.ConstantTimeCompare([]byte(want), []byte(p.Spec.PairingDigest)) != 1 {
-			continue
-		}
-		if pr.ConfirmedAt == nil {
+	if c := pairedClaim(claims.Items, dev.Name, p.Spec.PairingDigest, now); c != nil {
+		if c.Status.Pairing.ConfirmedAt == nil {
 			before := c.DeepCopy()
 			t := metav1.NewTime(now)
 			c.Status.Pairing.ConfirmedAt = &t
-			if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+			if err := r.Client.Status().Patch(ctx, c, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 				return err
 			}
 			r.Recorder.Eventf(c, p, corev1.EventTypeNormal, "PossessionProven", "Pair", "The device proved possession with this Claim's pairing code.")
@@ -642,25 +527,22 @@ func (r *EnrollmentReconciler) claimWithToken(ctx context.Context, p *custodyv1a
 	// exact under concurrent devices; it is counted once per DeviceProof, so
 	// a retry after a crash before the Claim exists does not count again.
 	var verdict claim.TokenVerdict
-	free := claim.DeviceFree(dev, tenant.Name)
 	st, err := updateTokenState(ctx, r.Client, r.APIReader, ns, tok.TokenID, func(st *claim.TokenState) bool {
-		changed := claim.ObserveToken(st, secret, now)
-		verdict = claim.CheckToken(secret, st, tok.Tenant, dev.Name, dev.Spec.SerialNumber, p.Spec.PairingDigest, p.Name, now)
-		if verdict != claim.TokenAccepted || !free {
-			return changed
-		}
-		return claim.RecordUse(st, dev.Name, p.Name, now) || changed
+		var changed bool
+		verdict, changed = claim.UseToken(st, secret, tok.Tenant, dev, p.Spec.PairingDigest, p.Name, now)
+		return changed
 	})
 	if err != nil {
 		return err
 	}
-	if verdict != claim.TokenAccepted {
+	switch verdict {
+	case claim.TokenAccepted:
+	case claim.TokenDeviceNotFree:
+		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token but is not free to claim (bound, claimed, disputed, decommissioned or in another's custody); support staff can help.", dev.Name)
+		return refuse(string(verdict))
+	default:
 		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token: %s.", dev.Name, verdict)
 		return refuse(string(verdict))
-	}
-	if !free {
-		r.Recorder.Eventf(secret, nil, corev1.EventTypeWarning, "PairingTokenRefused", "Claim", "Device %s presented this token but is not free to claim (bound, claimed, disputed, decommissioned or in another's custody); support staff can help.", dev.Name)
-		return refuse("the device is not free to claim")
 	}
 	used := st.Used
 	c := &custodyv1alpha1.Claim{
@@ -719,6 +601,7 @@ func (r *EnrollmentReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.DeviceProof{}, ctrl.WithPredicates(inOperatorNamespace)).
 		Owns(&cmapi.CertificateRequest{}).
 		Watches(&cmapi.CertificateRequest{}, waiting, ctrl.WithPredicates(inOperatorNamespace)).
+		WithOptions(controllerOptions(1)).
 		Named("enrollment").
 		Complete(r)
 }

@@ -21,6 +21,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/custody"
 )
 
@@ -91,7 +92,7 @@ func (o *Options) claimPolicy(model string, t *custodyv1alpha1.Tenant, d *custod
 
 // Defaults of Options.
 const (
-	DefaultTrustDomain         = "custody.dev"
+	DefaultTrustDomain         = contract.DefaultTrustDomain
 	DefaultCertificateDuration = 24 * time.Hour
 	DefaultPairingTTL          = 24 * time.Hour
 	DefaultProofRetention      = time.Hour
@@ -152,9 +153,6 @@ func (Argon2Verifier) VerifyNothing(code claimcode.Code) {
 	claimcode.VerifyNothing(code)
 }
 
-// conflictRetry is how soon a reconcile that lost an optimistic-concurrency
-// race looks again; conflicts are expected contention, not errors.
-const conflictRetry = 100 * time.Millisecond
 
 // Field indexes the controllers share.
 const (

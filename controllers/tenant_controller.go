@@ -30,27 +30,22 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/custody"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
-// Names of objects the Tenant controller owns.
+// Names of objects the Tenant controller owns, defined by the device
+// contract (the gateway reads the trust bundle too).
 const (
-	// TrustBundleName is the ConfigMap in a tenant namespace holding the
-	// tenant's CA certificate under TrustBundleKey.
-	TrustBundleName = "custody-trust-bundle"
-	// TrustBundleKey is the ConfigMap key of the PEM CA certificates.
-	TrustBundleKey = "ca.crt"
-	// AnnotationRetainedCAs, on the trust bundle, maps the fingerprint of
-	// each replaced tenant CA still in the bundle to the time (RFC 3339) it
-	// leaves it (JSON).
-	AnnotationRetainedCAs = "custody.dev/retained-cas"
-	// TenantRootIssuerName is the SelfSigned Issuer in the operator namespace
-	// that issues every tenant CA as a root of its own, signed with that
-	// tenant's own key: a tenant's bundle holds one self-signed trust anchor
-	// that no other tenant's certificates chain to. Only the Custody manager
-	// approves requests to it.
-	TenantRootIssuerName = "custody-tenant-root-selfsigned"
+	// TrustBundleName is contract.TrustBundleName.
+	TrustBundleName = contract.TrustBundleName
+	// TrustBundleKey is contract.TrustBundleKey.
+	TrustBundleKey = contract.TrustBundleKey
+	// AnnotationRetainedCAs is contract.AnnotationRetainedCAs.
+	AnnotationRetainedCAs = contract.AnnotationRetainedCAs
+	// TenantRootIssuerName is contract.TenantRootIssuerName.
+	TenantRootIssuerName = contract.TenantRootIssuerName
 	// tenantCADuration is the lifetime of a tenant's root CA.
 	tenantCADuration = 365 * 24 * time.Hour
 	// caRetentionSlack is added to the device certificate lifetime when a
@@ -59,13 +54,13 @@ const (
 	caRetentionSlack = 10 * time.Minute
 )
 
-// TenantCAName is the name of the Certificate and Secret of a tenant's root
-// CA in the operator namespace.
-func TenantCAName(tenant string) string { return "tenant-" + tenant + "-ca" }
+// TenantCAName is contract.TenantCAName: the name of the Certificate and
+// Secret of a tenant's root CA in the operator namespace.
+func TenantCAName(tenant string) string { return contract.TenantCAName(tenant) }
 
-// TenantIssuerName is the name of the tenant's Issuer in the operator
-// namespace.
-func TenantIssuerName(tenant string) string { return "tenant-" + tenant }
+// TenantIssuerName is contract.TenantIssuerName: the name of the tenant's
+// Issuer in the operator namespace.
+func TenantIssuerName(tenant string) string { return contract.TenantIssuerName(tenant) }
 
 // tenantRoles maps a member role to the ClusterRole bound for it.
 var tenantRoles = []struct {
@@ -357,7 +352,7 @@ func (r *TenantReconciler) ensureTrustBundle(ctx context.Context, t *custodyv1al
 	if err != nil || len(chain) == 0 {
 		return false, custodyv1alpha1.TenantReasonCertificateAuthorityPending, "Waiting for the tenant's CA.", time.Time{}, nil
 	}
-	var previous *TrustBundle
+	var previous *contract.TrustBundle
 	existing := &corev1.ConfigMap{}
 	err = r.Client.Get(ctx, client.ObjectKey{Namespace: t.TargetNamespace(), Name: TrustBundleName}, existing)
 	switch {
@@ -366,7 +361,7 @@ func (r *TenantReconciler) ensureTrustBundle(ctx context.Context, t *custodyv1al
 		return false, "", "", time.Time{}, err
 	default:
 		// An unreadable bundle is replaced by the current CA alone.
-		previous, _ = ParseTrustBundle(existing.Data[TrustBundleKey], existing.Annotations[AnnotationRetainedCAs])
+		previous, _ = contract.ParseTrustBundle(existing.Data[TrustBundleKey], existing.Annotations[AnnotationRetainedCAs])
 	}
 	keep := r.Options.CertificateDuration
 	if c := t.Spec.Certificates; c != nil && c.Duration != nil && c.Duration.Duration > keep {
@@ -375,7 +370,7 @@ func (r *TenantReconciler) ensureTrustBundle(ctx context.Context, t *custodyv1al
 	// Only the tenant's own CA (chain[0]) is a trust anchor: never the shared
 	// root or anything above an earlier intermediate, which would make every
 	// tenant's devices verify under every bundle.
-	bundle := NextTrustBundle(chain[0], previous, r.Options.Clock.Now(), keep+caRetentionSlack)
+	bundle := contract.NextTrustBundle(chain[0], previous, r.Options.Clock.Now(), keep+caRetentionSlack)
 	cm := corev1ac.ConfigMap(TrustBundleName, t.TargetNamespace()).
 		WithLabels(tenantLabels(t)).
 		WithData(map[string]string{TrustBundleKey: bundle.PEM()})

@@ -22,10 +22,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/gateway"
-	"github.com/custody-dev/custody/internal/operator"
+	"github.com/custody-dev/custody/internal/scheme"
 )
 
 func main() {
@@ -47,7 +47,7 @@ func run() error {
 	flag.StringVar(&keyFile, "tls-key-file", "/etc/custody-gateway/tls/tls.key", "Serving key.")
 	flag.StringVar(&keyFiles, "challenge-key-files", "/etc/custody-gateway/challenge/key", "Comma-separated files with challenge HMAC keys (32+ bytes each); the first signs, all verify. Every replica needs the same keys.")
 	flag.StringVar(&namespace, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace where DeviceProofs are recorded.")
-	flag.StringVar(&trustDomain, "trust-domain", controllers.DefaultTrustDomain, "SPIFFE trust domain of device identities (the manager's).")
+	flag.StringVar(&trustDomain, "trust-domain", contract.DefaultTrustDomain, "SPIFFE trust domain of device identities (the manager's).")
 	flag.DurationVar(&challengeTTL, "challenge-ttl", 5*time.Minute, "How long a challenge is valid.")
 	flag.DurationVar(&wait, "enroll-wait", 10*time.Second, "How long an enrollment waits for its certificate before answering 202 with a ticket.")
 	flag.IntVar(&perClient, "rate-per-client", 120, "Requests per minute per client address and replica; raise it when many devices share an address (NAT).")
@@ -72,7 +72,7 @@ func run() error {
 	}
 	cfg := rest.CopyConfig(ctrl.GetConfigOrDie())
 	cfg.QPS, cfg.Burst = 200, 400 // every mutual-TLS request reads its Device
-	c, err := client.New(cfg, client.Options{Scheme: operator.NewScheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"testing"
 
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/est"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -33,7 +34,7 @@ func FuzzParseChallengeRequest(f *testing.F) {
 	f.Add([]byte(`{"serialNumber":"sn","model":"","purpose":"x"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req, err := ParseChallengeRequest(b)
-		if err == nil && (!validName(req.SerialNumber, 64) || !validName(req.Model, 32)) {
+		if err == nil && (!contract.ValidSerialNumber(req.SerialNumber) || !contract.ValidModel(req.Model)) {
 			t.Fatalf("accepted %+v", req)
 		}
 	})

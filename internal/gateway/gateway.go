@@ -41,8 +41,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
-	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/est"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -95,7 +95,7 @@ func New(opts Options) (*Gateway, error) {
 		return nil, errors.New("gateway: Client, Challenges and Namespace are required")
 	}
 	if opts.TrustDomain == "" {
-		opts.TrustDomain = controllers.DefaultTrustDomain
+		opts.TrustDomain = contract.DefaultTrustDomain
 	}
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
@@ -242,28 +242,13 @@ func decode(body []byte, v any) error {
 	return nil
 }
 
-// validName checks a serial number or model the way the CRDs do, so that
-// garbage never reaches the API server.
-func validName(s string, maxLen int) bool {
-	if len(s) < 2 || len(s) > maxLen {
-		return false
-	}
-	for i, c := range s {
-		ok := (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c == '-' && i > 0 && i < len(s)-1)
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
 // ParseChallengeRequest parses and checks a challenge request.
 func ParseChallengeRequest(body []byte) (protocol.ChallengeRequest, error) {
 	var req protocol.ChallengeRequest
 	if err := decode(body, &req); err != nil {
 		return req, errors.New("malformed JSON")
 	}
-	if !validName(req.SerialNumber, 64) || !validName(req.Model, 32) {
+	if !contract.ValidSerialNumber(req.SerialNumber) || !contract.ValidModel(req.Model) {
 		return req, errors.New("serialNumber and model must be upper-case letters, digits and '-'")
 	}
 	if req.Purpose != protocol.PurposeEnroll && req.Purpose != protocol.PurposePossession {
@@ -325,8 +310,8 @@ func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protoco
 		}
 		return fail(unavailable())
 	}
-	key, err := protocol.ParsePublicKeyPEM([]byte(dev.Spec.Identity.PublicKey))
-	if err != nil || dev.Spec.SerialNumber != c.SerialNumber || !protocol.Verify(key, payload, sig) {
+	key, err := contract.DeviceKey(dev)
+	if err != nil || contract.CheckChallengeProof(dev, key, c, purpose, payload, sig) != contract.ChallengeProven {
 		return fail(notAccepted())
 	}
 	return dev, nil
@@ -348,19 +333,18 @@ func (g *Gateway) enroll(r *http.Request, body []byte) response {
 		return *failed
 	}
 	// From here on the caller has proved the device's key.
-	ref := dev.Spec.ClaimRef
-	if ref == nil || dev.Spec.Decommissioned {
+	id, err := contract.CheckDeviceCSR(dev, g.opts.TrustDomain, csr.Raw)
+	if errors.Is(err, contract.ErrNotBound) {
 		resp := errorResponse(http.StatusConflict, protocol.ErrNotBound, "The device is not bound to a tenant yet; retry later.")
 		resp.retryAfter, resp.device = notBoundRetry, dev.Name
 		return resp
 	}
-	id := protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)
-	if err := protocol.CheckCSRIdentity(csr.Raw, id); err != nil {
+	if err != nil {
 		b, _ := json.Marshal(protocol.Error{Code: protocol.ErrIdentityMismatch, Message: "The CSR must ask for exactly this identity and nothing else: " + err.Error() + ".", Identity: &id})
 		return response{status: http.StatusConflict, body: b, outcome: protocol.ErrIdentityMismatch, device: dev.Name}
 	}
 	proof := &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{contract.LabelDevice: dev.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: dev.Name, Challenge: req.Challenge,
 			Signature: base64.StdEncoding.EncodeToString(req.Signature), CSR: req.CSR},
 	}
@@ -422,7 +406,7 @@ func (g *Gateway) await(ctx context.Context, name string, wait time.Duration) re
 // challenge nonce it came from. The certificate it returns is public.
 func (g *Gateway) enrollment(r *http.Request, _ []byte) response {
 	ticket := r.PathValue("ticket")
-	if !strings.HasPrefix(ticket, "proof-") || len(ticket) > 80 {
+	if !contract.ValidTicket(ticket) {
 		return notAccepted()
 	}
 	return g.await(r.Context(), ticket, 0)
@@ -460,7 +444,7 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 		return *failed
 	}
 	proof := &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(c.Nonce), Namespace: g.opts.Namespace, Labels: map[string]string{contract.LabelDevice: dev.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofPossession, DeviceName: dev.Name, Challenge: req.Challenge,
 			Signature: base64.StdEncoding.EncodeToString(req.Signature), PairingDigest: req.PairingDigest},
 	}
@@ -523,14 +507,14 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 }
 
 // acceptCertificate applies the certificate-acceptance rule
-// (controllers.AcceptCertificate) to leaf, presented for bound device dev,
+// (contract.AcceptCertificate) to leaf, presented for bound device dev,
 // against the tenant's published CA bundle, which it returns.
 func (g *Gateway) acceptCertificate(ctx context.Context, dev *custodyv1alpha1.Device, leaf *x509.Certificate) ([]*x509.Certificate, response, bool) {
-	cas, err := controllers.TenantTrustAnchors(ctx, g.opts.Client, dev.Spec.ClaimRef.Namespace)
+	cas, err := contract.TenantTrustAnchors(ctx, g.opts.Client, dev.Spec.ClaimRef.Namespace)
 	if err != nil {
 		return nil, unavailable(), false
 	}
-	if v := controllers.AcceptCertificate(dev, g.opts.TrustDomain, leaf, cas, g.opts.Clock.Now()); v != controllers.CertificateAccepted {
+	if v := contract.AcceptCertificate(dev, g.opts.TrustDomain, leaf, cas, g.opts.Clock.Now()); v != contract.CertificateAccepted {
 		refused := errorResponse(http.StatusForbidden, protocol.ErrCertificateRefused, "The client certificate is not a current certificate of a bound device.")
 		refused.outcome, refused.device = "refused-"+string(v), dev.Name
 		return nil, refused, false
@@ -643,9 +627,9 @@ func (g *Gateway) estCACerts(r *http.Request, _ []byte) response {
 	if !tn.DeletionTimestamp.IsZero() {
 		return noCACerts()
 	}
-	cas, err := controllers.TenantTrustAnchors(r.Context(), g.opts.Client, tn.TargetNamespace())
+	cas, err := contract.TenantTrustAnchors(r.Context(), g.opts.Client, tn.TargetNamespace())
 	switch {
-	case apierrors.IsNotFound(err) || errors.Is(err, controllers.ErrNoTrustBundle):
+	case apierrors.IsNotFound(err) || errors.Is(err, contract.ErrNoTrustBundle):
 		return noCACerts()
 	case err != nil:
 		return unavailable()
@@ -700,17 +684,15 @@ func (g *Gateway) estReenroll(r *http.Request, body []byte) response {
 	if err != nil {
 		return badRequest(err.Error())
 	}
-	ref = dev.Spec.ClaimRef
-	if !protocol.SameKey(csr.PublicKey, leaf.PublicKey) {
+	if !contract.SameRenewalKey(csr, leaf) {
 		return errorResponse(http.StatusBadRequest, protocol.ErrIdentityMismatch, "A renewal keeps the certificate's key and identity; enroll with a fresh challenge to change keys.")
 	}
-	if err := protocol.CheckCSRIdentity(csr.Raw, protocol.DeriveIdentity(g.opts.TrustDomain, ref.Tenant, dev.Name, dev.Spec.SerialNumber)); err != nil {
+	if _, err := contract.CheckDeviceCSR(dev, g.opts.TrustDomain, csr.Raw); err != nil {
 		return errorResponse(http.StatusBadRequest, protocol.ErrIdentityMismatch, "A renewal asks for the certificate's identity and nothing else: "+err.Error()+".")
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})
-	sum := sha256.Sum256(append(append([]byte{}, leaf.Raw...), csr.Raw...))
 	proof := &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: "renew-" + hex.EncodeToString(sum[:16]), Namespace: g.opts.Namespace, Labels: map[string]string{controllers.LabelDevice: dev.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.RenewProofName(leaf.Raw, csr.Raw), Namespace: g.opts.Namespace, Labels: map[string]string{contract.LabelDevice: dev.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofRenew, DeviceName: dev.Name, CSR: string(csrPEM),
 			ClientCertificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw}))},
 	}

@@ -82,56 +82,90 @@ var errNotCSR = errors.New("the CSR is not a DER PKCS#10 certification request")
 // holding a single subjectAltName extension whose only name is one URI. It
 // does not check the CSR's signature (ParseCSRDER does).
 func CSRIdentity(der []byte) (Identity, error) {
+	cn, exts, err := readCSR(der)
+	if err != nil {
+		return Identity{}, err
+	}
+	if exts == nil {
+		return Identity{}, errors.New("the CSR has no extensionRequest attribute; it must request a subjectAltName extension with the device's SPIFFE URI")
+	}
+	uri, err := readExtensions(*exts, extensionsDeviceCSR)
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{CommonName: cn, URI: uri}, nil
+}
+
+// CheckCACSR checks, on a CSR's DER, that it asks for a CA named
+// commonName and nothing a requester could add: version 0; a subject of
+// exactly one RDN holding one commonName (a UTF8String or PrintableString)
+// byte for byte equal to commonName; no attribute but at most one
+// extensionRequest, which may request keyUsage, extKeyUsage and
+// basicConstraints (what cert-manager encodes for a CA Certificate), each
+// once, and nothing else: no subjectAltName in any form. It does not check
+// the CSR's signature (ParseCSRDER does).
+func CheckCACSR(der []byte, commonName string) error {
+	cn, exts, err := readCSR(der)
+	if err != nil {
+		return err
+	}
+	if cn != commonName {
+		return fmt.Errorf("the CSR's common name is %q; it must be %q", cn, commonName)
+	}
+	if exts != nil {
+		if _, err := readExtensions(*exts, extensionsCACSR); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readCSR reads a CSR's DER: version 0, its subject's one commonName (see
+// readSubject) and its attributes, of which only one extensionRequest is
+// allowed. exts is that attribute's list of extensions, nil without it.
+func readCSR(der []byte) (cn string, exts *cryptobyte.String, err error) {
 	in := cryptobyte.String(der)
 	var req, info cryptobyte.String
 	if !in.ReadASN1(&req, cbasn1.SEQUENCE) || !in.Empty() ||
 		!req.ReadASN1(&info, cbasn1.SEQUENCE) || !req.SkipASN1(cbasn1.SEQUENCE) || !req.SkipASN1(cbasn1.BIT_STRING) || !req.Empty() {
-		return Identity{}, errNotCSR
+		return "", nil, errNotCSR
 	}
 	var version int64
 	if !info.ReadASN1Integer(&version) {
-		return Identity{}, errNotCSR
+		return "", nil, errNotCSR
 	}
 	if version != 0 {
-		return Identity{}, fmt.Errorf("the CSR's version is %d; it must be 0 (PKCS#10 v1)", version)
+		return "", nil, fmt.Errorf("the CSR's version is %d; it must be 0 (PKCS#10 v1)", version)
 	}
 	var subject cryptobyte.String
 	if !info.ReadASN1(&subject, cbasn1.SEQUENCE) || !info.SkipASN1(cbasn1.SEQUENCE) {
-		return Identity{}, errNotCSR
+		return "", nil, errNotCSR
 	}
-	cn, err := readSubject(subject)
-	if err != nil {
-		return Identity{}, err
+	if cn, err = readSubject(subject); err != nil {
+		return "", nil, err
 	}
 	var attrs cryptobyte.String
 	if !info.ReadASN1(&attrs, cbasn1.Tag(0).Constructed().ContextSpecific()) || !info.Empty() {
-		return Identity{}, errors.New("the CSR has no attributes; it must request a subjectAltName extension with the device's SPIFFE URI")
+		return "", nil, errors.New("the CSR has no attributes; it must request a subjectAltName extension with the device's SPIFFE URI")
 	}
-	uri, seen := "", false
 	for !attrs.Empty() {
-		var attr, values, exts cryptobyte.String
+		var attr, values, list cryptobyte.String
 		var oid asn1.ObjectIdentifier
 		if !attrs.ReadASN1(&attr, cbasn1.SEQUENCE) || !attr.ReadASN1ObjectIdentifier(&oid) || !attr.ReadASN1(&values, cbasn1.SET) || !attr.Empty() {
-			return Identity{}, errors.New("the CSR has a malformed attribute")
+			return "", nil, errors.New("the CSR has a malformed attribute")
 		}
 		if !oid.Equal(oidExtensionRequest) {
-			return Identity{}, fmt.Errorf("the CSR carries the attribute %s; only the extensionRequest attribute is allowed", oidName(oid))
+			return "", nil, fmt.Errorf("the CSR carries the attribute %s; only the extensionRequest attribute is allowed", oidName(oid))
 		}
-		if seen {
-			return Identity{}, errors.New("the CSR carries more than one extensionRequest attribute; it must carry exactly one")
+		if exts != nil {
+			return "", nil, errors.New("the CSR carries more than one extensionRequest attribute; it must carry exactly one")
 		}
-		seen = true
-		if !values.ReadASN1(&exts, cbasn1.SEQUENCE) || !values.Empty() {
-			return Identity{}, errors.New("the CSR's extensionRequest attribute must hold exactly one list of extensions")
+		if !values.ReadASN1(&list, cbasn1.SEQUENCE) || !values.Empty() {
+			return "", nil, errors.New("the CSR's extensionRequest attribute must hold exactly one list of extensions")
 		}
-		if uri, err = readExtensions(exts, false); err != nil {
-			return Identity{}, err
-		}
+		exts = &list
 	}
-	if !seen {
-		return Identity{}, errors.New("the CSR has no extensionRequest attribute; it must request a subjectAltName extension with the device's SPIFFE URI")
-	}
-	return Identity{CommonName: cn, URI: uri}, nil
+	return cn, exts, nil
 }
 
 // CheckCSRIdentity checks, on the CSR's DER, that it asks for exactly id
@@ -182,7 +216,7 @@ func CertificateIdentity(der []byte) (Identity, error) {
 	if !tbs.ReadASN1(&outer, cbasn1.Tag(3).Constructed().ContextSpecific()) || !outer.ReadASN1(&exts, cbasn1.SEQUENCE) || !outer.Empty() || !tbs.Empty() {
 		return Identity{}, errors.New("the certificate has no extensions or is malformed after its public key")
 	}
-	uri, err := readExtensions(exts, true)
+	uri, err := readExtensions(exts, extensionsLeaf)
 	if err != nil {
 		return Identity{}, fmt.Errorf("the certificate's %w", err)
 	}
@@ -259,11 +293,27 @@ func isPrintable(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(" '()+,-./:=?", c) >= 0
 }
 
-// readExtensions reads a list of extensions. A CSR may request only the
-// subjectAltName; a certificate may carry the extensions a client leaf
-// needs. It returns the one URI of the subjectAltName. Errors start with a
-// noun so that callers can prefix whose it is.
-func readExtensions(exts cryptobyte.String, leaf bool) (string, error) {
+// extensionsKind says whose extensions readExtensions reads.
+type extensionsKind int
+
+const (
+	// extensionsDeviceCSR: a device CSR requests the subjectAltName only.
+	extensionsDeviceCSR extensionsKind = iota
+	// extensionsLeaf: a device certificate carries what a client leaf
+	// needs.
+	extensionsLeaf
+	// extensionsCACSR: a tenant CA's CSR requests keyUsage, extKeyUsage
+	// and basicConstraints only, and no subjectAltName.
+	extensionsCACSR
+)
+
+// readExtensions reads a list of extensions. A device CSR may request only
+// the subjectAltName; a certificate may carry the extensions a client leaf
+// needs; a CA's CSR may request key usages and basic constraints and no
+// subjectAltName. It returns the one URI of the subjectAltName (none for a
+// CA). Errors start with a noun so that callers can prefix whose it is.
+func readExtensions(exts cryptobyte.String, kind extensionsKind) (string, error) {
+	leaf := kind == extensionsLeaf
 	uri, seen := "", map[string]bool{}
 	hasEKU := false
 	for !exts.Empty() {
@@ -285,6 +335,10 @@ func readExtensions(exts cryptobyte.String, leaf bool) (string, error) {
 		seen[oid.String()] = true
 		var err error
 		switch {
+		case kind == extensionsCACSR:
+			if !oid.Equal(oidKeyUsage) && !oid.Equal(oidExtKeyUsage) && !oid.Equal(oidBasicConstraints) {
+				err = fmt.Errorf("extension request holds %s; a CA's request may ask only for keyUsage, extKeyUsage and basicConstraints, and never for a subjectAltName", oidName(oid))
+			}
 		case oid.Equal(oidSubjectAltName):
 			uri, err = readSAN(value)
 		case leaf && oid.Equal(oidKeyUsage):
@@ -311,6 +365,9 @@ func readExtensions(exts cryptobyte.String, leaf bool) (string, error) {
 		if err != nil {
 			return "", err
 		}
+	}
+	if kind == extensionsCACSR {
+		return "", nil
 	}
 	if !seen[oidSubjectAltName.String()] {
 		return "", errors.New("extensions lack a subjectAltName; it must hold the device's SPIFFE URI")

@@ -27,6 +27,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/challenge"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
@@ -78,7 +79,7 @@ func enrollBody(t testing.TB, g *gw, serial, model string, signer *ecdsa.Private
 func countRequests(t testing.TB, deviceName string) int {
 	t.Helper()
 	var crs cmapi.CertificateRequestList
-	if err := admin.List(context.Background(), &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: deviceName}); err != nil {
+	if err := admin.List(context.Background(), &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: deviceName}); err != nil {
 		t.Fatal(err)
 	}
 	return len(crs.Items)
@@ -230,7 +231,7 @@ func TestCertificateIdentityIsDerived(t *testing.T) {
 	sig, _ := protocol.Sign(key, protocol.EnrollPayload(tok, badCSR))
 	nonce := tokenNonce(t, tok)
 	proof := &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(nonce), Namespace: cp.OperatorNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(nonce), Namespace: cp.OperatorNamespace},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: name, Challenge: tok,
 			Signature: base64.StdEncoding.EncodeToString(sig), CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: badCSR}))},
 	}
@@ -263,7 +264,7 @@ func TestDeviceCertificateRequestsFromOthersAreDenied(t *testing.T) {
 	enrollAgent(t, newAgent(t, g, rec))
 
 	var proofs custodyv1alpha1.DeviceProofList
-	if err := admin.List(ctx, &proofs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: rec.Device.Name}); err != nil || len(proofs.Items) != 1 {
+	if err := admin.List(ctx, &proofs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: rec.Device.Name}); err != nil || len(proofs.Items) != 1 {
 		t.Fatalf("want the genuine proof: %d, %v", len(proofs.Items), err)
 	}
 	genuine := proofs.Items[0]

@@ -21,6 +21,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/internal/gateway"
 	"github.com/custody-dev/custody/pkg/device"
@@ -179,8 +180,8 @@ func enrollProof(t testing.TB, g *gw, rec *factory.Record, idKey *ecdsa.PrivateK
 		t.Fatal(err)
 	}
 	return &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace,
-			Labels: map[string]string{controllers.LabelDevice: rec.Device.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace,
+			Labels: map[string]string{contract.LabelDevice: rec.Device.Name}},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: rec.Device.Name, Challenge: tok,
 			Signature: base64.StdEncoding.EncodeToString(sig), CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))},
 	}
@@ -207,7 +208,7 @@ func awaitProof(t testing.TB, p *custodyv1alpha1.DeviceProof) *custodyv1alpha1.D
 func requestsAre(t testing.TB, deviceName string, n int) {
 	t.Helper()
 	var crs cmapi.CertificateRequestList
-	if err := admin.List(context.Background(), &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: deviceName}); err != nil {
+	if err := admin.List(context.Background(), &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: deviceName}); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[string]bool{}

@@ -25,6 +25,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/est"
@@ -440,8 +441,8 @@ func TestRoundTripDoesNotReviveOldCertificates(t *testing.T) {
 	if err := d.agent.Client.Heartbeat(ctx, d.cert, protocol.HeartbeatRequest{}); !device.IsCode(err, protocol.ErrCertificateRefused) {
 		t.Fatalf("heartbeat with A's old certificate: %v, want CertificateRefused", err)
 	}
-	if v := controllers.AcceptCertificate(dev, controllers.DefaultTrustDomain, d.leaf, mustBundle(t, a), time.Now()); v != controllers.CertificateBeforeBinding {
-		t.Fatalf("the rule says %s about A's old certificate, want %s", v, controllers.CertificateBeforeBinding)
+	if v := contract.AcceptCertificate(dev, controllers.DefaultTrustDomain, d.leaf, mustBundle(t, a), time.Now()); v != contract.CertificateBeforeBinding {
+		t.Fatalf("the rule says %s about A's old certificate, want %s", v, contract.CertificateBeforeBinding)
 	}
 
 	// The device enrols again and renews under A's new binding.

@@ -31,6 +31,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -242,7 +243,7 @@ func TestCraftedCSRsAreNeverIssued(t *testing.T) {
 		csrPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 		sum := sha256.Sum256(append(append([]byte{}, tlsCert.Certificate[0]...), der...))
 		proofs := []*custodyv1alpha1.DeviceProof{
-			{ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
+			{ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
 				Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: name, Challenge: tok,
 					Signature: base64.StdEncoding.EncodeToString(sig), CSR: csrPEM}},
 			{ObjectMeta: metav1.ObjectMeta{Name: "renew-" + hex.EncodeToString(sum[:16]), Namespace: cp.OperatorNamespace},
@@ -282,7 +283,7 @@ func TestCraftedCSRsAreNeverIssued(t *testing.T) {
 		t.Fatalf("the renewed certificate: %v", err)
 	}
 	var crs cmapi.CertificateRequestList
-	if err := admin.List(ctx, &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: name}); err != nil {
+	if err := admin.List(ctx, &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: name}); err != nil {
 		t.Fatal(err)
 	}
 	if len(crs.Items) != 2 {
@@ -425,7 +426,7 @@ func TestIssuedCertificateWithExtraContentIsWithheld(t *testing.T) {
 	sig, _ := protocol.Sign(key, protocol.EnrollPayload(tok, csrDER))
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
 	proof := &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: name, Challenge: tok,
 			Signature: base64.StdEncoding.EncodeToString(sig), CSR: string(csrPEM)},
 	}
@@ -453,7 +454,7 @@ func TestIssuedCertificateWithExtraContentIsWithheld(t *testing.T) {
 	bad := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	cr := &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{Name: proof.Name, Namespace: cp.OperatorNamespace,
-			Labels: map[string]string{custodyv1alpha1.LabelTenant: acme.Name, controllers.LabelDevice: name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
+			Labels: map[string]string{custodyv1alpha1.LabelTenant: acme.Name, contract.LabelDevice: name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "DeviceProof", Name: proof.Name, UID: proof.UID,
 				Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
 		Spec: cmapi.CertificateRequestSpec{Request: csrPEM, IssuerRef: cmmeta.IssuerReference{Name: controllers.TenantIssuerName(acme.Name), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
@@ -544,7 +545,7 @@ func TestForgedDeviceRequestsUnderComputedNamesAreNeverUsed(t *testing.T) {
 	sig, _ := protocol.Sign(key, protocol.EnrollPayload(tok, csrDER))
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
 	proof := &custodyv1alpha1.DeviceProof{
-		ObjectMeta: metav1.ObjectMeta{Name: controllers.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: contract.ProofName(tokenNonce(t, tok)), Namespace: cp.OperatorNamespace},
 		Spec: custodyv1alpha1.DeviceProofSpec{Purpose: custodyv1alpha1.DeviceProofEnroll, DeviceName: name, Challenge: tok,
 			Signature: base64.StdEncoding.EncodeToString(sig), CSR: string(csrPEM)},
 	}
@@ -555,7 +556,7 @@ func TestForgedDeviceRequestsUnderComputedNamesAreNeverUsed(t *testing.T) {
 	for _, n := range []string{controllers.EnrollRequestName(name, ref.UID, csr), proof.Name} {
 		cr := &cmapi.CertificateRequest{
 			ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: cp.OperatorNamespace,
-				Labels: map[string]string{custodyv1alpha1.LabelTenant: acme.Name, controllers.LabelDevice: name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
+				Labels: map[string]string{custodyv1alpha1.LabelTenant: acme.Name, contract.LabelDevice: name, custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue},
 				OwnerReferences: []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "DeviceProof", Name: proof.Name, UID: proof.UID,
 					Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
 			Spec: cmapi.CertificateRequestSpec{Request: csrPEM, IssuerRef: cmmeta.IssuerReference{Name: controllers.TenantIssuerName(acme.Name), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},

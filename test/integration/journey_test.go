@@ -18,6 +18,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -74,7 +75,7 @@ func TestDeviceJourney(t *testing.T) {
 
 	// Custody, and only Custody, approved the request.
 	var crs cmapi.CertificateRequestList
-	if err := admin.List(ctx, &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: name}); err != nil {
+	if err := admin.List(ctx, &crs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: name}); err != nil {
 		t.Fatal(err)
 	}
 	if len(crs.Items) != 1 {
@@ -131,7 +132,7 @@ func TestDeviceJourney(t *testing.T) {
 	// Finished proofs are deleted an hour later (manager clock); a touch
 	// makes the manager look at them again after the clock moved.
 	var proofs custodyv1alpha1.DeviceProofList
-	if err := admin.List(ctx, &proofs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: name}); err != nil || len(proofs.Items) < 2 {
+	if err := admin.List(ctx, &proofs, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: name}); err != nil || len(proofs.Items) < 2 {
 		t.Fatalf("want the enrollment and renewal proofs, got %d (%v)", len(proofs.Items), err)
 	}
 	m.Clock.Step(controllers.DefaultProofRetention + time.Second)
@@ -144,7 +145,7 @@ func TestDeviceJourney(t *testing.T) {
 	}
 	waitFor(t, "finished proofs to be deleted", func() bool {
 		var left custodyv1alpha1.DeviceProofList
-		return admin.List(ctx, &left, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: name}) == nil && len(left.Items) == 0
+		return admin.List(ctx, &left, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: name}) == nil && len(left.Items) == 0
 	})
 
 	// Release: every certificate of the binding is refused at once.

@@ -22,6 +22,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
@@ -146,7 +147,7 @@ func TestTenantMigratesToItsOwnRoot(t *testing.T) {
 	if err := admin.Get(ctx, client.ObjectKey{Namespace: name, Name: controllers.TrustBundleName}, cm); err != nil {
 		t.Fatal(err)
 	}
-	published, err := controllers.ParseTrustBundle(bundle, cm.Annotations[controllers.AnnotationRetainedCAs])
+	published, err := contract.ParseTrustBundle(bundle, cm.Annotations[controllers.AnnotationRetainedCAs])
 	if err != nil {
 		t.Fatal(err)
 	}

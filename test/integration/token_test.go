@@ -15,8 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
-	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
@@ -71,7 +71,7 @@ func presentToken(t *testing.T, g *gw, rec *factory.Record, tok protocol.Pairing
 func proofsOf(t *testing.T, device string) map[string]bool {
 	t.Helper()
 	var list custodyv1alpha1.DeviceProofList
-	if err := admin.List(context.Background(), &list, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: device}); err != nil {
+	if err := admin.List(context.Background(), &list, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: device}); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]bool{}
@@ -84,7 +84,7 @@ func proofsOf(t *testing.T, device string) map[string]bool {
 func proofsOfList(t *testing.T, device string) []custodyv1alpha1.DeviceProof {
 	t.Helper()
 	var list custodyv1alpha1.DeviceProofList
-	if err := admin.List(context.Background(), &list, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{controllers.LabelDevice: device}); err != nil {
+	if err := admin.List(context.Background(), &list, client.InNamespace(cp.OperatorNamespace), client.MatchingLabels{contract.LabelDevice: device}); err != nil {
 		t.Fatal(err)
 	}
 	return list.Items

@@ -1,4 +1,4 @@
-package controllers
+package contract
 
 import (
 	"crypto/ecdsa"

@@ -1,4 +1,4 @@
-package controllers
+package contract
 
 import (
 	"context"
@@ -99,6 +99,22 @@ func AcceptCertificate(dev *custodyv1alpha1.Device, trustDomain string, leaf *x5
 		return CertificateBeforeBinding
 	}
 	return CertificateAccepted
+}
+
+// CurrentCertificate reports whether fingerprint is listed on the Device as
+// a certificate the manager issued under the device's current binding: one
+// of the ways AcceptCertificate finds a certificate of the binding.
+func CurrentCertificate(dev *custodyv1alpha1.Device, fingerprint string) bool {
+	ref := dev.Spec.ClaimRef
+	if ref == nil || dev.Spec.Decommissioned {
+		return false
+	}
+	for _, c := range dev.Status.Certificates {
+		if c.ClaimUID == ref.UID && c.Tenant == ref.Tenant && c.Fingerprint == fingerprint {
+			return true
+		}
+	}
+	return false
 }
 
 // unexpired reports whether some chain has no certificate expired at now.
