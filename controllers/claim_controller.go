@@ -73,16 +73,17 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, err
 	}
 	d := claim.Decide(in, r.Options.Verifier)
-	if d.Message == claim.MsgAttemptSpent && in.Tenant != nil {
-		// "Spent" is final, so it is never concluded from the cache: a
-		// cached Tenant may still show this Claim's reservation after a
-		// right code took it back (claim.Unreserve). Decide again from the
-		// API server's Tenant.
-		fresh := &custodyv1alpha1.Tenant{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: in.Tenant.Name}, fresh); err != nil {
+	if d.Action == claim.ActionNone && !in.Reserved && c.Status.Phase != d.Phase &&
+		(d.Phase == custodyv1alpha1.ClaimPhaseDenied || d.Phase == custodyv1alpha1.ClaimPhaseLost) {
+		// Denied is final and Lost tells the user the device is gone, so
+		// neither is concluded from the cache, which may not yet show the
+		// manager's own last write: a Device this Claim just joined the
+		// dispute of, or a Tenant that still shows a reservation a right
+		// code took back (claim.Unreserve). Decide again from the API
+		// server's Device and Tenant.
+		if err := r.observeFresh(ctx, &in); err != nil {
 			return reconcile.Result{}, err
 		}
-		in.Tenant = fresh
 		d = claim.Decide(in, r.Options.Verifier)
 	}
 	if d.Action == claim.ActionReserve {
@@ -165,6 +166,30 @@ func (r *ClaimReconciler) observe(ctx context.Context, c *custodyv1alpha1.Claim)
 		return in, in.CodeErr
 	}
 	return in, nil
+}
+
+// observeFresh replaces the cached Device and Tenant of in with the API
+// server's.
+func (r *ClaimReconciler) observeFresh(ctx context.Context, in *claim.Input) error {
+	if in.Tenant != nil {
+		fresh := &custodyv1alpha1.Tenant{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(in.Tenant), fresh); err != nil {
+			return err
+		}
+		in.Tenant = fresh
+	}
+	if in.Device != nil {
+		fresh := &custodyv1alpha1.Device{}
+		switch err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(in.Device), fresh); {
+		case apierrors.IsNotFound(err):
+			in.Device = nil
+		case err != nil:
+			return err
+		default:
+			in.Device = fresh
+		}
+	}
+	return nil
 }
 
 // findOffer looks for the Transfer that c accepts: in the namespace of the

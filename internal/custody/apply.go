@@ -173,7 +173,12 @@ func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) err
 }
 
 // IsStale reports whether a write was refused because the object changed
-// since it was read: a conflict, or a JSON patch whose test failed.
+// since it was read: a conflict, or a JSON patch the API server could not
+// apply. The API server answers a failed JSON-patch test with a bare 422
+// ("the server rejected our request due to an error in our request") that
+// does not say which operation failed; the JSON patches here are well formed
+// against the object they were computed from, so such an answer means the
+// object moved on: read it again.
 func IsStale(err error) bool {
 	if err == nil {
 		return false
@@ -182,7 +187,8 @@ func IsStale(err error) bool {
 		return true
 	}
 	var status apierrors.APIStatus
-	return errors.As(err, &status) && status.Status().Code == http.StatusUnprocessableEntity && strings.Contains(err.Error(), "test failed")
+	return errors.As(err, &status) && status.Status().Code == http.StatusUnprocessableEntity &&
+		strings.Contains(status.Status().Message, "rejected our request due to an error in our request")
 }
 
 func (a *Applier) failPoint(step, device string) error {

@@ -35,7 +35,9 @@ func (s *crashSwitch) options(o *controllers.Options) {
 		if tk == nil || key.Namespace != "" || key.Name != *tk {
 			return nil
 		}
-		if s.hit.Load() || step == s.step {
+		// A crash at a step stops every later step too, whichever
+		// reconcile reaches it first.
+		if s.hit.Load() || stepRank[step] >= stepRank[s.step] {
 			s.hit.Store(true)
 			s.once.Do(func() { close(s.crashed) })
 			return errors.New("injected crash at " + step)
@@ -43,6 +45,9 @@ func (s *crashSwitch) options(o *controllers.Options) {
 		return nil
 	}
 }
+
+// stepRank orders the steps of custody.Applier.
+var stepRank = map[string]int{custody.StepChanged: 1, custody.StepAudited: 2}
 
 // changeUnderTest sets up a device up to the moment before one ownership
 // change, makes the change happen (trigger, with the manager's clock), and
