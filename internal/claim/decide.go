@@ -508,7 +508,6 @@ const (
 	ProofSaleRecord        = "SaleRecord"
 	ProofTransfer          = "Transfer"
 	ProofPairingToken      = "PairingToken+Possession"
-	ProofSupportAward      = "SupportAward"
 )
 
 // awaitDevice waits for the device to prove possession with the Claim's
