@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/controlplane"
 	"github.com/custody-dev/custody/internal/custody"
 	"github.com/custody-dev/custody/internal/history"
@@ -71,6 +73,10 @@ func TestRestoreFromAStatusLessBackup(t *testing.T) {
 	// A device bound by code; its code is used up.
 	byCode := newDevice(t)
 	codeClaim := waitPhase(t, claimWithCode(t, admin, acme.Status.Namespace, byCode.Device.Spec.SerialNumber, byCode.Device.Spec.Model, byCode.Code.String()), custodyv1alpha1.ClaimPhaseBound)
+	// It holds a certificate.
+	agent := newAgent(t, startGateway(t), byCode)
+	enrollAgent(t, agent)
+	_, leaf := agent.Certificate()
 	// A device in a custodian's custody (sold to wholesale, not yet taken).
 	held := soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.CustodianTenant = wholesale.Name })
 	lastEntry(t, held.Device.Name, custodyv1alpha1.CustodyEventSold)
@@ -224,6 +230,19 @@ func TestRestoreFromAStatusLessBackup(t *testing.T) {
 	if restored := claimOn(codeClaim.Namespace, codeClaim.Name); restored.Spec.RequestedBy != codeClaim.Spec.RequestedBy {
 		t.Fatalf("the restored Claim says it was requested by %q, not %q", restored.Spec.RequestedBy, codeClaim.Spec.RequestedBy)
 	}
+	// The device's certificate is still its binding's, under its tenant's
+	// restored CA: the gateway accepts it without a new enrollment.
+	var verdict contract.CertificateVerdict
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the restored device's certificate: %s", verdict)
+		}
+	})
+	waitFor(t, "the restored device's certificate to be accepted", func() bool {
+		anchors, err := contract.TenantTrustAnchors(ctx, fresh.Client, acme.Status.Namespace)
+		verdict = contract.AcceptCertificate(get(byCode.Device.Name), contract.DefaultTrustDomain, leaf, anchors, time.Now())
+		return err == nil && verdict == contract.CertificateAccepted
+	})
 	// The custody hold stands: the device waits for its custodian.
 	if d := get(held.Device.Name); d.Spec.ClaimRef != nil || conditionReason(d, custodyv1alpha1.DeviceConditionClaimable) != custodyv1alpha1.DeviceReasonInCustody {
 		t.Fatalf("the custody hold after the restore: claimRef %v, claimable %s", d.Spec.ClaimRef, conditionReason(d, custodyv1alpha1.DeviceConditionClaimable))
