@@ -63,8 +63,16 @@ func (a *Applier) Apply(ctx context.Context, d *custodyv1alpha1.Device, ch Chang
 	if RestorePending(d) && ch.Record.Type != custodyv1alpha1.CustodyEventRestored {
 		return ErrRestorePending
 	}
+	observed := d.ResourceVersion
 	if err := a.Complete(ctx, d); err != nil {
 		return err
+	}
+	if d.ResourceVersion != observed {
+		// Completing an earlier change wrote or re-read the Device: ch was
+		// computed from an older observation, and written over the newer
+		// one it would undo what landed meanwhile. Look again.
+		return apierrors.NewConflict(custodyv1alpha1.GroupVersion.WithResource("devices").GroupResource(), d.Name,
+			errors.New("an earlier ownership change was completed first; decide again from the Device as it is now"))
 	}
 	before := d.DeepCopy()
 	entry := history.Link(Head(d), ch.Record)
