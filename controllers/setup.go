@@ -11,6 +11,7 @@ import (
 	"time"
 
 
+	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"k8s.io/client-go/util/workqueue"
@@ -78,6 +79,9 @@ type Options struct {
 	// NotificationRoots are the CAs notification endpoints are verified
 	// with; the system's when nil.
 	NotificationRoots *x509.CertPool
+	// AuditLog receives one line per custody history entry; it must not be
+	// sampled (operator.AuditLogger). ctrl.Log's "audit" logger when unset.
+	AuditLog logr.Logger
 	// NotificationBackoff is the first retry delay of a failed delivery;
 	// each further failure doubles it, up to 5 minutes.
 	NotificationBackoff time.Duration
@@ -225,7 +229,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	}
 
 	recorder := mgr.GetEventRecorder(FieldOwner)
-	applier := &custody.Applier{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, FieldOwner: FieldOwner, Audit: auditLog}
+	audit := opts.AuditLog
+	if audit.GetSink() == nil {
+		audit = auditLog
+	}
+	applier := &custody.Applier{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, FieldOwner: FieldOwner, Audit: audit}
 	if fp := opts.FailPoint; fp != nil {
 		applier.FailPoint = func(step, device string) error { return fp(step, client.ObjectKey{Name: device}) }
 	}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -53,20 +54,115 @@ func (r *TransferReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	if err := r.Client.Get(ctx, req.NamespacedName, tr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if !tr.DeletionTimestamp.IsZero() || transferDone(tr) {
+	if !tr.DeletionTimestamp.IsZero() {
 		return reconcile.Result{}, nil
 	}
 	before := tr.DeepCopy()
-	res, err := r.reconcile(ctx, tr)
-	if !equality.Semantic.DeepEqual(before.Status, tr.Status) {
-		if perr := r.Client.Status().Patch(ctx, tr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); perr != nil && err == nil {
-			err = client.IgnoreNotFound(perr)
-		}
+	var res reconcile.Result
+	var err error
+	switch {
+	case transferDone(tr):
+		// Decided; only its durable record may be missing (written by a
+		// version before it existed).
+	case restoreOutcome(tr):
+		// Decided before its status was lost (a restore without status).
+	default:
+		res, err = r.reconcile(ctx, tr)
+	}
+	if err == nil {
+		err = r.recordDurably(ctx, before, tr)
+	}
+	if err == nil && !equality.Semantic.DeepEqual(before.Status, tr.Status) {
+		err = client.IgnoreNotFound(r.Client.Status().Patch(ctx, tr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)))
 	}
 	if err != nil {
 		return reconcile.Result{}, err
 	}
 	return res, nil
+}
+
+// Annotations the manager writes on a Transfer so that what it decided
+// survives a restore without status: an offer's expiry (a restored offer
+// keeps it, an expired one stays expired) and the outcome.
+const (
+	annotationOfferExpiresAt = "custody.dev/offer-expires-at"
+	annotationOutcome        = "custody.dev/outcome"
+)
+
+// transferOutcome is the durable record of a decided Transfer.
+type transferOutcome struct {
+	Phase          custodyv1alpha1.TransferPhase `json:"phase"`
+	Reason         string                        `json:"reason"`
+	Message        string                        `json:"message"`
+	DeviceName     string                        `json:"deviceName,omitempty"`
+	CompletionTime *metav1.Time                  `json:"completionTime,omitempty"`
+	SecretName     string                        `json:"claimCodeSecretName,omitempty"`
+}
+
+// recordDurably writes the annotations tr's new status calls for, before
+// the status itself, so that a crash in between loses nothing. before is
+// moved to the resourceVersion written.
+func (r *TransferReconciler) recordDurably(ctx context.Context, before, tr *custodyv1alpha1.Transfer) error {
+	want := map[string]string{}
+	if at := tr.Status.ExpiresAt; at != nil {
+		want[annotationOfferExpiresAt] = at.UTC().Format(time.RFC3339)
+	}
+	if transferDone(tr) {
+		o := transferOutcome{Phase: tr.Status.Phase, DeviceName: tr.Status.DeviceName, CompletionTime: tr.Status.CompletionTime, SecretName: tr.Status.ClaimCodeSecretName}
+		if c := meta.FindStatusCondition(tr.Status.Conditions, custodyv1alpha1.ConditionReady); c != nil {
+			o.Reason, o.Message = c.Reason, c.Message
+		}
+		raw, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		want[annotationOutcome] = string(raw)
+	}
+	m := tr.DeepCopy()
+	changed := false
+	for k, v := range want {
+		if m.Annotations[k] != v {
+			metav1.SetMetaDataAnnotation(&m.ObjectMeta, k, v)
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := r.Client.Patch(ctx, m, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	tr.ObjectMeta, before.ObjectMeta = *m.ObjectMeta.DeepCopy(), *m.ObjectMeta.DeepCopy()
+	return nil
+}
+
+// restoreOutcome sets the status of a Transfer that has none from its
+// durable outcome, reporting whether it did.
+func restoreOutcome(tr *custodyv1alpha1.Transfer) bool {
+	raw, ok := tr.Annotations[annotationOutcome]
+	if !ok || tr.Status.Phase != "" {
+		return false
+	}
+	var o transferOutcome
+	if json.Unmarshal([]byte(raw), &o) != nil || o.Phase == "" {
+		return false
+	}
+	tr.Status.Phase, tr.Status.DeviceName, tr.Status.CompletionTime, tr.Status.ClaimCodeSecretName = o.Phase, o.DeviceName, o.CompletionTime, o.SecretName
+	if at, err := time.Parse(time.RFC3339, tr.Annotations[annotationOfferExpiresAt]); err == nil {
+		t := metav1.NewTime(at)
+		tr.Status.ExpiresAt = &t
+	}
+	status := metav1.ConditionFalse
+	if o.Phase == custodyv1alpha1.TransferPhaseCompleted {
+		status = metav1.ConditionTrue
+	}
+	at := metav1.Now()
+	if o.CompletionTime != nil {
+		at = *o.CompletionTime
+	}
+	meta.SetStatusCondition(&tr.Status.Conditions, metav1.Condition{Type: custodyv1alpha1.ConditionReady, Status: status, Reason: o.Reason, Message: o.Message,
+		ObservedGeneration: tr.Generation, LastTransitionTime: at})
+	return true
 }
 
 func transferDone(tr *custodyv1alpha1.Transfer) bool {
@@ -128,6 +224,11 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 		}
 		tr.Status.DeviceName = dev.Name
 		exp := metav1.NewTime(now.Add(r.Options.TransferTTL))
+		if at, err := time.Parse(time.RFC3339, tr.Annotations[annotationOfferExpiresAt]); err == nil {
+			// Offered before its status was lost: the offer keeps its
+			// expiry.
+			exp = metav1.NewTime(at)
+		}
 		tr.Status.ExpiresAt = &exp
 	}
 

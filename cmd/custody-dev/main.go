@@ -139,7 +139,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ctrlOpts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer}
+	ctrlOpts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer, AuditLog: operator.AuditLogger(managerLog)}
 	if *configFile != "" {
 		if err := operator.LoadConfig(*configFile, &ctrlOpts); err != nil {
 			return err

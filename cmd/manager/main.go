@@ -68,7 +68,8 @@ func main() {
 		os.Exit(1)
 	}
 	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, CertManagerUsernames: strings.Split(certManagerUsers, ","), ClaimPolicy: policy,
-		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL}
+		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL,
+		AuditLog: operator.AuditLogger(os.Stderr)}
 	if configFile != "" {
 		if err := operator.LoadConfig(configFile, &ctrlOpts); err != nil {
 			log.Error(err, "invalid --config")

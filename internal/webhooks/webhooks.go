@@ -9,6 +9,7 @@ package webhooks
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"slices"
 
@@ -33,9 +34,10 @@ type Options struct {
 	GatewayUsernames []string
 	// RestoreGroups are the groups of the restore identity: a member may
 	// re-create objects from a backup as they were, manager-only Device
-	// fields, pairing-token Claims and the recorded requester of Claims and
-	// SupportActions included (docs/operations.md, "Backup and restore").
-	// It may not change them afterwards. DefaultRestoreGroup when nil; an
+	// fields, pairing-token Claims and the recorded requester of Claims
+	// included (docs/operations.md, "Backup and restore"). It may not change
+	// them afterwards, and may not create SupportActions (commands, which a
+	// restore would apply again). DefaultRestoreGroup when nil; an
 	// empty list turns restores off.
 	RestoreGroups []string
 }
@@ -102,8 +104,11 @@ func (d ClaimDefaulter) Default(ctx context.Context, c *custodyv1alpha1.Claim) e
 
 // +kubebuilder:webhook:path=/mutate-custody-dev-v1alpha1-supportaction,mutating=true,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=supportactions,verbs=create,versions=v1alpha1,name=msupportaction.custody.dev,admissionReviewVersions=v1
 
-// SupportActionDefaulter records who created a SupportAction (the
-// restore identity re-creates one with the requester it had).
+// SupportActionDefaulter records who created a SupportAction. The restore
+// identity may not create one: a SupportAction is a command, applied once
+// when it is created; its decision is already in the Device's spec and its
+// record in the history and the audit log, so re-creating it from a backup
+// would apply it again.
 type SupportActionDefaulter struct {
 	Options Options
 }
@@ -114,9 +119,11 @@ func (d SupportActionDefaulter) Default(ctx context.Context, a *custodyv1alpha1.
 	if err != nil {
 		return err
 	}
-	if a.Spec.RequestedBy == "" || !d.Options.isRestore(ctx) {
-		a.Spec.RequestedBy = user
+	if d.Options.isRestore(ctx) {
+		return apierrors.NewForbidden(custodyv1alpha1.GroupVersion.WithResource("supportactions").GroupResource(), a.Name,
+			errors.New("SupportActions are not restored: each was applied when it was created, its decision is in the Device's spec and its record in the custody history and audit log, and re-creating it would apply it again"))
 	}
+	a.Spec.RequestedBy = user
 	return nil
 }
 
