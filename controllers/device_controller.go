@@ -60,7 +60,7 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		}
 		return reconcile.Result{}, err
 	}
-	for _, step := range []func(context.Context, *custodyv1alpha1.Device) error{r.recordSale, r.decommission} {
+	for _, step := range []func(context.Context, *custodyv1alpha1.Device) error{r.recordSale, r.decommission, r.recommission} {
 		if err := step(ctx, device); err != nil {
 			return reconcile.Result{}, err
 		}
@@ -178,6 +178,19 @@ func (r *DeviceReconciler) decommission(ctx context.Context, d *custodyv1alpha1.
 		return err
 	}
 	ch.Record.Reference = fmt.Sprintf("generation/%d", d.Generation)
+	return r.Custody.Apply(ctx, d, ch)
+}
+
+// recommission records that the ERP returned a decommissioned device to
+// service.
+func (r *DeviceReconciler) recommission(ctx context.Context, d *custodyv1alpha1.Device) error {
+	if !custody.RecommissionPending(d) {
+		return nil
+	}
+	ch, err := custody.Recommission(d, custody.By{Actor: "erp:" + r.decommissionedBy(ctx, d), Time: r.Options.Clock.Now()})
+	if err != nil {
+		return err
+	}
 	return r.Custody.Apply(ctx, d, ch)
 }
 

@@ -238,6 +238,12 @@ type DeviceCustody struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=128
 	RecordedSale string `json:"recordedSale,omitempty"`
+
+	// decommissioned is true while the device's decommissioning
+	// (spec.decommissioned) is recorded in the history, so that it is
+	// recorded once, whatever changes follow (a reset, a restore).
+	// +optional
+	Decommissioned bool `json:"decommissioned,omitempty"`
 }
 
 // PendingClaim is a Claim that proved ownership with fewer proofs than the
@@ -338,6 +344,9 @@ const (
 	// CustodyEventReattached: the tenant's binding moved to a new Claim of the
 	// same tenant after the previous Claim was deleted with policy Retain.
 	CustodyEventReattached CustodyEventType = "Reattached"
+	// CustodyEventRecommissioned: the ERP returned a decommissioned device
+	// to service (unbound).
+	CustodyEventRecommissioned CustodyEventType = "Recommissioned"
 	// CustodyEventWithdrawn: a Claim that was cooling off or disputed was
 	// deleted and no longer competes for the device.
 	CustodyEventWithdrawn CustodyEventType = "Withdrawn"
@@ -364,7 +373,8 @@ type CustodyRecord struct {
 	Time metav1.Time `json:"time"`
 
 	// type of change: Sold, Claimed, Bound, Released, Transferred, Disputed,
-	// Resolved, Decommissioned, Reattached, Withdrawn or Restored.
+	// Resolved, Decommissioned, Recommissioned, Reattached, Withdrawn or
+	// Restored.
 	// +required
 	// +kubebuilder:validation:MaxLength=32
 	Type CustodyEventType `json:"type"`

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -63,24 +64,31 @@ func (a *Applier) Apply(ctx context.Context, d *custodyv1alpha1.Device, ch Chang
 	if RestorePending(d) && ch.Record.Type != custodyv1alpha1.CustodyEventRestored {
 		return ErrRestorePending
 	}
-	observed := d.ResourceVersion
+	observed := d.Spec.DeepCopy()
 	if err := a.Complete(ctx, d); err != nil {
 		return err
 	}
-	if d.ResourceVersion != observed {
-		// Completing an earlier change wrote or re-read the Device: ch was
-		// computed from an older observation, and written over the newer
-		// one it would undo what landed meanwhile. Look again.
+	if !equality.Semantic.DeepEqual(*observed, d.Spec) {
+		// Completing an earlier change re-read the Device and its spec
+		// moved on: ch was computed from an older observation, and written
+		// over the newer one (with its resourceVersion) it would undo what
+		// landed meanwhile. Look again. (Completing writes status only, so
+		// an unchanged spec is the observation ch was computed from.)
 		return apierrors.NewConflict(custodyv1alpha1.GroupVersion.WithResource("devices").GroupResource(), d.Name,
 			errors.New("an earlier ownership change was completed first; decide again from the Device as it is now"))
 	}
 	before := d.DeepCopy()
 	entry := history.Link(Head(d), ch.Record)
+	recordedDecommission := before.Spec.Custody != nil && before.Spec.Custody.Decommissioned
 	d.Spec = *ch.Spec.DeepCopy()
 	if d.Spec.Custody == nil {
 		d.Spec.Custody = &custodyv1alpha1.DeviceCustody{}
 	}
 	d.Spec.Custody.Head, d.Spec.Custody.DeviceUID = entry, d.UID
+	// A decommissioning is recorded once, until the device returns to
+	// service (Recommission).
+	d.Spec.Custody.Decommissioned = ch.Record.Type == custodyv1alpha1.CustodyEventDecommissioned ||
+		(recordedDecommission && ch.Record.Type != custodyv1alpha1.CustodyEventRecommissioned)
 	if err := a.Client.Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(a.FieldOwner)); err != nil {
 		*d = *before
 		return err

@@ -382,8 +382,29 @@ func DecommissionPending(d *custodyv1alpha1.Device) bool {
 	if d.Spec.ClaimRef != nil || d.Spec.PendingClaim != nil || d.Spec.Dispute != nil {
 		return true
 	}
-	head := Head(d)
+	if d.Spec.Custody != nil {
+		return !d.Spec.Custody.Decommissioned
+	}
+	head := Head(d) // recorded before spec.custody existed
 	return head == nil || head.Type != custodyv1alpha1.CustodyEventDecommissioned
+}
+
+// RecommissionPending reports whether the ERP returned a device whose
+// decommissioning is recorded to service, and that is not recorded yet.
+func RecommissionPending(d *custodyv1alpha1.Device) bool {
+	return !d.Spec.Decommissioned && d.Spec.Custody != nil && d.Spec.Custody.Decommissioned
+}
+
+// Recommission records that the ERP returned a decommissioned device to
+// service; it is unbound, and a claim code that bound it never binds again.
+func Recommission(d *custodyv1alpha1.Device, by By) (Change, error) {
+	if !RecommissionPending(d) {
+		return Change{}, notApplicable("device %s was not returned to service", d.Name)
+	}
+	c := change(d, custodyv1alpha1.CustodyEventRecommissioned, by)
+	c.Record.Proof = "Recommissioned"
+	c.Event = &Event{Type: "Normal", Reason: "Recommissioned", Action: "Release", Note: "Returned to service, unbound; it is claimable with a claim code that has not bound it before."}
+	return c, nil
 }
 
 // RecordSale records the ERP's sale (spec.sale) once per order reference;

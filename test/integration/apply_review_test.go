@@ -1,0 +1,103 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/custody"
+)
+
+// TestApplyRefusesAStaleDecisionOnTheAPIServer (review finding, against the
+// real API server): a change decided on a Device observed between step 1
+// and step 3 of an earlier change (every watcher sees that state) lands
+// after a newer change, because Complete swaps the observed Device for the
+// API server's and Apply writes with the fresh resourceVersion. Here a
+// Release decided on the old binding lands after the device was
+// transferred, so the recipient loses the device and the history says
+// the old holder released it.
+func TestApplyRefusesAStaleDecisionOnTheAPIServer(t *testing.T) {
+	ctx := context.Background()
+	startManager(t)
+	cfg, err := cp.ManagerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash := errors.New("crash")
+	stopAfterChange := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard(),
+		FailPoint: func(step, _ string) error {
+			if step == custody.StepChanged {
+				return crash
+			}
+			return nil
+		}}
+	a := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard()}
+	rec := newDevice(t)
+	name := rec.Device.Name
+	z := custody.Holder{Tenant: "zeta", Namespace: "zeta", Name: "z", UID: "uid-z"}
+	y := custody.Holder{Tenant: "ypsilon", Namespace: "ypsilon", Name: "y", UID: "uid-y"}
+	by := custody.By{Actor: "user:test", Time: epoch}
+
+	d := getDevice(t, name)
+	bind, err := custody.Bind(d, z, "ClaimCode", custody.Consume{Code: true}, by)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stopAfterChange.Apply(ctx, d, bind); !errors.Is(err, crash) {
+		t.Fatal(err)
+	}
+	observed := d.DeepCopy() // bound to z, history not yet appended
+	// Two decisions from that observation: z's Claim is deleted (Release),
+	// and z's Transfer to y is accepted. The transfer lands first.
+	release, err := custody.Release(observed, z, "ClaimDeleted", "", "", by)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seenByY := observed.DeepCopy()
+	transfer, err := custody.Transfer(seenByY, z, y, "zeta/offer", by)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Apply(ctx, seenByY, transfer); err != nil {
+		t.Fatal(err)
+	}
+	errRelease := a.Apply(ctx, observed, release)
+	after := getDevice(t, name)
+	if errRelease == nil || after.Spec.ClaimRef == nil || after.Spec.ClaimRef.UID != y.UID {
+		var got []string
+		for _, h := range custody.Records(after) {
+			got = append(got, string(h.Type)+" "+h.Tenant)
+		}
+		t.Fatalf("a Release decided before the transfer landed after it: err %v, claimRef %+v, history %v", errRelease, after.Spec.ClaimRef, got)
+	}
+}
+
+// TestDecommissionActorIsAuthenticated (review finding): invariant 7 says
+// each entry's actor is who the API server authenticated, and the writer
+// table says only the ERP writes spec.decommissioned. A support user
+// (custody-support may update Devices) decommissions a bound device under
+// a field manager of its choosing, and the history blames the ERP.
+func TestDecommissionActorIsAuthenticated(t *testing.T) {
+	startManager(t)
+	tn := newTenant(t)
+	rec := newDevice(t)
+	waitPhase(t, claimWithCode(t, admin, tn.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
+	bindSupport(t, "mallory@support.example")
+	support := userClient(t, "mallory@support.example")
+	if err := updateDevice(support, rec.Device.Name, func(d *custodyv1alpha1.Device) { d.Spec.Decommissioned = true }, client.FieldOwner("sap-erp")); err != nil {
+		t.Fatal(err)
+	}
+	e := lastEntry(t, rec.Device.Name, custodyv1alpha1.CustodyEventDecommissioned)
+	if !strings.Contains(e.Actor, "mallory") {
+		t.Fatalf("the support user's decommissioning is recorded as %q", e.Actor)
+	}
+}
