@@ -40,7 +40,7 @@ type TransferReconciler struct {
 	Options Options
 }
 
-// +kubebuilder:rbac:groups=custody.dev,resources=transfers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=custody.dev,resources=transfers,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=custody.dev,resources=transfers/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=create
 

@@ -229,7 +229,6 @@ type DeviceCustody struct {
 	// A Device re-created from a backup has a new UID: the manager then
 	// records that a restore happened and carries the chain on from head.
 	// +required
-	// +kubebuilder:validation:MaxLength=64
 	DeviceUID types.UID `json:"deviceUID"`
 
 	// recordedSale is the order reference of the newest sale recorded in the
