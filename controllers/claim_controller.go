@@ -721,10 +721,3 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 		Named("claim").
 		Complete(r)
 }
-
-// boundAt is the start of a new binding, written with every new claimRef:
-// only certificates issued from then on are accepted (AcceptCertificate).
-func boundAt(now time.Time) *metav1.Time {
-	t := metav1.NewTime(now)
-	return &t
-}

@@ -10,11 +10,10 @@ import (
 	"fmt"
 	"time"
 
-
 	"github.com/go-logr/logr"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -156,7 +155,6 @@ func (Argon2Verifier) VerifyNothing(code claimcode.Code) {
 	claimVerifications.Inc()
 	claimcode.VerifyNothing(code)
 }
-
 
 // Field indexes the controllers share.
 const (
