@@ -78,3 +78,27 @@ func TestCheckCACSR(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCheckCACSR: whatever DER it is given, CheckCACSR never panics, and a
+// CSR it accepts, as crypto/x509 reads it, asks for exactly the CA's common
+// name and no subject alternative name of any kind.
+func FuzzCheckCACSR(f *testing.F) {
+	const caCN = "Custody tenant a CA"
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ku := ext(oidKeyUsage, true, derOf(asn1.BitString{Bytes: []byte{0x06}, BitLength: 7}))
+	f.Add(rawCSR(f, key, 0, rawName([]atv{utf8CN(caCN)}), [][]byte{extRequest(ku)}))
+	f.Add(rawCSR(f, key, 0, rawName([]atv{utf8CN(caCN)}), [][]byte{extRequest(sanExt(gn{cbasn1.Tag(2).ContextSpecific(), []byte("evil.example")}))}))
+	f.Add(rawCSR(f, key, 0, rawName([]atv{utf8CN("admin")}, []atv{utf8CN(caCN)}), [][]byte{}))
+	f.Fuzz(func(t *testing.T, der []byte) {
+		if CheckCACSR(der, caCN) != nil {
+			return
+		}
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			return
+		}
+		if len(csr.Subject.Names) != 1 || csr.Subject.CommonName != caCN || len(csr.DNSNames)+len(csr.EmailAddresses)+len(csr.IPAddresses)+len(csr.URIs) > 0 {
+			t.Fatalf("accepted a CA CSR that asks for more: %+v", csr.Subject)
+		}
+	})
+}
