@@ -2,107 +2,18 @@ package integration
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claimcode"
-	"github.com/custody-dev/custody/internal/controlplane"
 	"github.com/custody-dev/custody/internal/custody"
-	"github.com/custody-dev/custody/internal/webhooks"
 )
-
-// dumpTenants is a status-less backup, as in docs/operations.md: tenant
-// namespaces, CA Secrets and cert-manager objects, Tenants, the Devices,
-// Claims, Secrets and Transfers of the tenants, and SupportActions.
-func dumpTenants(t *testing.T, tenants []*custodyv1alpha1.Tenant, devices []string) []*unstructured.Unstructured {
-	t.Helper()
-	ctx := context.Background()
-	var dump []*unstructured.Unstructured
-	for _, tn := range tenants {
-		ns := &corev1.Namespace{}
-		if err := admin.Get(ctx, client.ObjectKey{Name: tn.Status.Namespace}, ns); err != nil {
-			t.Fatal(err)
-		}
-		dump = append(dump, backupOf(t, ns))
-	}
-	var secrets corev1.SecretList
-	if err := admin.List(ctx, &secrets, client.InNamespace(cp.OperatorNamespace)); err != nil {
-		t.Fatal(err)
-	}
-	for i := range secrets.Items {
-		for _, tn := range tenants {
-			if strings.Contains(secrets.Items[i].Name, tn.Name) {
-				dump = append(dump, backupOf(t, &secrets.Items[i]))
-			}
-		}
-	}
-	for _, kind := range []client.ObjectList{&cmapi.CertificateList{}, &cmapi.IssuerList{}} {
-		if err := admin.List(ctx, kind, client.InNamespace(cp.OperatorNamespace)); err != nil {
-			t.Fatal(err)
-		}
-		items, err := meta.ExtractList(kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, item := range items {
-			o := item.(client.Object)
-			for _, tn := range tenants {
-				if strings.Contains(o.GetName(), tn.Name) {
-					dump = append(dump, backupOf(t, o))
-				}
-			}
-		}
-	}
-	for _, tn := range tenants {
-		fresh := &custodyv1alpha1.Tenant{}
-		if err := admin.Get(ctx, clientKey(tn), fresh); err != nil {
-			t.Fatal(err)
-		}
-		dump = append(dump, backupOf(t, fresh))
-	}
-	for _, name := range devices {
-		dump = append(dump, backupOf(t, getDevice(t, name)))
-	}
-	for _, tn := range tenants {
-		var claims custodyv1alpha1.ClaimList
-		if err := admin.List(ctx, &claims, client.InNamespace(tn.Status.Namespace)); err != nil {
-			t.Fatal(err)
-		}
-		for i := range claims.Items {
-			dump = append(dump, backupOf(t, &claims.Items[i]))
-		}
-		var transfers custodyv1alpha1.TransferList
-		if err := admin.List(ctx, &transfers, client.InNamespace(tn.Status.Namespace)); err != nil {
-			t.Fatal(err)
-		}
-		for i := range transfers.Items {
-			dump = append(dump, backupOf(t, &transfers.Items[i]))
-		}
-	}
-	var actions custodyv1alpha1.SupportActionList
-	if err := admin.List(ctx, &actions); err != nil {
-		t.Fatal(err)
-	}
-	for i := range actions.Items {
-		for _, name := range devices {
-			if actions.Items[i].Spec.DeviceName == name {
-				dump = append(dump, backupOf(t, &actions.Items[i]))
-			}
-		}
-	}
-	return dump
-}
 
 // TestRestoreDoesNotReplaySupportActions (review finding): a restore that
 // re-created SupportActions without status applied an old Reset again: the
@@ -140,14 +51,8 @@ func TestRestoreDoesNotReplaySupportActions(t *testing.T) {
 	dump := dumpTenants(t, []*custodyv1alpha1.Tenant{acme, globex}, []string{name})
 	m.stop()
 
-	fresh, err := controlplane.Start(ctx, controlplane.Options{Log: testLogger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fresh.Stop() })
-	m2 := startManagerOn(t, fresh)
+	fresh, m2, restorer := freshRestore(t)
 	defer m2.stop()
-	restorer := clientOn(t, fresh, "restore-bot", "system:masters", webhooks.DefaultRestoreGroup)
 	refused := 0
 	for _, u := range dump {
 		err := restorer.Create(ctx, u, client.FieldOwner("velero"))
@@ -207,19 +112,9 @@ func TestRestoreDoesNotReviveExpiredOffer(t *testing.T) {
 	dump := dumpTenants(t, []*custodyv1alpha1.Tenant{acme, globex}, []string{name})
 	m.stop()
 
-	fresh, err := controlplane.Start(ctx, controlplane.Options{Log: testLogger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fresh.Stop() })
-	m2 := startManagerOn(t, fresh)
+	fresh, m2, restorer := freshRestore(t)
 	defer m2.stop()
-	restorer := clientOn(t, fresh, "restore-bot", "system:masters", webhooks.DefaultRestoreGroup)
-	for _, u := range dump {
-		if err := restorer.Create(ctx, u, client.FieldOwner("velero")); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("restoring %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-	}
+	restoreAll(t, restorer, dump)
 	get := func() *custodyv1alpha1.Device {
 		d := &custodyv1alpha1.Device{}
 		if err := fresh.Client.Get(ctx, client.ObjectKey{Name: name}, d); err != nil {
@@ -269,19 +164,9 @@ func TestRestoreKeepsCompletedTransfers(t *testing.T) {
 	dump := dumpTenants(t, []*custodyv1alpha1.Tenant{acme, globex}, []string{name})
 	m.stop()
 
-	fresh, err := controlplane.Start(ctx, controlplane.Options{Log: testLogger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fresh.Stop() })
-	m2 := startManagerOn(t, fresh)
+	fresh, m2, restorer := freshRestore(t)
 	defer m2.stop()
-	restorer := clientOn(t, fresh, "restore-bot", "system:masters", webhooks.DefaultRestoreGroup)
-	for _, u := range dump {
-		if err := restorer.Create(ctx, u, client.FieldOwner("velero")); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("restoring %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-	}
+	restoreAll(t, restorer, dump)
 	got := &custodyv1alpha1.Transfer{}
 	waitFor(t, "the restored Transfer to be decided", func() bool {
 		return fresh.Client.Get(ctx, clientKey(tr), got) == nil && got.Status.Phase != ""
@@ -316,19 +201,9 @@ func TestRestoreDoesNotDecommissionAgain(t *testing.T) {
 	dump := dumpTenants(t, []*custodyv1alpha1.Tenant{acme}, []string{name})
 	m.stop()
 
-	fresh, err := controlplane.Start(ctx, controlplane.Options{Log: testLogger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fresh.Stop() })
-	m2 := startManagerOn(t, fresh)
+	fresh, m2, restorer := freshRestore(t)
 	defer m2.stop()
-	restorer := clientOn(t, fresh, "restore-bot", "system:masters", webhooks.DefaultRestoreGroup)
-	for _, u := range dump {
-		if err := restorer.Create(ctx, u, client.FieldOwner("velero")); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("restoring %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-	}
+	restoreAll(t, restorer, dump)
 	d := &custodyv1alpha1.Device{}
 	waitFor(t, "the restore to be recorded", func() bool {
 		return fresh.Client.Get(ctx, client.ObjectKey{Name: name}, d) == nil && !custody.RestorePending(d) && custody.Completed(d) && d.Status.ObservedGeneration == d.Generation

@@ -99,80 +99,12 @@ func TestRestoreFromAStatusLessBackup(t *testing.T) {
 
 	// The backup: every object of these tenants and devices, without
 	// status and server-set metadata.
-	var dump []*unstructured.Unstructured
-	tenants := []*custodyv1alpha1.Tenant{acme, globex, wholesale}
-	for _, tn := range tenants {
-		ns := &corev1.Namespace{}
-		if err := admin.Get(ctx, client.ObjectKey{Name: tn.Status.Namespace}, ns); err != nil {
-			t.Fatal(err)
-		}
-		dump = append(dump, backupOf(t, ns))
-	}
-	var secrets corev1.SecretList
-	if err := admin.List(ctx, &secrets, client.InNamespace(cp.OperatorNamespace)); err != nil {
-		t.Fatal(err)
-	}
-	for i := range secrets.Items {
-		for _, tn := range tenants {
-			if strings.Contains(secrets.Items[i].Name, tn.Name) {
-				dump = append(dump, backupOf(t, &secrets.Items[i]))
-			}
-		}
-	}
-	for _, kind := range []client.ObjectList{&cmapi.CertificateList{}, &cmapi.IssuerList{}} {
-		if err := admin.List(ctx, kind, client.InNamespace(cp.OperatorNamespace)); err != nil {
-			t.Fatal(err)
-		}
-		items, err := meta.ExtractList(kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, item := range items {
-			o := item.(client.Object)
-			for _, tn := range tenants {
-				if strings.Contains(o.GetName(), tn.Name) {
-					dump = append(dump, backupOf(t, o))
-				}
-			}
-		}
-	}
-	for _, tn := range tenants {
-		fresh := &custodyv1alpha1.Tenant{}
-		if err := admin.Get(ctx, clientKey(tn), fresh); err != nil {
-			t.Fatal(err)
-		}
-		dump = append(dump, backupOf(t, fresh))
-	}
-	for _, name := range devices {
-		dump = append(dump, backupOf(t, before[name]))
-	}
-	for _, tn := range tenants {
-		var claims custodyv1alpha1.ClaimList
-		if err := admin.List(ctx, &claims, client.InNamespace(tn.Status.Namespace)); err != nil {
-			t.Fatal(err)
-		}
-		for i := range claims.Items {
-			dump = append(dump, backupOf(t, &claims.Items[i]))
-		}
-		var transfers custodyv1alpha1.TransferList
-		if err := admin.List(ctx, &transfers, client.InNamespace(tn.Status.Namespace)); err != nil {
-			t.Fatal(err)
-		}
-		for i := range transfers.Items {
-			dump = append(dump, backupOf(t, &transfers.Items[i]))
-		}
-	}
+	dump := dumpTenants(t, []*custodyv1alpha1.Tenant{acme, globex, wholesale}, devices)
 
 	// A fresh control plane and manager; the restore identity re-creates
 	// everything in the documented order (namespaces, Secrets and
 	// cert-manager objects, Tenants, Devices, then Claims and Transfers).
-	fresh, err := controlplane.Start(ctx, controlplane.Options{Log: testLogger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fresh.Stop() })
-	m2 := startManagerOn(t, fresh)
-	restorer := clientOn(t, fresh, "restore-bot", "system:masters", webhooks.DefaultRestoreGroup)
+	fresh, m2, restorer := freshRestore(t)
 
 	// Anyone else is refused the manager-only fields, cluster-admin too.
 	for _, u := range dump {
@@ -183,11 +115,7 @@ func TestRestoreFromAStatusLessBackup(t *testing.T) {
 			break
 		}
 	}
-	for _, u := range dump {
-		if err := restorer.Create(ctx, u, client.FieldOwner("velero")); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("restoring %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-	}
+	restoreAll(t, restorer, dump)
 
 	get := func(name string) *custodyv1alpha1.Device {
 		d := &custodyv1alpha1.Device{}
@@ -292,6 +220,112 @@ func TestRestoreFromAStatusLessBackup(t *testing.T) {
 		t.Fatalf("the offer restored was not accepted: %+v", d.Spec.ClaimRef)
 	}
 	m2.stop()
+}
+
+// dumpTenants is a status-less backup, as in docs/operations.md: tenant
+// namespaces, CA Secrets and cert-manager objects, Tenants, the Devices,
+// Claims, Secrets and Transfers of the tenants, and SupportActions.
+func dumpTenants(t *testing.T, tenants []*custodyv1alpha1.Tenant, devices []string) []*unstructured.Unstructured {
+	t.Helper()
+	ctx := context.Background()
+	var dump []*unstructured.Unstructured
+	for _, tn := range tenants {
+		ns := &corev1.Namespace{}
+		if err := admin.Get(ctx, client.ObjectKey{Name: tn.Status.Namespace}, ns); err != nil {
+			t.Fatal(err)
+		}
+		dump = append(dump, backupOf(t, ns))
+	}
+	var secrets corev1.SecretList
+	if err := admin.List(ctx, &secrets, client.InNamespace(cp.OperatorNamespace)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range secrets.Items {
+		for _, tn := range tenants {
+			if strings.Contains(secrets.Items[i].Name, tn.Name) {
+				dump = append(dump, backupOf(t, &secrets.Items[i]))
+			}
+		}
+	}
+	for _, kind := range []client.ObjectList{&cmapi.CertificateList{}, &cmapi.IssuerList{}} {
+		if err := admin.List(ctx, kind, client.InNamespace(cp.OperatorNamespace)); err != nil {
+			t.Fatal(err)
+		}
+		items, err := meta.ExtractList(kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, item := range items {
+			o := item.(client.Object)
+			for _, tn := range tenants {
+				if strings.Contains(o.GetName(), tn.Name) {
+					dump = append(dump, backupOf(t, o))
+				}
+			}
+		}
+	}
+	for _, tn := range tenants {
+		fresh := &custodyv1alpha1.Tenant{}
+		if err := admin.Get(ctx, clientKey(tn), fresh); err != nil {
+			t.Fatal(err)
+		}
+		dump = append(dump, backupOf(t, fresh))
+	}
+	for _, name := range devices {
+		dump = append(dump, backupOf(t, getDevice(t, name)))
+	}
+	for _, tn := range tenants {
+		var claims custodyv1alpha1.ClaimList
+		if err := admin.List(ctx, &claims, client.InNamespace(tn.Status.Namespace)); err != nil {
+			t.Fatal(err)
+		}
+		for i := range claims.Items {
+			dump = append(dump, backupOf(t, &claims.Items[i]))
+		}
+		var transfers custodyv1alpha1.TransferList
+		if err := admin.List(ctx, &transfers, client.InNamespace(tn.Status.Namespace)); err != nil {
+			t.Fatal(err)
+		}
+		for i := range transfers.Items {
+			dump = append(dump, backupOf(t, &transfers.Items[i]))
+		}
+	}
+	var actions custodyv1alpha1.SupportActionList
+	if err := admin.List(ctx, &actions); err != nil {
+		t.Fatal(err)
+	}
+	for i := range actions.Items {
+		for _, name := range devices {
+			if actions.Items[i].Spec.DeviceName == name {
+				dump = append(dump, backupOf(t, &actions.Items[i]))
+			}
+		}
+	}
+	return dump
+}
+
+// freshRestore starts a fresh control plane and a manager on it, as a
+// restore target, and returns a client of the restore identity there.
+func freshRestore(t *testing.T) (*controlplane.ControlPlane, *manager, client.Client) {
+	t.Helper()
+	fresh, err := controlplane.Start(context.Background(), controlplane.Options{Log: testLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fresh.Stop() })
+	m := startManagerOn(t, fresh)
+	return fresh, m, clientOn(t, fresh, "restore-bot", "system:masters", webhooks.DefaultRestoreGroup)
+}
+
+// restoreAll re-creates the backup as the restore identity, with the
+// restore tool's field manager ("velero").
+func restoreAll(t *testing.T, restorer client.Client, dump []*unstructured.Unstructured) {
+	t.Helper()
+	for _, u := range dump {
+		if err := restorer.Create(context.Background(), u, client.FieldOwner("velero")); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("restoring %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
 }
 
 // backupOf is obj as a backup tool keeps it: no status, no server-set
