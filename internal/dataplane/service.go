@@ -1,0 +1,470 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/contract"
+	"github.com/custody-dev/custody/pkg/protocol"
+)
+
+// CalloutQueue is the queue group the callout answers in, so that several
+// answering processes share the requests.
+const CalloutQueue = "custody-callout"
+
+// Metrics of the data plane, registered by the manager.
+var (
+	Admissions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custody_dataplane_admissions_total",
+		Help: "Data-plane connections the auth callout decided on, by result (admitted, refused) and reason.",
+	}, []string{"result", "reason"})
+	CutOffSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "custody_dataplane_cutoff_seconds",
+		Help:    "Time from an ownership change being observed to the last of the device's data-plane connections outside its current tenant being closed.",
+		Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+	})
+	ConnectionsClosed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "custody_dataplane_connections_closed_total",
+		Help: "Data-plane connections the cut-off closed.",
+	})
+)
+
+// Collectors are the data plane's metrics.
+func Collectors() []prometheus.Collector {
+	return []prometheus.Collector{Admissions, CutOffSeconds, ConnectionsClosed}
+}
+
+// Service is the manager's side of the data plane: it answers the auth
+// callout, pushes tenant accounts, and closes connections on cut-off.
+type Service struct {
+	Keys        *Keys
+	TrustDomain string
+	// Reader reads Devices, Tenants and trust bundles (the manager's cache:
+	// the same one the cut-off is driven from, so a client that reconnects
+	// after its connection was closed is decided on the state that closed
+	// it).
+	Reader client.Reader
+	Clock  clock.PassiveClock
+	Log    logr.Logger
+	// Options connect to the data plane (servers, TLS, or in-process).
+	Options []nats.Option
+	// GatherWait bounds how long a question to every server waits for
+	// answers beyond the servers already known to answer (default 250ms).
+	GatherWait time.Duration
+
+	mu       sync.Mutex
+	sys      *nats.Conn
+	callout  *nats.Conn
+	pushed   map[string][32]byte // account public key → hash of the JWT pushed
+	servers  int                 // most servers that ever answered one question
+	startErr error
+}
+
+// Connect opens the system and callout connections.
+func (s *Service) Connect() error {
+	sysJWT, sysSeed, err := s.Keys.SystemUserCreds()
+	if err != nil {
+		return err
+	}
+	coJWT, coSeed, err := s.Keys.CalloutUserCreds()
+	if err != nil {
+		return err
+	}
+	sys, err := nats.Connect("", append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(sysJWT, string(sysSeed)), nats.Name("custody-system"), nats.MaxReconnects(-1))...)
+	if err != nil {
+		return fmt.Errorf("connecting to the data plane as its system user: %w", err)
+	}
+	co, err := nats.Connect("", append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(coJWT, string(coSeed)), nats.Name("custody-callout"), nats.MaxReconnects(-1))...)
+	if err != nil {
+		sys.Close()
+		return fmt.Errorf("connecting to the data plane as its callout user: %w", err)
+	}
+	s.mu.Lock()
+	s.sys, s.callout, s.pushed = sys, co, map[string][32]byte{}
+	s.mu.Unlock()
+	return nil
+}
+
+// Close closes both connections.
+func (s *Service) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.callout != nil {
+		s.callout.Close()
+	}
+	if s.sys != nil {
+		s.sys.Close()
+	}
+}
+
+// Start answers the auth callout until ctx ends (a manager Runnable; it
+// needs leader election, so that the answering process is the one whose
+// cache drives the cut-off).
+func (s *Service) Start(ctx context.Context) error {
+	if s.callout == nil {
+		if err := s.Connect(); err != nil {
+			return err
+		}
+	}
+	sub, err := s.callout.QueueSubscribe(AuthCalloutSubject, CalloutQueue, func(m *nats.Msg) { s.answer(ctx, m) })
+	if err != nil {
+		return err
+	}
+	if err := s.callout.Flush(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	_ = sub.Unsubscribe()
+	s.Close()
+	return nil
+}
+
+// AuthCalloutSubject is the subject servers ask the callout on.
+const AuthCalloutSubject = "$SYS.REQ.USER.AUTH"
+
+func (s *Service) now() time.Time {
+	if s.Clock == nil {
+		return time.Now()
+	}
+	return s.Clock.Now()
+}
+
+// answer decides on one authorization request and answers it. A request it
+// cannot read is not answered: the server refuses the client when its
+// authorization timeout passes.
+func (s *Service) answer(ctx context.Context, m *nats.Msg) {
+	req, _, err := ParseRequest(m.Data)
+	if err != nil {
+		Admissions.WithLabelValues("refused", string(ReasonMalformed)).Inc()
+		s.Log.V(1).Info("unreadable authorization request", "error", err.Error())
+		return
+	}
+	grant, reason := s.decide(ctx, req)
+	if reason != Admitted {
+		Admissions.WithLabelValues("refused", string(reason)).Inc()
+		s.Log.V(1).Info("data-plane connection refused", "reason", reason, "server", req.ServerID, "type", req.Type)
+		s.respond(m, req, "", RefusedMessage)
+		return
+	}
+	token, err := s.userJWT(ctx, req, grant)
+	if err != nil {
+		Admissions.WithLabelValues("refused", "Internal").Inc()
+		s.Log.Error(err, "issuing a data-plane user", "user", grant.User)
+		s.respond(m, req, "", RefusedMessage)
+		return
+	}
+	Admissions.WithLabelValues("admitted", string(Admitted)).Inc()
+	s.respond(m, req, token, "")
+}
+
+func (s *Service) respond(m *nats.Msg, req *Request, userJWT, msg string) {
+	rc := jwt.NewAuthorizationResponseClaims(req.UserNkey)
+	rc.Audience = req.ServerID
+	rc.Jwt, rc.Error = userJWT, msg
+	token, err := rc.Encode(s.Keys.Auth())
+	if err != nil {
+		s.Log.Error(err, "signing an authorization response")
+		return
+	}
+	_ = m.Respond([]byte(token))
+}
+
+// decide looks up what the request's certificate names and decides.
+func (s *Service) decide(ctx context.Context, req *Request) (Grant, Reason) {
+	if req.Leaf == nil {
+		return Grant{}, ReasonNoCertificate
+	}
+	if len(req.Leaf.URIs) != 1 {
+		return Grant{}, ReasonUnknownIdentity
+	}
+	tenantName, device, ok := protocol.ParseSPIFFEID(s.TrustDomain, req.Leaf.URIs[0])
+	if !ok {
+		return Grant{}, ReasonUnknownIdentity
+	}
+	dev := &custodyv1alpha1.Device{}
+	if err := s.Reader.Get(ctx, client.ObjectKey{Name: device}, dev); err != nil {
+		return Grant{}, ReasonUnknownIdentity
+	}
+	if dev.Spec.ClaimRef == nil || dev.Spec.ClaimRef.Tenant != tenantName {
+		// Decided below without the anchors of a tenant the device is not
+		// bound to.
+		return DecideDevice(req, dev, s.TrustDomain, nil, s.now())
+	}
+	tn := &custodyv1alpha1.Tenant{}
+	if err := s.Reader.Get(ctx, client.ObjectKey{Name: tenantName}, tn); err != nil || tn.Status.Namespace == "" {
+		return Grant{}, ReasonTenantNotReady
+	}
+	anchors, err := contract.TenantTrustAnchors(ctx, s.Reader, tn.Status.Namespace)
+	if err != nil {
+		return Grant{}, ReasonTenantNotReady
+	}
+	return DecideDevice(req, dev, s.TrustDomain, anchors, s.now())
+}
+
+// userJWT issues the admitted client's user JWT, signed by its tenant's
+// account (pushed first if this process has not pushed it yet).
+func (s *Service) userJWT(ctx context.Context, req *Request, g Grant) (string, error) {
+	tn := &custodyv1alpha1.Tenant{}
+	if err := s.Reader.Get(ctx, client.ObjectKey{Name: g.Tenant}, tn); err != nil {
+		return "", err
+	}
+	if err := s.PushAccount(ctx, tn); err != nil {
+		return "", err
+	}
+	kp, err := s.Keys.Tenant(tn.UID)
+	if err != nil {
+		return "", err
+	}
+	uc := jwt.NewUserClaims(req.UserNkey)
+	uc.Name = g.User
+	uc.Expires = g.Expires.Unix()
+	uc.Pub.Allow.Add(g.Publish...)
+	uc.Sub.Allow.Add(g.Subscribe...)
+	return uc.Encode(kp)
+}
+
+// PushAccount pushes tn's account JWT to the data plane's account resolver
+// unless this process already pushed the same JWT.
+func (s *Service) PushAccount(ctx context.Context, tn *custodyv1alpha1.Tenant) error {
+	token, err := s.Keys.TenantAccountJWT(tn.Name, string(tn.UID))
+	if err != nil {
+		return err
+	}
+	kp, _ := s.Keys.Tenant(tn.UID)
+	pub := PublicKey(kp)
+	sum := sha256.Sum256([]byte(tokenBody(token)))
+	s.mu.Lock()
+	done := s.pushed[pub] == sum
+	sys := s.sys
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	if sys == nil {
+		return errors.New("not connected to the data plane")
+	}
+	msg, err := sys.RequestWithContext(ctx, "$SYS.REQ.CLAIMS.UPDATE", []byte(token))
+	if err != nil {
+		return fmt.Errorf("pushing the account of tenant %s: %w", tn.Name, err)
+	}
+	var resp struct {
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err == nil && resp.Error != nil {
+		return fmt.Errorf("the data plane refused the account of tenant %s: %s", tn.Name, resp.Error.Description)
+	}
+	s.mu.Lock()
+	s.pushed[pub] = sum
+	s.mu.Unlock()
+	return nil
+}
+
+// tokenBody is a JWT without its issued-at dependent parts? Account JWTs
+// carry iat and jti, so two encodings of the same claims differ; the
+// resolver keeps the newest. We compare claims, not encodings.
+func tokenBody(token string) string {
+	ac, err := jwt.DecodeAccountClaims(token)
+	if err != nil {
+		return token
+	}
+	ac.IssuedAt, ac.ID = 0, ""
+	b, _ := json.Marshal(ac)
+	return string(b)
+}
+
+// TenantAccount returns the public key of tn's account.
+func (s *Service) TenantAccount(tn *custodyv1alpha1.Tenant) (string, error) {
+	kp, err := s.Keys.Tenant(tn.UID)
+	if err != nil {
+		return "", err
+	}
+	return PublicKey(kp), nil
+}
+
+// Connection is one client connection a server reported.
+type Connection struct {
+	Server  string
+	CID     uint64
+	Account string
+	User    string
+}
+
+// Connections asks every server for the connections of user (every
+// connection when user is empty) and returns them.
+func (s *Service) Connections(ctx context.Context, user string) ([]Connection, error) {
+	q := map[string]any{"auth": true, "limit": 100000}
+	if user != "" {
+		q["user"] = user
+	}
+	body, _ := json.Marshal(q)
+	replies, err := s.gather(ctx, "$SYS.REQ.SERVER.PING.CONNZ", body)
+	if err != nil {
+		return nil, err
+	}
+	var out []Connection
+	for _, r := range replies {
+		var resp struct {
+			Server struct {
+				ID string `json:"id"`
+			} `json:"server"`
+			Data struct {
+				Connections []struct {
+					CID     uint64 `json:"cid"`
+					Account string `json:"account"`
+					User    string `json:"authorized_user"`
+				} `json:"connections"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(r, &resp); err != nil {
+			return nil, fmt.Errorf("reading a server's connections: %w", err)
+		}
+		for _, c := range resp.Data.Connections {
+			if user != "" && c.User != user {
+				continue
+			}
+			out = append(out, Connection{Server: resp.Server.ID, CID: c.CID, Account: c.Account, User: c.User})
+		}
+	}
+	return out, nil
+}
+
+// gather publishes a question every server answers and collects the
+// answers: it returns once as many servers as ever answered have, or
+// GatherWait after the last answer.
+func (s *Service) gather(ctx context.Context, subject string, body []byte) ([][]byte, error) {
+	s.mu.Lock()
+	sys, known := s.sys, s.servers
+	s.mu.Unlock()
+	if sys == nil {
+		return nil, errors.New("not connected to the data plane")
+	}
+	wait := s.GatherWait
+	if wait == 0 {
+		wait = 250 * time.Millisecond
+	}
+	inbox := sys.NewRespInbox()
+	ch := make(chan *nats.Msg, 64)
+	sub, err := sys.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := sys.PublishRequest(subject, inbox, body); err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	timer := time.NewTimer(2 * time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-ch:
+			out = append(out, m.Data)
+			if known > 0 && len(out) >= known {
+				s.noteServers(len(out))
+				return out, nil
+			}
+			timer.Reset(wait)
+		case <-timer.C:
+			if len(out) == 0 {
+				return nil, errors.New("no data-plane server answered")
+			}
+			s.noteServers(len(out))
+			return out, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *Service) noteServers(n int) {
+	s.mu.Lock()
+	if n > s.servers {
+		s.servers = n
+	}
+	s.mu.Unlock()
+}
+
+// Kick closes one connection.
+func (s *Service) Kick(ctx context.Context, c Connection) error {
+	s.mu.Lock()
+	sys := s.sys
+	s.mu.Unlock()
+	if sys == nil {
+		return errors.New("not connected to the data plane")
+	}
+	body, _ := json.Marshal(map[string]uint64{"cid": c.CID})
+	msg, err := sys.RequestWithContext(ctx, "$SYS.REQ.SERVER."+c.Server+".KICK", body)
+	if err != nil {
+		return fmt.Errorf("closing connection %d on server %s: %w", c.CID, c.Server, err)
+	}
+	var resp struct {
+		Error *struct {
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err == nil && resp.Error != nil && !isGone(resp.Error.Description) {
+		return fmt.Errorf("closing connection %d on server %s: %s", c.CID, c.Server, resp.Error.Description)
+	}
+	ConnectionsClosed.Inc()
+	return nil
+}
+
+func isGone(desc string) bool { return desc == "no such client id" || desc == "client not found" }
+
+// CloseDevice closes every connection of device on every server except
+// those in the account keep (its current tenant's, empty for none), and
+// returns how many it closed.
+func (s *Service) CloseDevice(ctx context.Context, device, keep string) (int, error) {
+	conns, err := s.Connections(ctx, DeviceUser(device))
+	if err != nil {
+		return 0, err
+	}
+	closed := 0
+	for _, c := range conns {
+		if keep != "" && c.Account == keep {
+			continue
+		}
+		if err := s.Kick(ctx, c); err != nil {
+			return closed, err
+		}
+		closed++
+	}
+	return closed, nil
+}
+
+// CurrentAccount returns the account a device may be connected in now: its
+// bound tenant's, or "" when it is not bound, decommissioned, or its tenant
+// is gone.
+func (s *Service) CurrentAccount(ctx context.Context, dev *custodyv1alpha1.Device) (string, error) {
+	if dev.Spec.ClaimRef == nil || dev.Spec.Decommissioned {
+		return "", nil
+	}
+	tn := &custodyv1alpha1.Tenant{}
+	if err := s.Reader.Get(ctx, client.ObjectKey{Name: dev.Spec.ClaimRef.Tenant}, tn); err != nil {
+		if apierrors.IsNotFound(err) {
+			return "", nil
+		}
+		return "", err
+	}
+	if !tn.DeletionTimestamp.IsZero() {
+		return "", nil
+	}
+	return s.TenantAccount(tn)
+}
