@@ -23,6 +23,7 @@ import (
 	"github.com/custody-dev/custody/internal/claimcode"
 	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/custody"
+	"github.com/custody-dev/custody/internal/dataplane"
 )
 
 // FieldOwner is the field manager of every write the manager makes.
@@ -60,6 +61,9 @@ type Options struct {
 	FailPoint func(point string, claim client.ObjectKey) error
 	// MaxConcurrentClaims is the number of claims verified in parallel.
 	MaxConcurrentClaims int
+	// DataPlane, when set, is the data plane the manager answers the auth
+	// callout of and cuts devices off (nil: no data plane).
+	DataPlane *dataplane.Service
 	// TrustDomain is the SPIFFE trust domain of device identities.
 	TrustDomain string
 	// CertificateDuration is the default lifetime of device certificates.
@@ -248,6 +252,21 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		{"pairingtoken", (&PairingTokenReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: opts}).SetupWithManager},
 		{"enrollment", (&EnrollmentReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"certificaterequest-approver", (&ApproverReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
+	}
+	if dp := opts.DataPlane; dp != nil {
+		if dp.Reader == nil {
+			dp.Reader = mgr.GetClient()
+		}
+		if dp.TrustDomain == "" {
+			dp.TrustDomain = opts.TrustDomain
+		}
+		if dp.Log.GetSink() == nil {
+			dp.Log = mgr.GetLogger().WithName("dataplane")
+		}
+		reconcilers = append(reconcilers, struct {
+			name  string
+			setup func(ctrl.Manager) error
+		}{"dataplane", (&DataPlaneReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Service: opts.DataPlane, Options: opts}).SetupWithManager})
 	}
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {

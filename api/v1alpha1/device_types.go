@@ -354,6 +354,11 @@ const (
 	// entries before this one are in the audit log (reference: the restore
 	// tool's field manager).
 	CustodyEventRestored CustodyEventType = "Restored"
+	// CustodyEventDataPurged: after tenant's ownership ended, the data plane
+	// closed the device's connections in tenant's account and purged what
+	// the account held of it (reference: the history entry that ended the
+	// ownership; reason: what was closed and removed).
+	CustodyEventDataPurged CustodyEventType = "DataPurged"
 )
 
 // CustodyRecord is one entry of a Device's custody history. Entries form a
@@ -372,8 +377,8 @@ type CustodyRecord struct {
 	Time metav1.Time `json:"time"`
 
 	// type of change: Sold, Claimed, Bound, Released, Transferred, Disputed,
-	// Resolved, Decommissioned, Recommissioned, Reattached, Withdrawn or
-	// Restored.
+	// Resolved, Decommissioned, Recommissioned, Reattached, Withdrawn,
+	// Restored or DataPurged.
 	// +required
 	// +kubebuilder:validation:MaxLength=32
 	Type CustodyEventType `json:"type"`

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,8 +61,15 @@ type Service struct {
 	Reader client.Reader
 	Clock  clock.PassiveClock
 	Log    logr.Logger
-	// Options connect to the data plane (servers, TLS, or in-process).
+	// URL lists the data plane's NATS servers (comma separated) and
+	// Options add how to reach them (TLS, a client certificate).
+	URL     string
 	Options []nats.Option
+	// MQTTURL is a data-plane server's MQTT listener (ssl://host:port) and
+	// TLSConfig the client TLS configuration to reach it: the purge ends a
+	// device's MQTT session over MQTT.
+	MQTTURL   string
+	TLSConfig *tls.Config
 	// GatherWait bounds how long a question to every server waits for
 	// answers beyond the servers already known to answer (default 250ms).
 	GatherWait time.Duration
@@ -84,11 +92,15 @@ func (s *Service) Connect() error {
 	if err != nil {
 		return err
 	}
-	sys, err := nats.Connect("", append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(sysJWT, string(sysSeed)), nats.Name("custody-system"), nats.MaxReconnects(-1))...)
+	// A server that restarts may have lost the accounts pushed to it (an
+	// embedded one without a persistent store): push again after a
+	// reconnect.
+	forget := nats.ReconnectHandler(func(*nats.Conn) { s.forgetPushed() })
+	sys, err := nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(sysJWT, string(sysSeed)), nats.Name("custody-system"), nats.MaxReconnects(-1), forget)...)
 	if err != nil {
 		return fmt.Errorf("connecting to the data plane as its system user: %w", err)
 	}
-	co, err := nats.Connect("", append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(coJWT, string(coSeed)), nats.Name("custody-callout"), nats.MaxReconnects(-1))...)
+	co, err := nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(coJWT, string(coSeed)), nats.Name("custody-callout"), nats.MaxReconnects(-1))...)
 	if err != nil {
 		sys.Close()
 		return fmt.Errorf("connecting to the data plane as its callout user: %w", err)
@@ -98,6 +110,16 @@ func (s *Service) Connect() error {
 	s.mu.Unlock()
 	return nil
 }
+
+func (s *Service) forgetPushed() {
+	s.mu.Lock()
+	s.pushed = map[string][32]byte{}
+	s.mu.Unlock()
+}
+
+// NeedLeaderElection: the callout answers in the leader only, the process
+// whose cache drives the cut-off.
+func (s *Service) NeedLeaderElection() bool { return true }
 
 // Close closes both connections.
 func (s *Service) Close() {

@@ -1,0 +1,143 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/custody"
+	"github.com/custody-dev/custody/internal/dataplane"
+)
+
+// DataPlaneReconciler cuts a device off the data plane when its ownership
+// ends: it closes every connection of the device outside its current
+// tenant's account on every server, purges what the previous tenant's
+// account holds of the device, and records the purge in the device's
+// history (custody.DataPurged). It is level-triggered on the history: an
+// ownership-ending entry without a DataPurged entry for that tenant after it
+// is work to do, so a crash between closing, purging and recording repeats
+// the (idempotent) closing and purging and then records once.
+type DataPlaneReconciler struct {
+	client.Client
+	Custody  *custody.Applier
+	Recorder events.EventRecorder
+	Service  *dataplane.Service
+	Options
+
+	// changed holds, per device, when an ownership change was observed
+	// (wall clock): the start of the cut-off the histogram measures, and
+	// the mark that the device is checked once more after the servers'
+	// authorization timeout (a connection admitted on the state before the
+	// change may register after the first look).
+	changed sync.Map
+}
+
+// authorizationTimeout is the data plane's authorization timeout
+// (RenderConfig): an answer the callout gave on the old state reaches its
+// server within it, or the client is refused.
+const authorizationTimeout = 2 * time.Second
+
+// Reconcile closes and purges what a device's ended ownerships left.
+func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	dev := &custodyv1alpha1.Device{}
+	if err := r.Get(ctx, req.NamespacedName, dev); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	due := custody.PurgesDue(dev)
+	v, stamped := r.changed.Load(dev.Name)
+	if len(due) == 0 && !stamped {
+		return ctrl.Result{}, nil
+	}
+	keep, err := r.Service.CurrentAccount(ctx, dev)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	closed, err := r.Service.CloseDevice(ctx, dev.Name, keep)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if stamped && closed > 0 {
+		dataplane.CutOffSeconds.Observe(time.Since(v.(time.Time)).Seconds())
+	}
+	for _, d := range due {
+		what := "its tenant no longer exists; nothing left to purge in an account Custody no longer signs for"
+		tn := &custodyv1alpha1.Tenant{}
+		switch err := r.Get(ctx, client.ObjectKey{Name: d.Tenant}, tn); {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return ctrl.Result{}, err
+		default:
+			res, err := r.Service.Purge(ctx, tn, dev.Name)
+			if err != nil {
+				return ctrl.Result{}, fmt.Errorf("purging tenant %s's account of device %s: %w", d.Tenant, dev.Name, err)
+			}
+			what = res.String()
+		}
+		ch, err := custody.DataPurged(dev, d, closed, what, custody.By{Actor: "manager", Time: r.Clock.Now()})
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if err := r.Custody.Apply(ctx, dev, ch); err != nil {
+			return ctrl.Result{}, err
+		}
+		logger.Info("data-plane access ended", "device", dev.Name, "tenant", d.Tenant, "closed", closed, "purged", what)
+		closed = 0
+	}
+	if stamped {
+		if left := authorizationTimeout - time.Since(v.(time.Time)); left > 0 {
+			return ctrl.Result{RequeueAfter: left + 100*time.Millisecond}, nil
+		}
+		r.changed.Delete(dev.Name)
+	}
+	return ctrl.Result{}, nil
+}
+
+// ownershipChanged reports whether an update moved or ended a binding.
+func ownershipChanged(oldDev, newDev *custodyv1alpha1.Device) bool {
+	o, n := oldDev.Spec.ClaimRef, newDev.Spec.ClaimRef
+	switch {
+	case (o == nil) != (n == nil):
+		return true
+	case o != nil && (o.UID != n.UID || o.Tenant != n.Tenant):
+		return true
+	}
+	return oldDev.Spec.Decommissioned != newDev.Spec.Decommissioned
+}
+
+// SetupWithManager registers the controller and the callout service.
+func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
+	if err := mgr.Add(r.Service); err != nil {
+		return err
+	}
+	stamp := predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			oldDev, ok1 := e.ObjectOld.(*custodyv1alpha1.Device)
+			newDev, ok2 := e.ObjectNew.(*custodyv1alpha1.Device)
+			if !ok1 || !ok2 {
+				return true
+			}
+			if ownershipChanged(oldDev, newDev) {
+				r.changed.LoadOrStore(newDev.Name, time.Now())
+			}
+			return true
+		},
+	}
+	return builder.ControllerManagedBy(mgr).
+		For(&custodyv1alpha1.Device{}, builder.WithPredicates(stamp)).
+		WithOptions(controllerOptions(4)).
+		Named("dataplane").
+		Complete(r)
+}
