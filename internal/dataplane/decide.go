@@ -120,6 +120,12 @@ type Grant struct {
 // DeviceUser is the user name a device's connections carry.
 func DeviceUser(device string) string { return "device/" + device }
 
+// MQTTClientID is the MQTT client identifier a device connects with: its
+// name with the dot between model and serial number written '_' (an MQTT
+// client ID names a nats-server session, and may hold no dot). Neither a
+// model nor a serial number holds '_', so no two devices share one.
+func MQTTClientID(device string) string { return strings.Replace(device, ".", "_", 1) }
+
 // DeviceSubjects returns the subject space of a device (a device's name is
 // "<model>.<serial>", neither part containing a dot, so the space is two
 // tokens that no other device shares) and its command subjects.
@@ -132,7 +138,7 @@ func DeviceSubjects(device string) (space, commands string) {
 // It admits the client only if AcceptCertificate accepts its certificate for
 // the Device's current binding (bound, not decommissioned, exact identity,
 // chains to the tenant's CA, unexpired, issued within the binding) and, for
-// MQTT, its client ID is the device's name; it then lands in the tenant's
+// MQTT, its client ID is MQTTClientID; it then lands in the tenant's
 // account, may publish under devices.<device>.> only and subscribe to its
 // commands only, until its certificate expires.
 func DecideDevice(req *Request, dev *custodyv1alpha1.Device, trustDomain string, anchors []*x509.Certificate, now time.Time) (Grant, Reason) {
@@ -146,7 +152,7 @@ func DecideDevice(req *Request, dev *custodyv1alpha1.Device, trustDomain string,
 		return Grant{}, Reason(v)
 	}
 	if req.Type == "mqtt" || req.MQTTClientID != "" {
-		if req.MQTTClientID != dev.Name {
+		if req.MQTTClientID != MQTTClientID(dev.Name) {
 			return Grant{}, ReasonClientID
 		}
 	}

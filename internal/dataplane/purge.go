@@ -82,7 +82,7 @@ func (s *Service) Purge(ctx context.Context, tn *custodyv1alpha1.Tenant, device 
 	if err != nil {
 		return res, err
 	}
-	opts := mqtt.NewClientOptions().AddBroker(s.MQTTURL).SetClientID(device).SetCleanSession(true).
+	opts := mqtt.NewClientOptions().AddBroker(s.MQTTURL).SetClientID(MQTTClientID(device)).SetCleanSession(true).
 		SetUsername("custody-purge").SetPassword(token).SetTLSConfig(s.TLSConfig).
 		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second).SetProtocolVersion(4)
 	mc := mqtt.NewClient(opts)

@@ -1,0 +1,238 @@
+package integration
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
+	"github.com/custody-dev/custody/internal/dataplane"
+)
+
+// dataPlane is an embedded nats-server configured as Custody configures
+// one, and the manager's side of it.
+type dataPlane struct {
+	Keys    *dataplane.Keys
+	Server  *dataplane.Embedded
+	Service *dataplane.Service
+	// Roots verifies the servers' certificate.
+	Roots *x509.CertPool
+	// ManagerCert is the manager's client certificate.
+	ManagerCert tls.Certificate
+}
+
+// startDataPlane starts a data-plane server with a fresh operator and a
+// server certificate for 127.0.0.1, and the Service a manager started with
+// withDataPlane answers its callout with.
+func startDataPlane(t testing.TB) *dataPlane {
+	t.Helper()
+	master := make([]byte, dataplane.MasterSecretLength)
+	if _, err := rand.Read(master); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := dataplane.NewKeys(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caKey, caCert := selfSignedCA(t, "custody data-plane test CA")
+	serverCert := issueTLS(t, caCert, caKey, "127.0.0.1", x509.ExtKeyUsageServerAuth)
+	managerCert := issueTLS(t, caCert, caKey, "custody-manager", x509.ExtKeyUsageClientAuth)
+	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	writePEMPair(t, serverCert, certFile, keyFile)
+	srv, err := keys.StartEmbedded(dataplane.ServerConfig{StoreDir: filepath.Join(dir, "store"), CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	tlsConfig := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{managerCert}, MinVersion: tls.VersionTLS12}
+	svc := &dataplane.Service{
+		Keys: keys, URL: srv.ClientURL(), MQTTURL: srv.MQTTURL, TLSConfig: tlsConfig,
+		Options: []nats.Option{nats.Secure(tlsConfig.Clone())},
+	}
+	return &dataPlane{Keys: keys, Server: srv, Service: svc, Roots: roots, ManagerCert: managerCert}
+}
+
+// withDataPlane makes a manager answer dp's callout and cut devices off it.
+func withDataPlane(dp *dataPlane) func(*controllers.Options) {
+	return func(o *controllers.Options) { o.DataPlane = dp.Service }
+}
+
+// clientTLS is a client's TLS configuration for the data plane.
+func (dp *dataPlane) clientTLS(cert *tls.Certificate) *tls.Config {
+	c := &tls.Config{RootCAs: dp.Roots, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		c.Certificates = []tls.Certificate{*cert}
+	}
+	return c
+}
+
+// natsAs connects over NATS with a client certificate only (the way a
+// device does: the callout decides).
+func (dp *dataPlane) natsAs(cert *tls.Certificate, opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect(dp.Server.ClientURL(), append([]nats.Option{nats.Secure(dp.clientTLS(cert)), nats.NoReconnect(), nats.Timeout(10 * time.Second)}, opts...)...)
+}
+
+// mqttAs connects over MQTT 3.1.1 with a client certificate and clientID.
+func (dp *dataPlane) mqttAs(cert *tls.Certificate, clientID string, clean bool) (mqtt.Client, error) {
+	o := mqtt.NewClientOptions().AddBroker(dp.Server.MQTTURL).SetClientID(clientID).SetCleanSession(clean).
+		SetTLSConfig(dp.clientTLS(cert)).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(10 * time.Second)
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	if !tok.WaitTimeout(20 * time.Second) {
+		return nil, errors.New("MQTT connect timed out")
+	}
+	return c, tok.Error()
+}
+
+// accountUser connects as a user of tn's account that may subscribe to
+// every device subject and publish to any: valid credentials for that
+// account and nothing more.
+func (dp *dataPlane) accountUser(t testing.TB, tn *custodyv1alpha1.Tenant) *nats.Conn {
+	t.Helper()
+	if err := dp.Service.PushAccount(t.Context(), tn); err != nil {
+		t.Fatal(err)
+	}
+	account, err := dp.Keys.Tenant(tn.UID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, _ := nkeys.CreateUser()
+	pub, _ := user.PublicKey()
+	uc := jwt.NewUserClaims(pub)
+	uc.Name = "test/" + tn.Name
+	uc.Expires = time.Now().Add(time.Hour).Unix()
+	token, err := uc.Encode(account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := user.Seed()
+	nc, err := nats.Connect(dp.Server.ClientURL(), nats.Secure(dp.clientTLS(&dp.ManagerCert)), nats.UserJWTAndSeed(token, string(seed)), nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// inbox collects what a subscription receives.
+type inbox struct {
+	mu   sync.Mutex
+	msgs []*nats.Msg
+	ch   chan *nats.Msg
+}
+
+func subscribe(t testing.TB, nc *nats.Conn, subject string) *inbox {
+	t.Helper()
+	in := &inbox{ch: make(chan *nats.Msg, 1024)}
+	if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		in.mu.Lock()
+		in.msgs = append(in.msgs, m)
+		in.mu.Unlock()
+		in.ch <- m
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// next waits for the next message (up to 20s) and fails without one.
+func (in *inbox) next(t testing.TB, what string) *nats.Msg {
+	t.Helper()
+	select {
+	case m := <-in.ch:
+		return m
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: nothing received", what)
+		return nil
+	}
+}
+
+// count is the number of messages received so far.
+func (in *inbox) count() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.msgs)
+}
+
+// topicOf is the MQTT topic of a device's subject suffix.
+func topicOf(device, suffix string) string {
+	return "devices/" + strings.ReplaceAll(device, ".", "/") + "/" + suffix
+}
+
+// admissions reads the callout's counter for result and reason.
+func admissions(result string, reason string) float64 {
+	return testutil.ToFloat64(dataplane.Admissions.WithLabelValues(result, reason))
+}
+
+func selfSignedCA(t testing.TB, cn string) (*ecdsa.PrivateKey, *x509.Certificate) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return key, c
+}
+
+func issueTLS(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, name string, usage x509.ExtKeyUsage) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
+	if ip := net.ParseIP(name); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+func writePEMPair(t testing.TB, c tls.Certificate, certFile, keyFile string) {
+	t.Helper()
+	keyDER, err := x509.MarshalECPrivateKey(c.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

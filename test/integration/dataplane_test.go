@@ -1,0 +1,90 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/dataplane"
+)
+
+// TestDataPlaneDeviceReachesItsOwnerOnly: a bound device connects to the
+// embedded nats-server with nothing but its Custody certificate, over MQTT
+// 3.1.1 (paho) and over NATS; the auth callout lands it in its tenant's
+// account, where the owner's subscriber receives what it publishes. Another
+// tenant, with valid credentials for its own account, receives nothing,
+// and what it publishes on the device's subjects never reaches the owner.
+func TestDataPlaneDeviceReachesItsOwnerOnly(t *testing.T) {
+	dp := startDataPlane(t)
+	startManager(t, withDataPlane(dp))
+	g := startGateway(t)
+	owner, other := newTenant(t), newTenant(t)
+	rec := newDevice(t)
+	name := rec.Device.Name
+	agent := newAgent(t, g, rec)
+	waitPhase(t, claimWithCode(t, admin, owner.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
+	enrollAgent(t, agent)
+	cert, _ := agent.Certificate()
+
+	ownerIn := subscribe(t, dp.accountUser(t, owner), "devices.>")
+	otherConn := dp.accountUser(t, other)
+	otherIn := subscribe(t, otherConn, "devices.>")
+
+	admittedBefore := admissions("admitted", "Admitted")
+	m, err := dp.mqttAs(cert, dataplane.MQTTClientID(name), true)
+	if err != nil {
+		t.Fatalf("the bound device's MQTT connect was refused: %v", err)
+	}
+	defer m.Disconnect(0)
+	if tok := m.Publish(topicOf(name, "telemetry"), 1, false, []byte("over mqtt")); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("MQTT publish: %v", tok.Error())
+	}
+	got := ownerIn.next(t, "the owner's subscriber, MQTT telemetry")
+	if got.Subject != "devices."+name+".telemetry" || string(got.Data) != "over mqtt" {
+		t.Fatalf("the owner received %q on %s", got.Data, got.Subject)
+	}
+
+	nc, err := dp.natsAs(cert)
+	if err != nil {
+		t.Fatalf("the bound device's NATS connect was refused: %v", err)
+	}
+	defer nc.Close()
+	if err := nc.Publish("devices."+name+".status", []byte("over nats")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got = ownerIn.next(t, "the owner's subscriber, NATS status")
+	if got.Subject != "devices."+name+".status" || string(got.Data) != "over nats" {
+		t.Fatalf("the owner received %q on %s", got.Data, got.Subject)
+	}
+	if n := admissions("admitted", "Admitted") - admittedBefore; n != 2 {
+		t.Fatalf("the callout admitted %v connections, want 2", n)
+	}
+
+	// The other tenant: nothing of the device, and its own publishes on the
+	// device's subjects stay in its own account.
+	if err := otherConn.Publish("devices."+name+".telemetry", []byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	if err := otherConn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	forged := otherIn.next(t, "the other tenant's own publish (in its own account)")
+	if string(forged.Data) != "forged" {
+		t.Fatalf("the other tenant received %q", forged.Data)
+	}
+	// A marker the device sends after the forged message: once the owner
+	// has it, the forged one would have arrived before it.
+	if err := nc.Publish("devices."+name+".status", []byte("marker")); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	if got := ownerIn.next(t, "the marker"); string(got.Data) != "marker" {
+		t.Fatalf("the owner received %q from the other tenant's account", got.Data)
+	}
+	if n := otherIn.count(); n != 1 {
+		t.Fatalf("the other tenant's subscriber received %d messages, want only its own", n)
+	}
+}
