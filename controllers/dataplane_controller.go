@@ -42,6 +42,16 @@ type DataPlaneReconciler struct {
 	// authorization timeout (a connection admitted on the state before the
 	// change may register after the first look).
 	changed sync.Map
+	// tally adds up, per device, what was closed and purged until the
+	// purge is recorded: a reconcile that closed and purged and then lost
+	// the race to write the history entry leaves its work to the next
+	// one, which finds nothing left to do but must record what was done.
+	tally sync.Map
+}
+
+type purgeTally struct {
+	closed int
+	purged dataplane.PurgeResult
 }
 
 // authorizationTimeout is the data plane's authorization timeout
@@ -72,6 +82,10 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if stamped && closed > 0 {
 		dataplane.CutOffSeconds.Observe(time.Since(v.(time.Time)).Seconds())
 	}
+	if closed > 0 {
+		t, _ := r.tally.LoadOrStore(dev.Name, &purgeTally{})
+		t.(*purgeTally).closed += closed
+	}
 	for _, d := range due {
 		what := "its tenant no longer exists; nothing left to purge in an account Custody no longer signs for"
 		tn := &custodyv1alpha1.Tenant{}
@@ -84,7 +98,15 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			if err != nil {
 				return ctrl.Result{}, fmt.Errorf("purging tenant %s's account of device %s: %w", d.Tenant, dev.Name, err)
 			}
-			what = res.String()
+			t, _ := r.tally.LoadOrStore(dev.Name+"/"+d.Tenant, &purgeTally{})
+			sum := &t.(*purgeTally).purged
+			sum.Retained += res.Retained
+			sum.Messages += res.Messages
+			what = sum.String()
+		}
+		closed := 0
+		if t, ok := r.tally.Load(dev.Name); ok {
+			closed = t.(*purgeTally).closed
 		}
 		ch, err := custody.DataPurged(dev, d, closed, what, custody.By{Actor: "manager", Time: r.Clock.Now()})
 		if err != nil {
@@ -94,13 +116,17 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			return ctrl.Result{}, err
 		}
 		logger.Info("data-plane access ended", "device", dev.Name, "tenant", d.Tenant, "closed", closed, "purged", what)
-		closed = 0
+		r.tally.Delete(dev.Name)
+		r.tally.Delete(dev.Name + "/" + d.Tenant)
 	}
 	if stamped {
 		if left := authorizationTimeout - time.Since(v.(time.Time)); left > 0 {
 			return ctrl.Result{RequeueAfter: left + 100*time.Millisecond}, nil
 		}
 		r.changed.Delete(dev.Name)
+		if len(due) == 0 {
+			r.tally.Delete(dev.Name)
+		}
 	}
 	return ctrl.Result{}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"net"
@@ -235,4 +236,52 @@ func writePEMPair(t testing.TB, c tls.Certificate, certFile, keyFile string) {
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// streamState returns the subjects (with message counts) stream holds under
+// filter in the account nc belongs to; nil if the stream does not exist.
+func streamState(t testing.TB, nc *nats.Conn, stream, filter string) map[string]uint64 {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"subjects_filter": filter})
+	msg, err := nc.Request("$JS.API.STREAM.INFO."+stream, body, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		Error *struct {
+			ErrCode int `json:"err_code"`
+		} `json:"error"`
+		State struct {
+			Subjects map[string]uint64 `json:"subjects"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrCode == 10059 {
+			return nil
+		}
+		t.Fatalf("stream %s: %s", stream, msg.Data)
+	}
+	if resp.State.Subjects == nil {
+		return map[string]uint64{}
+	}
+	return resp.State.Subjects
+}
+
+// consumerNames lists the durable consumers of stream in nc's account.
+func consumerNames(t testing.TB, nc *nats.Conn, stream string) []string {
+	t.Helper()
+	msg, err := nc.Request("$JS.API.CONSUMER.NAMES."+stream, nil, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		Consumers []string `json:"consumers"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp.Consumers
 }
