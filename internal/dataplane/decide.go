@@ -145,7 +145,7 @@ func DecideDevice(req *Request, dev *custodyv1alpha1.Device, trustDomain string,
 	if req.Leaf == nil {
 		return Grant{}, ReasonNoCertificate
 	}
-	if dev == nil || dev.Spec.ClaimRef == nil {
+	if dev == nil {
 		return Grant{}, ReasonUnknownIdentity
 	}
 	if v := contract.AcceptCertificate(dev, trustDomain, req.Leaf, anchors, now); v != contract.CertificateAccepted {
@@ -157,6 +157,9 @@ func DecideDevice(req *Request, dev *custodyv1alpha1.Device, trustDomain string,
 		}
 	}
 	space, commands := DeviceSubjects(dev.Name)
+	if dev.Spec.ClaimRef == nil { // AcceptCertificate refuses it: never reached
+		return Grant{}, Reason(contract.CertificateNotBound)
+	}
 	return Grant{
 		Tenant:    dev.Spec.ClaimRef.Tenant,
 		User:      DeviceUser(dev.Name),
