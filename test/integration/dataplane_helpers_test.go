@@ -40,6 +40,14 @@ type dataPlane struct {
 	Roots *x509.CertPool
 	// ManagerCert is the manager's client certificate.
 	ManagerCert tls.Certificate
+	// CAFile is Roots as a PEM file, for third-party clients.
+	CAFile string
+}
+
+// mqttHostPort is the MQTT listener's host and port.
+func (dp *dataPlane) mqttHostPort() (string, string) {
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(dp.Server.MQTTURL, "ssl://"))
+	return host, port
 }
 
 // startDataPlane starts a data-plane server with a fresh operator and a
@@ -73,7 +81,11 @@ func startDataPlane(t testing.TB) *dataPlane {
 		Keys: keys, URL: srv.ClientURL(), MQTTURL: srv.MQTTURL, TLSConfig: tlsConfig,
 		Options: []nats.Option{nats.Secure(tlsConfig.Clone())},
 	}
-	return &dataPlane{Keys: keys, Server: srv, Service: svc, Roots: roots, ManagerCert: managerCert}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &dataPlane{Keys: keys, Server: srv, Service: svc, Roots: roots, ManagerCert: managerCert, CAFile: caFile}
 }
 
 // withDataPlane makes a manager answer dp's callout and cut devices off it.
