@@ -3,6 +3,8 @@ package controllers
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/custody-dev/custody/internal/dataplane"
 )
 
 var (
@@ -41,4 +43,5 @@ var (
 
 func init() {
 	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimVerifications, notificationsDelivered, notificationsFailed)
+	metrics.Registry.MustRegister(dataplane.Collectors()...)
 }

@@ -61,7 +61,7 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	if err != nil {
 		return "", err
 	}
-	cert, caPEM, err := servingCertificate(ctx, cp)
+	cert, caPEM, err := devCertificate(ctx, cp, "custody-gateway (development)", x509.ExtKeyUsageServerAuth)
 	if err != nil {
 		return "", fmt.Errorf("issuing the gateway's certificate: %w", err)
 	}
@@ -111,9 +111,10 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	return url, nil
 }
 
-// servingCertificate signs a one-week certificate for 127.0.0.1 and
-// localhost with the development root CA, and returns it with the root.
-func servingCertificate(ctx context.Context, cp *controlplane.ControlPlane) (tls.Certificate, []byte, error) {
+// devCertificate signs a one-week certificate named cn, for 127.0.0.1 and
+// localhost, for usage, with the development root CA, and returns it with
+// the root.
+func devCertificate(ctx context.Context, cp *controlplane.ControlPlane, cn string, usage x509.ExtKeyUsage) (tls.Certificate, []byte, error) {
 	secret := &corev1.Secret{}
 	if err := cp.Client.Get(ctx, client.ObjectKey{Namespace: cp.OperatorNamespace, Name: cp.RootIssuer + "-ca"}, secret); err != nil {
 		return tls.Certificate{}, nil, err
@@ -136,9 +137,9 @@ func servingCertificate(ctx context.Context, cp *controlplane.ControlPlane) (tls
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: "custody-gateway (development)"},
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
 		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(7 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
 		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)

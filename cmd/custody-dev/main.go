@@ -46,6 +46,8 @@ func run() error {
 	configFile := flag.String("config", "", "The manager's --config file (claim policy, per-model policies, notification endpoints).")
 	metricsAddr := flag.String("metrics-addr", "127.0.0.1:8080", "Where the manager serves metrics (HTTP).")
 	healthAddr := flag.String("health-addr", "127.0.0.1:8081", "Where the manager serves health probes (HTTP).")
+	natsAddr := flag.String("nats-addr", "127.0.0.1:4222", "Where the data plane's NATS listener listens (TLS, client certificates).")
+	mqttAddr := flag.String("mqtt-addr", "127.0.0.1:8883", "Where the data plane's MQTT 3.1.1 listener listens (TLS, client certificates).")
 	flag.Parse()
 
 	dir, err := filepath.Abs(*dataDir)
@@ -65,6 +67,8 @@ func run() error {
 		{*gatewayAddr, "gateway-addr", "the device gateway"},
 		{*metricsAddr, "metrics-addr", "metrics"},
 		{*healthAddr, "health-addr", "health probes"},
+		{*natsAddr, "nats-addr", "the data plane's NATS listener"},
+		{*mqttAddr, "mqtt-addr", "the data plane's MQTT listener"},
 	} {
 		if err := checkFree(l.addr); err != nil {
 			return fmt.Errorf("%s (for %s) is in use by another program: stop it (find it with `ss -ltnp 'sport = :%s'`), or start custody-dev with --%s=127.0.0.1:<free port> (DEV_FLAGS='--%s=...' with make dev): %w",
@@ -139,7 +143,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ctrlOpts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer, AuditLog: operator.AuditLogger(managerLog)}
+	dp, err := startDataPlane(ctx, cp, dir, *natsAddr, *mqttAddr)
+	if err != nil {
+		return fmt.Errorf("starting the data plane: %w", err)
+	}
+	defer func() { dp.Server.Shutdown(); dp.Server.WaitForShutdown() }()
+	ctrlOpts := controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer, AuditLog: operator.AuditLogger(managerLog), DataPlane: dp.Service}
 	if *configFile != "" {
 		if err := operator.LoadConfig(*configFile, &ctrlOpts); err != nil {
 			return err
@@ -192,11 +201,12 @@ Custody is running. In another terminal:
   kubectl get tenants,devices,claims -A
   kubectl apply -f config/samples/tenant.yaml
 
-Devices reach the gateway at %s (CA: %s).
+Devices reach the gateway at %s (CA: %s),
+and the data plane at %s (NATS) and %s (MQTT 3.1.1), same CA.
 Then follow the walk-through in README.md. Logs: %s.
 Metrics: http://%s/metrics. Press Ctrl-C to stop; state is kept in %s.
 
-`, kubeconfigPath, gatewayURL, filepath.Join(dir, "gateway-ca.crt"), filepath.Join(dir, "logs"), *metricsAddr, dir)
+`, kubeconfigPath, gatewayURL, filepath.Join(dir, "gateway-ca.crt"), dp.NATSURL, dp.Server.MQTTURL, filepath.Join(dir, "logs"), *metricsAddr, dir)
 
 	err = <-done
 	stopped = true

@@ -48,6 +48,8 @@ func main() {
 	flag.DurationVar(&transferTTL, "transfer-ttl", controllers.DefaultTransferTTL, "How long a Transfer offer waits for its recipient.")
 	flag.StringVar(&configFile, "config", "", "YAML file with the operator's claim policy (cooling-off, sale-record proofs), per-model policies and notification endpoints; see docs/operations.md.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Enable leader election.")
+	var dp dataPlaneFlags
+	dp.bind(flag.CommandLine)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -76,6 +78,13 @@ func main() {
 			os.Exit(1)
 		}
 	}
+
+	dataPlane, err := dp.service()
+	if err != nil {
+		log.Error(err, "invalid --dataplane-* flags")
+		os.Exit(1)
+	}
+	ctrlOpts.DataPlane = dataPlane
 
 	mgr, err := operator.New(operator.Config{
 		RESTConfig:     ctrl.GetConfigOrDie(),
