@@ -45,8 +45,13 @@ Commands:
             Give the device the pairing code shown in a Claim's status.pairing.code,
             or a tenant's pairing token (the device then claims itself for it).
   run       --dir DIR --gateway URL --gateway-ca FILE
+            [--dataplane ssl://HOST:PORT --dataplane-ca FILE --publish-interval 10s]
             Run the device agent: prove possession if paired, enroll, renew at 2/3
-            of the certificate's life, send heartbeats. Ctrl-C stops.
+            of the certificate's life, send heartbeats. With --dataplane, also
+            connect to the data plane over MQTT 3.1.1 with the current certificate
+            and publish telemetry on devices/<model>/<serial>/telemetry; reconnect
+            with a renewed certificate, and under the new owner after a transfer.
+            Ctrl-C stops.
   simulate  --count N --gateway URL --gateway-ca FILE --dir DIR [--model M] [--prefix P]
             Run N simulated devices made with init (DIR/<serial>) until each holds a
             certificate; print enrollments/s and latency percentiles.
@@ -209,15 +214,24 @@ func (g *gatewayFlags) client() (*device.Client, error) {
 	if g.url == "" || g.ca == "" {
 		return nil, errUsage
 	}
-	pem, err := os.ReadFile(g.ca)
+	pool, err := readPool(g.ca)
+	if err != nil {
+		return nil, err
+	}
+	return &device.Client{BaseURL: g.url, RootCAs: pool}, nil
+}
+
+// readPool reads a PEM CA bundle.
+func readPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file) //nolint:gosec // the file the user named
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", g.ca)
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
 	}
-	return &device.Client{BaseURL: g.url, RootCAs: pool}, nil
+	return pool, nil
 }
 
 func cmdRun(ctx context.Context, args []string) error {
@@ -225,6 +239,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	dir := fs.String("dir", ".", "device directory")
 	firmware := fs.String("firmware", "1.0.0", "firmware version reported in heartbeats")
 	interval := fs.Duration("heartbeat-interval", time.Minute, "time between heartbeats")
+	dataPlane := fs.String("dataplane", "", "the data plane's MQTT listener, ssl://host:port (custody-dev writes it to .custody-dev/mqtt-url); empty: no telemetry")
+	dataPlaneCA := fs.String("dataplane-ca", "", "CA bundle that signed the data plane's certificate (custody-dev: .custody-dev/gateway-ca.crt)")
+	publish := fs.Duration("publish-interval", 10*time.Second, "time between telemetry messages on the data plane")
 	var gf gatewayFlags
 	gf.bind(fs)
 	if err := fs.Parse(args); err != nil {
@@ -240,7 +257,21 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	a.Firmware, a.HeartbeatInterval = *firmware, *interval
 	a.Log = zap.New(zap.UseDevMode(false)).WithValues("device", a.ID.Model+"/"+a.ID.SerialNumber)
-	return a.Run(ctx)
+	if *dataPlane == "" {
+		return a.Run(ctx)
+	}
+	if *dataPlaneCA == "" || *publish <= 0 {
+		return errUsage
+	}
+	roots, err := readPool(*dataPlaneCA)
+	if err != nil {
+		return err
+	}
+	p := &device.Publisher{Agent: a, URL: *dataPlane, RootCAs: roots, Interval: *publish, Log: a.Log.WithName("dataplane")}
+	errs := make(chan error, 2)
+	go func() { errs <- a.Run(ctx) }()
+	go func() { errs <- p.Run(ctx) }()
+	return errors.Join(<-errs, <-errs)
 }
 
 // cmdSimulate drives N device directories until each has enrolled, and

@@ -11,6 +11,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/contract"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // MaxRequestSize bounds an authorization request the callout reads: a
@@ -120,17 +121,15 @@ type Grant struct {
 // DeviceUser is the user name a device's connections carry.
 func DeviceUser(device string) string { return "device/" + device }
 
-// MQTTClientID is the MQTT client identifier a device connects with: its
-// name with the dot between model and serial number written '_' (an MQTT
-// client ID names a nats-server session, and may hold no dot). Neither a
-// model nor a serial number holds '_', so no two devices share one.
-func MQTTClientID(device string) string { return strings.Replace(device, ".", "_", 1) }
+// MQTTClientID is the MQTT client identifier a device connects with
+// (protocol.MQTTClientID).
+func MQTTClientID(device string) string { return protocol.MQTTClientID(device) }
 
 // DeviceSubjects returns the subject space of a device (a device's name is
 // "<model>.<serial>", neither part containing a dot, so the space is two
 // tokens that no other device shares) and its command subjects.
 func DeviceSubjects(device string) (space, commands string) {
-	return "devices." + device, "devices." + device + ".commands"
+	return "devices." + device, protocol.DeviceSubject(device, protocol.SuffixCommands)
 }
 
 // DecideDevice decides on a device's connection: dev is the Device its
