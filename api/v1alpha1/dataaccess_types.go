@@ -121,6 +121,9 @@ const (
 	// DataAccessReasonExpired: the certificate has expired and no new one
 	// has been issued yet.
 	DataAccessReasonExpired = "Expired"
+	// DataAccessReasonSecretConflict: a Secret of the credential's name
+	// exists that the manager did not make; delete or rename it.
+	DataAccessReasonSecretConflict = "SecretConflict"
 	// DataAccessReasonDeleting: the DataAccess is being deleted; its
 	// credential is revoked.
 	DataAccessReasonDeleting = "Deleting"
