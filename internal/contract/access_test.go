@@ -62,7 +62,9 @@ func TestAcceptAccessCertificate(t *testing.T) {
 		{"the current certificate", da(nil), tenant(nil), current, anchors, now, AccessAccepted},
 		{"the previous certificate", da(nil), tenant(nil), previous, anchors, now, AccessAccepted},
 		{"an older certificate of the same DataAccess", da(nil), tenant(nil), older, anchors, now, AccessNotIssued},
-		{"a certificate of a DataAccess deleted and re-created", da(func(d *custodyv1alpha1.DataAccess) { d.UID, d.Status.Certificate, d.Status.PreviousCertificate = "da-2", nil, nil }), tenant(nil), current, anchors, now, AccessNotIssued},
+		{"a certificate of a DataAccess deleted and re-created", da(func(d *custodyv1alpha1.DataAccess) {
+			d.UID, d.Status.Certificate, d.Status.PreviousCertificate = "da-2", nil, nil
+		}), tenant(nil), current, anchors, now, AccessNotIssued},
 		{"the DataAccess is gone", nil, tenant(nil), current, anchors, now, AccessRevoked},
 		{"the DataAccess is being deleted", da(func(d *custodyv1alpha1.DataAccess) { d.DeletionTimestamp = &deleting }), tenant(nil), current, anchors, now, AccessRevoked},
 		{"the tenant is gone", da(nil), nil, current, anchors, now, AccessRevoked},
