@@ -7,8 +7,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
+	"encoding/pem"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	globalsign "github.com/globalsign/est"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 func selfSigned(t testing.TB, cn string) *x509.Certificate {
@@ -98,23 +100,77 @@ func FuzzDecodeCertsOnly(f *testing.F) {
 
 // TestCSRAttrs: the CsrAttrs is DER a third-party EST client parses, and
 // names the key, signature, subject and SAN the gateway's identity check
-// wants.
+// wants. The client is the estclient CLI of github.com/globalsign/est,
+// pinned in hack/tools/estclient (the main module cannot import the library:
+// its TPM code does not build against the go-tpm the main module needs); it
+// fetches csrattrs from a TLS server that serves EncodeCSRAttrs the way the
+// gateway does, and prints what it parsed, OIDs first, then attributes.
 func TestCSRAttrs(t *testing.T) {
 	der, err := EncodeCSRAttrs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var attrs globalsign.CSRAttrs
-	if err := attrs.Unmarshal(der); err != nil {
-		t.Fatalf("github.com/globalsign/est cannot parse it: %v", err)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != protocol.PathESTCSRAttrs {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", ContentTypeCSRAttrs)
+		w.Header().Set("Content-Transfer-Encoding", TransferEncodingBase64)
+		_, _ = w.Write(EncodeBase64(der))
+	}))
+	defer srv.Close()
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "estclient")
+	build := exec.Command("go", "build", "-o", bin, "github.com/globalsign/est/cmd/estclient")
+	build.Dir = filepath.Join("..", "..", "hack", "tools", "estclient")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the pinned estclient: %v\n%s", err, out)
 	}
-	if len(attrs.OIDs) != 2 || !attrs.OIDs[0].Equal(oidECDSAWithSHA256) || !attrs.OIDs[1].Equal(oidCommonName) {
-		t.Fatalf("OIDs %v", attrs.OIDs)
+	anchor := filepath.Join(dir, "anchor.pem")
+	if err := os.WriteFile(anchor, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if len(attrs.Attributes) != 2 || !attrs.Attributes[0].Type.Equal(oidECPublicKey) || !attrs.Attributes[1].Type.Equal(oidExtensionRequest) {
-		t.Fatalf("attributes %+v", attrs.Attributes)
+	out, err := exec.Command(bin, "csrattrs", "-server", strings.TrimPrefix(srv.URL, "https://"), "-explicit", anchor).CombinedOutput()
+	if err != nil {
+		t.Fatalf("github.com/globalsign/est cannot fetch or parse it: %v\n%s", err, out)
 	}
-	if v, ok := attrs.Attributes[1].Values[0].(asn1.ObjectIdentifier); !ok || !v.Equal(oidSubjectAltName) {
-		t.Fatalf("extensionRequest asks for %v, want subjectAltName", attrs.Attributes[1].Values)
+
+	// The CLI prints "OID     : <oid>" for each OID, then for each
+	// attribute "Type    : <type>" followed by its values, the first as
+	// " Value  : <value>" (" Values : " when there are several), the others
+	// as "        : <value>".
+	type attribute struct {
+		typ    string
+		values []string
+	}
+	var oids []string
+	var attrs []attribute
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		label, value, ok := strings.Cut(line, ":")
+		if !ok {
+			t.Fatalf("estclient csrattrs printed %q:\n%s", line, out)
+		}
+		label, value = strings.TrimSpace(label), strings.TrimSpace(value)
+		switch {
+		case label == "OID" && len(attrs) == 0:
+			oids = append(oids, value)
+		case label == "Type":
+			attrs = append(attrs, attribute{typ: value})
+		case (label == "Value" || label == "Values" || label == "") && len(attrs) > 0:
+			attrs[len(attrs)-1].values = append(attrs[len(attrs)-1].values, value)
+		default:
+			t.Fatalf("estclient csrattrs printed %q:\n%s", line, out)
+		}
+	}
+	if len(oids) != 2 || oids[0] != oidECDSAWithSHA256.String() || oids[1] != oidCommonName.String() {
+		t.Fatalf("OIDs %v\n%s", oids, out)
+	}
+	if len(attrs) != 2 || attrs[0].typ != oidECPublicKey.String() || attrs[1].typ != oidExtensionRequest.String() {
+		t.Fatalf("attributes %+v\n%s", attrs, out)
+	}
+	if len(attrs[1].values) == 0 || attrs[1].values[0] != oidSubjectAltName.String() {
+		t.Fatalf("extensionRequest asks for %v, want subjectAltName\n%s", attrs[1].values, out)
 	}
 }

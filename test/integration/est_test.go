@@ -10,7 +10,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -18,10 +20,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
-
-	globalsign "github.com/globalsign/est"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
@@ -75,30 +76,185 @@ func (d *estDevice) csr(t testing.TB) *x509.CertificateRequest {
 	return csr
 }
 
-// estClient is the third-party EST client (github.com/globalsign/est) for
-// the gateway, under label, presenting cert when it is not nil.
-func (g *gw) estClient(label string, cert *tls.Certificate) *globalsign.Client {
-	anchor := x509.NewCertPool()
-	anchor.AddCert(g.srv.Certificate())
-	c := &globalsign.Client{Host: strings.TrimPrefix(g.URL, "https://"), AdditionalPathSegment: label, ExplicitAnchor: anchor}
+// estBinaries are the third-party EST client programs, built from the
+// module pinned in hack/tools/estclient (github.com/globalsign/est v1.0.6):
+// its estclient CLI, and estprobe, which drives the library's Client. The
+// main module does not import the library: its TPM code does not build
+// against the go-tpm the main module needs.
+type estBinaries struct {
+	cli, probe string
+}
+
+var (
+	estBinariesOnce sync.Once
+	estBinariesDir  string
+	estBinariesErr  error
+)
+
+// estclientBinaries builds the estclient CLI and estprobe once per test
+// binary, into a directory TestMain removes (removeESTClientBinaries).
+func estclientBinaries(t testing.TB) estBinaries {
+	t.Helper()
+	estBinariesOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "custody-estclient-")
+		if err != nil {
+			estBinariesErr = err
+			return
+		}
+		estBinariesDir = dir
+		build := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "github.com/globalsign/est/cmd/estclient", "./estprobe")
+		build.Dir = filepath.Join("..", "..", "hack", "tools", "estclient")
+		if out, err := build.CombinedOutput(); err != nil {
+			estBinariesErr = fmt.Errorf("building the pinned estclient and estprobe: %v\n%s", err, out)
+		}
+	})
+	if estBinariesErr != nil {
+		t.Fatal(estBinariesErr)
+	}
+	return estBinaries{cli: filepath.Join(estBinariesDir, "estclient"), probe: filepath.Join(estBinariesDir, "estprobe")}
+}
+
+// removeESTClientBinaries removes what estclientBinaries built, if anything.
+func removeESTClientBinaries() {
+	if estBinariesDir != "" {
+		_ = os.RemoveAll(estBinariesDir)
+	}
+}
+
+// estProbe is the third-party EST client library (github.com/globalsign/est
+// Client, run through estprobe) for the gateway under a label, presenting a
+// client certificate when it has one.
+type estProbe struct {
+	bin, host, label, anchor string
+	// cert and key are the PEM files of the client certificate (the leaf
+	// only, as est.Client.Certificates holds it) and its PKCS#8 key, or "".
+	cert, key string
+}
+
+// estClient is the third-party EST client for the gateway, under label,
+// presenting cert when it is not nil.
+func (g *gw) estClient(t testing.TB, label string, cert *tls.Certificate) *estProbe {
+	t.Helper()
+	p := &estProbe{
+		bin:    estclientBinaries(t).probe,
+		host:   strings.TrimPrefix(g.URL, "https://"),
+		label:  label,
+		anchor: writeTemp(t, "anchor.pem", string(pemCert(g.srv.Certificate().Raw))),
+	}
 	if cert != nil {
-		c.Certificates, c.PrivateKey = []*x509.Certificate{cert.Leaf}, cert.PrivateKey
-		if cert.Leaf == nil {
-			leaf, _ := x509.ParseCertificate(cert.Certificate[0])
-			c.Certificates = []*x509.Certificate{leaf}
+		key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.cert = writeTemp(t, "client.pem", string(pemCert(cert.Certificate[0])))
+		p.key = writeTemp(t, "client.key", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})))
+	}
+	return p
+}
+
+// estStatusError is an answer other than 200 that the library reported as
+// an est.Error (202 Accepted included); estprobe prints its status.
+type estStatusError struct {
+	status int
+	detail string
+}
+
+func (e *estStatusError) Error() string { return fmt.Sprintf("EST status %d: %s", e.status, e.detail) }
+
+// isESTStatus reports whether err is the library's est.Error with status.
+func isESTStatus(err error, status int) bool {
+	var e *estStatusError
+	return errors.As(err, &e) && e.status == status
+}
+
+// run runs one library operation and returns what estprobe wrote to -out.
+func (p *estProbe) run(t testing.TB, op string, args ...string) ([]byte, error) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), op+".out")
+	args = append([]string{"-op", op, "-host", p.host, "-label", p.label, "-anchor", p.anchor, "-out", out}, args...)
+	if p.cert != "" {
+		args = append(args, "-cert", p.cert, "-key", p.key)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(p.bin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && exit.ExitCode() == 2 {
+		var status int
+		if _, err := fmt.Sscanf(stdout.String(), "status %d", &status); err != nil {
+			t.Fatalf("estprobe exited 2 without a status: %q %s", stdout.String(), stderr.String())
+		}
+		return nil, &estStatusError{status: status, detail: strings.TrimSpace(stderr.String())}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("estprobe %s: %v: %s", op, err, strings.TrimSpace(stderr.String()))
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, nil
+}
+
+// CACerts is Client.CACerts.
+func (p *estProbe) CACerts(t testing.TB) ([]*x509.Certificate, error) {
+	t.Helper()
+	data, err := p.run(t, "cacerts")
+	if err != nil {
+		return nil, err
+	}
+	return protocol.ParseCertificatesPEM(data)
+}
+
+// estCSRAttrs is what Client.CSRAttrs parsed: the OIDs, and the attributes
+// as "<type> <value>...".
+type estCSRAttrs struct {
+	OIDs, Attributes []string
+}
+
+// CSRAttrs is Client.CSRAttrs.
+func (p *estProbe) CSRAttrs(t testing.TB) (estCSRAttrs, error) {
+	t.Helper()
+	data, err := p.run(t, "csrattrs")
+	if err != nil {
+		return estCSRAttrs{}, err
+	}
+	var attrs estCSRAttrs
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if oid, ok := strings.CutPrefix(line, "oid "); ok {
+			attrs.OIDs = append(attrs.OIDs, oid)
+		} else if attr, ok := strings.CutPrefix(line, "attribute "); ok {
+			attrs.Attributes = append(attrs.Attributes, attr)
+		} else if line != "" {
+			t.Fatalf("estprobe csrattrs wrote %q", line)
 		}
 	}
-	return c
+	return attrs, nil
+}
+
+// Reenroll is Client.Reenroll with csr.
+func (p *estProbe) Reenroll(t testing.TB, csr *x509.CertificateRequest) (*x509.Certificate, error) {
+	t.Helper()
+	csrFile := writeTemp(t, "renewal.csr", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})))
+	data, err := p.run(t, "reenroll", "-csr", csrFile)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := protocol.ParseCertificatesPEM(data)
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("estprobe reenroll wrote %s: %v", data, err)
+	}
+	return certs[0], nil
 }
 
 // reenroll renews with the third-party client, asking again (the same CSR,
 // so the same renewal) while the gateway answers 202.
-func reenroll(t testing.TB, c *globalsign.Client, csr *x509.CertificateRequest) (*x509.Certificate, error) {
+func reenroll(t testing.TB, c *estProbe, csr *x509.CertificateRequest) (*x509.Certificate, error) {
 	t.Helper()
 	for i := 0; i < 30; i++ {
-		cert, err := c.Reenroll(context.Background(), csr)
-		var estErr globalsign.Error
-		if errors.As(err, &estErr) && estErr.StatusCode() == http.StatusAccepted {
+		cert, err := c.Reenroll(t, csr)
+		if isESTStatus(err, http.StatusAccepted) {
 			continue
 		}
 		return cert, err
@@ -131,18 +287,17 @@ func assertIssuedFor(t testing.TB, cert *x509.Certificate, d *estDevice) {
 }
 
 // TestThirdPartyESTClientRenews: github.com/globalsign/est, an EST client
-// Custody did not write, fetches a tenant's CA certificates under the
+// library Custody did not write (driven by estprobe), fetches a tenant's CA certificates under the
 // tenant's label without a client certificate, reads csrattrs, and renews a
 // device certificate over mutual TLS; the renewed certificate chains to the
 // tenant's published bundle.
 func TestThirdPartyESTClientRenews(t *testing.T) {
 	startManager(t)
 	g := startGateway(t)
-	ctx := context.Background()
 	tn := newTenant(t)
 	d := newESTDevice(t, g, tn)
 
-	cas, err := g.estClient(tn.Name, nil).CACerts(ctx)
+	cas, err := g.estClient(t, tn.Name, nil).CACerts(t)
 	if err != nil {
 		t.Fatalf("cacerts under the tenant's label, without a client certificate: %v", err)
 	}
@@ -159,7 +314,7 @@ func TestThirdPartyESTClientRenews(t *testing.T) {
 		}
 	}
 
-	attrs, err := g.estClient(tn.Name, nil).CSRAttrs(ctx)
+	attrs, err := g.estClient(t, tn.Name, nil).CSRAttrs(t)
 	if err != nil {
 		t.Fatalf("csrattrs: %v", err)
 	}
@@ -168,7 +323,7 @@ func TestThirdPartyESTClientRenews(t *testing.T) {
 	}
 
 	for _, label := range []string{tn.Name, ""} {
-		renewed, err := reenroll(t, g.estClient(label, &d.cert), d.csr(t))
+		renewed, err := reenroll(t, g.estClient(t, label, &d.cert), d.csr(t))
 		if err != nil {
 			t.Fatalf("simplereenroll (label %q) with the device's certificate: %v", label, err)
 		}
@@ -368,7 +523,7 @@ func TestDiscardedRenewalsKeepTheCertificate(t *testing.T) {
 	ctx := context.Background()
 	tn := newTenant(t)
 	d := newESTDevice(t, g, tn)
-	c := g.estClient(tn.Name, &d.cert)
+	c := g.estClient(t, tn.Name, &d.cert)
 	fp := protocol.CertFingerprint(d.leaf.Raw)
 
 	for i := 0; i < 6; i++ {
@@ -396,9 +551,7 @@ func TestDiscardedRenewalsKeepTheCertificate(t *testing.T) {
 
 	// Expired on the gateway's clock: refused, like any other refusal.
 	g.Clock.Step(time.Until(d.leaf.NotAfter) + time.Second)
-	_, err = reenroll(t, c, d.csr(t))
-	var estErr globalsign.Error
-	if !errors.As(err, &estErr) || estErr.StatusCode() != http.StatusForbidden {
+	if _, err := reenroll(t, c, d.csr(t)); !isESTStatus(err, http.StatusForbidden) {
 		t.Fatalf("renewal with the expired certificate: %v, want 403", err)
 	}
 	if err := d.agent.Client.Heartbeat(ctx, d.cert, protocol.HeartbeatRequest{}); !device.IsCode(err, protocol.ErrCertificateRefused) {
@@ -416,7 +569,7 @@ func TestRoundTripDoesNotReviveOldCertificates(t *testing.T) {
 	ctx := context.Background()
 	a, b := newTenant(t), newTenant(t)
 	d := newESTDevice(t, g, a)
-	c := g.estClient(a.Name, &d.cert)
+	c := g.estClient(t, a.Name, &d.cert)
 	if _, err := reenroll(t, c, d.csr(t)); err != nil {
 		t.Fatalf("renewal before the transfers: %v", err)
 	}
@@ -433,9 +586,7 @@ func TestRoundTripDoesNotReviveOldCertificates(t *testing.T) {
 		t.Fatalf("the device's binding: %+v", dev.Spec.ClaimRef)
 	}
 
-	_, err := reenroll(t, c, d.csr(t))
-	var estErr globalsign.Error
-	if !errors.As(err, &estErr) || estErr.StatusCode() != http.StatusForbidden {
+	if _, err := reenroll(t, c, d.csr(t)); !isESTStatus(err, http.StatusForbidden) {
 		t.Fatalf("renewal with A's certificate from before the round trip: %v, want 403", err)
 	}
 	if err := d.agent.Client.Heartbeat(ctx, d.cert, protocol.HeartbeatRequest{}); !device.IsCode(err, protocol.ErrCertificateRefused) {
@@ -451,7 +602,7 @@ func TestRoundTripDoesNotReviveOldCertificates(t *testing.T) {
 	if leaf.Equal(d.leaf) {
 		t.Fatal("the agent kept its old certificate")
 	}
-	if _, err := reenroll(t, g.estClient(a.Name, cert), d.csr(t)); err != nil {
+	if _, err := reenroll(t, g.estClient(t, a.Name, cert), d.csr(t)); err != nil {
 		t.Fatalf("renewal with the certificate of the new binding: %v", err)
 	}
 }
@@ -472,13 +623,8 @@ func mustBundle(t testing.TB, tn *custodyv1alpha1.Tenant) []*x509.Certificate {
 // device's certificate and key, letting the client build the CSR from the
 // certificate.
 func TestThirdPartyESTCLIRenews(t *testing.T) {
+	bin := estclientBinaries(t).cli
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "estclient")
-	build := exec.Command("go", "build", "-o", bin, "github.com/globalsign/est/cmd/estclient")
-	build.Dir = filepath.Join("..", "..", "hack", "tools", "estclient")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the pinned estclient: %v\n%s", err, out)
-	}
 	startManager(t)
 	g := startGateway(t)
 	tn := newTenant(t)

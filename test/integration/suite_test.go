@@ -90,6 +90,7 @@ func TestMain(m *testing.M) {
 	}
 	admin = cp.Client
 	code := m.Run()
+	removeESTClientBinaries()
 	if err := cp.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
 	}

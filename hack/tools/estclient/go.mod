@@ -1,14 +1,18 @@
-// Module pinning the third-party EST client CLI (github.com/globalsign/est,
-// MIT) for interoperability checks.
+// Module pinning the third-party EST client (github.com/globalsign/est, MIT)
+// for interoperability checks: its estclient CLI (the tool below) and
+// estprobe, a small driver of its Client library for the tests. It is a
+// module of its own because the library's TPM code needs go-tpm v0.3.2,
+// which the main module cannot use.
 module github.com/custody-dev/custody/hack/tools/estclient
 
 go 1.26.0
 
 tool github.com/globalsign/est/cmd/estclient
 
+require github.com/globalsign/est v1.0.6
+
 require (
 	github.com/ThalesIgnite/crypto11 v1.2.1 // indirect
-	github.com/globalsign/est v1.0.6 // indirect
 	github.com/globalsign/pemfile v1.0.0 // indirect
 	github.com/globalsign/tpmkeys v1.0.3 // indirect
 	github.com/go-chi/chi v4.1.2+incompatible // indirect
