@@ -142,7 +142,11 @@ func (g *gw) estClient(t testing.TB, label string, cert *tls.Certificate) *estPr
 		anchor: writeTemp(t, "anchor.pem", string(pemCert(g.srv.Certificate().Raw))),
 	}
 	if cert != nil {
-		key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+		priv := cert.PrivateKey
+		if fk, ok := priv.(*device.FileKey); ok {
+			priv = fk.Signer // the key the agent keeps in its file
+		}
+		key, err := x509.MarshalPKCS8PrivateKey(priv)
 		if err != nil {
 			t.Fatal(err)
 		}
