@@ -307,9 +307,9 @@ func (r *DataAccessReconciler) createRequest(ctx context.Context, da *custodyv1a
 	if err != nil {
 		return err
 	}
-	duration := da.Spec.Duration.Duration
-	if duration == 0 {
-		duration = 24 * time.Hour
+	duration := 24 * time.Hour // the CRD's default, for an object older than it
+	if da.Spec.Duration != nil {
+		duration = da.Spec.Duration.Duration
 	}
 	cr := &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{

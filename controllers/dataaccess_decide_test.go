@@ -45,7 +45,7 @@ func newAccessState(t *testing.T) *accessState {
 	tenant := &custodyv1alpha1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: "acme"}, Spec: custodyv1alpha1.TenantSpec{Namespace: "acme-ns"}}
 	tenant.Status.Conditions = []metav1.Condition{{Type: custodyv1alpha1.ConditionReady, Status: metav1.ConditionTrue}}
 	da := &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: "dash", Namespace: "acme-ns", UID: "da-1", Generation: 1},
-		Spec: custodyv1alpha1.DataAccessSpec{Duration: metav1.Duration{Duration: 24 * time.Hour}}}
+		Spec: custodyv1alpha1.DataAccessSpec{Duration: &metav1.Duration{Duration: 24 * time.Hour}}}
 	return &accessState{t: t, caKey: caKey, caCert: caCert, facts: accessFacts{DataAccess: da, Tenant: tenant,
 		TrustBundle: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw})), Now: testNow}}
 }

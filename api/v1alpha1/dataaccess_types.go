@@ -41,7 +41,7 @@ type DataAccessSpec struct {
 	// from the next renewal.
 	// +optional
 	// +kubebuilder:default="24h"
-	Duration metav1.Duration `json:"duration,omitempty"`
+	Duration *metav1.Duration `json:"duration,omitempty"`
 }
 
 // DataAccessCertificate summarises a certificate issued for a DataAccess.

@@ -64,8 +64,8 @@ func TestDataAccessIssuesTenantCredentials(t *testing.T) {
 	if err := asAdmin.Create(ctx, da); err != nil {
 		t.Fatal(err)
 	}
-	if da.Spec.Duration.Duration != 24*time.Hour {
-		t.Fatalf("default duration %v, want 24h", da.Spec.Duration.Duration)
+	if da.Spec.Duration == nil || da.Spec.Duration.Duration != 24*time.Hour {
+		t.Fatalf("default duration %v, want 24h", da.Spec.Duration)
 	}
 	got := waitAccessIssued(t, da, "")
 	if got.Status.SecretName != "dashboard-credentials" || got.Status.ObservedGeneration != got.Generation || got.Status.RenewAt == nil {
@@ -216,7 +216,11 @@ func TestDataAccessValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	mk := func(name string, d time.Duration) *custodyv1alpha1.DataAccess {
-		return &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns.Name}, Spec: custodyv1alpha1.DataAccessSpec{Duration: metav1.Duration{Duration: d}}}
+		da := &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns.Name}}
+		if d != 0 {
+			da.Spec.Duration = &metav1.Duration{Duration: d}
+		}
+		return da
 	}
 	const durationMsg = "duration must be between 1h and 720h (30 days)"
 	const nameMsg = "DataAccess names must be DNS labels"
