@@ -147,9 +147,15 @@ func (r *DataAccessReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 			return reconcile.Result{}, err
 		}
 		d = decideAccess(facts)
-		switch d.Step {
-		case accessIdle, accessWait:
+		if d.Step == accessIdle || d.Step == accessWait {
 			return reconcile.Result{RequeueAfter: d.RequeueAfter}, nil
+		}
+		if fp := r.Options.FailPoint; fp != nil {
+			if err := fp(FailPointAccessStep, client.ObjectKeyFromObject(da)); err != nil {
+				return reconcile.Result{}, err
+			}
+		}
+		switch d.Step {
 		case accessDeleteRequests:
 			if d.DropKey {
 				if err := r.deleteKey(ctx, da); err != nil {
@@ -201,6 +207,10 @@ func (r *DataAccessReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	}
 	return reconcile.Result{Requeue: true}, nil
 }
+
+// FailPointAccessStep is the fail point (Options.FailPoint, called with the
+// DataAccess's key) before each step that writes.
+const FailPointAccessStep = "access-step"
 
 // FailPointAccessRequested is the fail point (Options.FailPoint, called with
 // the DataAccess's key) right after a DataAccess's CertificateRequest is

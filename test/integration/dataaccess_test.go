@@ -2,19 +2,31 @@ package integration
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -257,5 +269,171 @@ func TestDataAccessValidation(t *testing.T) {
 	err := admin.Patch(ctx, obj, client.RawPatch("application/apply-patch+yaml", u), client.FieldOwner("test"), client.DryRunAll)
 	if !apierrors.IsInvalid(err) {
 		t.Fatalf("a duration of \"forever\": %v, want Invalid", err)
+	}
+}
+
+// TestDataAccessForgedRequestsAreDenied: on the real stack, requests to a
+// tenant's Issuer labelled with a genuine DataAccess's UID and asking for
+// exactly its identity are denied and never signed when cluster-admin makes
+// them, or when the manager's own identity makes one with a key the manager
+// does not hold for that DataAccess, or for a DataAccess of another tenant.
+func TestDataAccessForgedRequestsAreDenied(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	tenant, other := newTenant(t), newTenant(t)
+	da := &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: "dash", Namespace: tenant.Status.Namespace}}
+	if err := admin.Create(ctx, da); err != nil {
+		t.Fatal(err)
+	}
+	da = waitAccessIssued(t, da, "")
+	mgrCfg, err := cp.ManagerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	asManager, err := client.New(mgrCfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge := func(issuerTenant string, id protocol.Identity) *cmapi.CertificateRequest {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		u, _ := url.Parse(id.URI)
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.CommonName}, URIs: []*url.URL{u}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &cmapi.CertificateRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: uniq("forged-access"), Namespace: cp.OperatorNamespace,
+				// The attacker's finalizer keeps the evidence of what was
+				// decided and signed: the DataAccess controller deletes
+				// requests it did not make.
+				Finalizers:  []string{"attacker.example/keep"},
+				Labels:      map[string]string{custodyv1alpha1.LabelDataAccess: string(da.UID)},
+				Annotations: map[string]string{custodyv1alpha1.AnnotationDataAccess: da.Namespace + "/" + da.Name}},
+			Spec: cmapi.CertificateRequestSpec{Request: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+				IssuerRef: cmmeta.IssuerReference{Name: controllers.TenantIssuerName(issuerTenant), Kind: cmapi.IssuerKind, Group: "cert-manager.io"},
+				Duration:  &metav1.Duration{Duration: time.Hour}, Usages: []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth}},
+		}
+	}
+	id := protocol.DeriveAccessIdentity(contract.DefaultTrustDomain, tenant.Name, da.Name)
+	attempts := []struct {
+		name string
+		as   client.Client
+		cr   *cmapi.CertificateRequest
+	}{
+		{"cluster-admin, the exact identity", admin, forge(tenant.Name, id)},
+		{"the manager's identity, a key it does not hold", asManager, forge(tenant.Name, id)},
+		{"the manager's identity, another tenant's issuer", asManager, forge(other.Name, protocol.DeriveAccessIdentity(contract.DefaultTrustDomain, other.Name, da.Name))},
+	}
+	for _, a := range attempts {
+		if err := a.as.Create(ctx, a.cr); err != nil {
+			t.Fatalf("%s: %v", a.name, err)
+		}
+		t.Cleanup(func() {
+			_ = admin.Patch(context.Background(), a.cr, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
+		})
+	}
+	for _, a := range attempts {
+		cr := caWaitDecided(t, a.cr)
+		if !caHasCondition(cr, cmapi.CertificateRequestConditionDenied) || caHasCondition(cr, cmapi.CertificateRequestConditionApproved) {
+			t.Errorf("%s: not denied: %+v", a.name, cr.Status.Conditions)
+		}
+	}
+	// The forged requests carry the DataAccess's label: the controller
+	// deletes them as requests it did not make for its pending key.
+	waitFor(t, "the forged requests to be deleted", func() bool {
+		for _, a := range attempts {
+			cr := &cmapi.CertificateRequest{}
+			if err := admin.Get(ctx, client.ObjectKeyFromObject(a.cr), cr); err != nil || cr.DeletionTimestamp.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	// A genuine request is signed within this window: a forged one that
+	// had been approved would have been signed.
+	for _, a := range attempts {
+		cr := &cmapi.CertificateRequest{}
+		if err := admin.Get(ctx, client.ObjectKeyFromObject(a.cr), cr); err != nil {
+			t.Fatal(err)
+		}
+		if len(cr.Status.Certificate) > 0 {
+			t.Errorf("%s: signed", a.name)
+		}
+	}
+}
+
+// TestDataAccessCrashAfterRequest stops the manager right after it created
+// a DataAccess's CertificateRequest, and restarts it: with the key kept the
+// credential is issued for it; with the key lost (deleted while the manager
+// was down) the orphan request is deleted and a new key and request made.
+// Either way the Secret's key matches its certificate and nothing is left
+// behind.
+func TestDataAccessCrashAfterRequest(t *testing.T) {
+	for _, lose := range []bool{false, true} {
+		t.Run(map[bool]string{false: "key kept", true: "key lost"}[lose], func(t *testing.T) {
+			ctx := context.Background()
+			var target atomic.Pointer[client.ObjectKey]
+			var hit atomic.Bool
+			crashed := make(chan struct{})
+			m := startManager(t, func(o *controllers.Options) {
+				o.FailPoint = func(p string, k client.ObjectKey) error {
+					if tk := target.Load(); tk == nil || k != *tk {
+						return nil
+					}
+					if p == controllers.FailPointAccessRequested && hit.CompareAndSwap(false, true) {
+						close(crashed)
+					}
+					if !hit.Load() {
+						return nil
+					}
+					// From here on this manager makes no progress on the
+					// DataAccess: it is "killed", and stopped below.
+					return errors.New("injected crash at " + p)
+				}
+			})
+			tenant := newTenant(t)
+			name := uniq("crash")
+			target.Store(&client.ObjectKey{Namespace: tenant.Status.Namespace, Name: name})
+			da := &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: tenant.Status.Namespace}}
+			if err := admin.Create(ctx, da); err != nil {
+				t.Fatal(err)
+			}
+			<-crashed
+			m.stop()
+			keyName := client.ObjectKey{Namespace: cp.OperatorNamespace, Name: "access-" + string(da.UID) + "-key"}
+			crs := accessRequests(t, string(da.UID))
+			if len(crs) != 1 {
+				t.Fatalf("%d requests at the crash, want 1", len(crs))
+			}
+			if err := admin.Get(ctx, keyName, &corev1.Secret{}); err != nil {
+				t.Fatalf("the key was not persisted before the request: %v", err)
+			}
+			orphan := crs[0].Name
+			if lose {
+				if err := admin.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: keyName.Namespace, Name: keyName.Name}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			startManager(t)
+			got := waitAccessIssued(t, da, "")
+			secret := &corev1.Secret{}
+			if err := admin.Get(ctx, client.ObjectKey{Namespace: da.Namespace, Name: got.Status.SecretName}, secret); err != nil {
+				t.Fatal(err)
+			}
+			pair, err := tls.X509KeyPair(secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey])
+			if err != nil || protocol.CertFingerprint(pair.Leaf.Raw) != got.Status.Certificate.Fingerprint {
+				t.Fatalf("the Secret's key does not match its certificate: %v", err)
+			}
+			waitFor(t, "the key and every request to be cleaned up", func() bool {
+				return apierrors.IsNotFound(admin.Get(ctx, keyName, &corev1.Secret{})) && len(accessRequests(t, string(da.UID))) == 0
+			})
+			if lose {
+				// The orphan, whose key is gone, was never published.
+				if err := admin.Get(ctx, client.ObjectKey{Namespace: cp.OperatorNamespace, Name: orphan}, &cmapi.CertificateRequest{}); !apierrors.IsNotFound(err) {
+					t.Fatalf("the orphan request is still there: %v", err)
+				}
+			}
+		})
 	}
 }
