@@ -196,7 +196,9 @@ func TestRBACMatrix(t *testing.T) {
 		return func(c client.Client) error { return c.Create(ctx, newDataAccess(ns), dry) }
 	}
 	listDataAccesses := func(ns string) func(client.Client) error {
-		return func(c client.Client) error { return c.List(ctx, &custodyv1alpha1.DataAccessList{}, client.InNamespace(ns)) }
+		return func(c client.Client) error {
+			return c.List(ctx, &custodyv1alpha1.DataAccessList{}, client.InNamespace(ns))
+		}
 	}
 	deleteDataAccess := func(c client.Client) error {
 		return c.Delete(ctx, &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: existingDA.Name, Namespace: nsA}}, dry)
