@@ -205,7 +205,8 @@ func (r *DataAccessReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 			}
 		}
 	}
-	return reconcile.Result{Requeue: true}, nil
+	// More steps than one reconcile takes: go on shortly.
+	return reconcile.Result{RequeueAfter: 100 * time.Millisecond}, nil
 }
 
 // FailPointAccessStep is the fail point (Options.FailPoint, called with the
