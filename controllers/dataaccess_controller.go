@@ -167,6 +167,10 @@ func (r *DataAccessReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 					return reconcile.Result{}, err
 				}
 			}
+			if d.Failed != nil {
+				r.Recorder.Eventf(da, nil, corev1.EventTypeWarning, "CertificateRequestFailed", "Issue",
+					"The tenant's CA did not issue certificate request %s (%s); requesting again with a fresh key.", d.Failed.Name, failureReason(d.Failed))
+			}
 		case accessNewKey:
 			if err := r.newKey(ctx, da, facts.Tenant); err != nil {
 				return reconcile.Result{}, err
@@ -207,6 +211,21 @@ func (r *DataAccessReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	}
 	// More steps than one reconcile takes: go on shortly.
 	return reconcile.Result{RequeueAfter: 100 * time.Millisecond}, nil
+}
+
+// failureReason is the reason of a failed request's deciding condition.
+func failureReason(cr *cmapi.CertificateRequest) string {
+	for _, c := range cr.Status.Conditions {
+		if c.Type == cmapi.CertificateRequestConditionDenied && c.Status == cmmeta.ConditionTrue {
+			return "denied: " + c.Reason
+		}
+	}
+	for _, c := range cr.Status.Conditions {
+		if c.Type == cmapi.CertificateRequestConditionInvalidRequest || c.Type == cmapi.CertificateRequestConditionReady {
+			return "failed: " + c.Reason
+		}
+	}
+	return "failed"
 }
 
 // FailPointAccessStep is the fail point (Options.FailPoint, called with the

@@ -91,6 +91,9 @@ type accessDecision struct {
 	Delete []string
 	// DropKey deletes the pending key too (a failed request).
 	DropKey bool
+	// Failed is the request the tenant's CA refused or failed, dropped
+	// with its key (accessDeleteRequests).
+	Failed *cmapi.CertificateRequest
 	// Request is the signed request (accessPublish, accessCleanUp).
 	Request *cmapi.CertificateRequest
 	// Leaf is Request's certificate (accessPublish).
@@ -185,7 +188,7 @@ func decideAccess(f accessFacts) accessDecision {
 				d.Step, d.RequeueAfter = accessWait, left
 				return d
 			}
-			d.Step, d.Delete, d.DropKey = accessDeleteRequests, []string{ours.Name}, true
+			d.Step, d.Delete, d.DropKey, d.Failed = accessDeleteRequests, []string{ours.Name}, true, ours
 			return d
 		}
 		if len(ours.Status.Certificate) == 0 {

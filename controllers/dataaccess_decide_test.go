@@ -209,6 +209,10 @@ func TestDecideAccess(t *testing.T) {
 					t.Errorf("deletes %q, which is not a request of the DataAccess", name)
 				}
 			}
+			// Only a request the CA refused is reported as failed.
+			if wantFailed := tc.name == "denied a minute ago: start over with a fresh key"; (d.Failed != nil) != wantFailed {
+				t.Errorf("Failed %v, want a failed request: %v", d.Failed, wantFailed)
+			}
 			if tc.requeueSome && d.RequeueAfter <= 0 || !tc.requeueSome && d.RequeueAfter != tc.requeue {
 				t.Errorf("RequeueAfter %v, want %v", d.RequeueAfter, tc.requeue)
 			}
