@@ -437,3 +437,28 @@ func TestDataAccessCrashAfterRequest(t *testing.T) {
 		})
 	}
 }
+
+// TestDataAccessIssuedOnceItsTenantIsReady: a DataAccess created while its
+// Tenant is still being provisioned is issued when the Tenant becomes Ready
+// (the Tenant watch brings it back; its own recheck is minutes away).
+func TestDataAccessIssuedOnceItsTenantIsReady(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	tn := &custodyv1alpha1.Tenant{ObjectMeta: metav1.ObjectMeta{Name: uniq("tenant")}, Spec: custodyv1alpha1.TenantSpec{DisplayName: "Late tenant"}}
+	if err := admin.Create(ctx, tn); err != nil {
+		t.Fatal(err)
+	}
+	da := &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: "early", Namespace: tn.TargetNamespace()}}
+	waitFor(t, "the DataAccess to be created in the tenant's new namespace", func() bool { return admin.Create(ctx, da) == nil })
+	cur := &custodyv1alpha1.Tenant{}
+	if err := admin.Get(ctx, client.ObjectKeyFromObject(tn), cur); err != nil {
+		t.Fatal(err)
+	}
+	if meta.IsStatusConditionTrue(cur.Status.Conditions, custodyv1alpha1.ConditionReady) {
+		t.Skip("the tenant was Ready before the DataAccess existed: nothing to wait for")
+	}
+	got := waitAccessIssued(t, da, "")
+	if got.Status.SecretName != "early-credentials" {
+		t.Fatalf("status %+v", got.Status)
+	}
+}
