@@ -98,6 +98,8 @@ func (r *ApproverReconciler) observe(ctx context.Context, cr *cmapi.CertificateR
 		return true, nil
 	}
 	switch kindOfRequest(cr, &r.Options) {
+	case requestForAccess:
+		return f, r.observeAccess(ctx, cr, &f)
 	case requestForDevice:
 		owner := deviceProofOwner(cr, &r.Options)
 		if owner == nil {

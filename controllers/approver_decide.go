@@ -59,8 +59,11 @@ type approverFacts struct {
 	// Tenant is the Tenant the Certificate's label names.
 	Tenant *custodyv1alpha1.Tenant
 	// KeySecret is the Secret the Certificate's
-	// status.nextPrivateKeySecretName names.
+	// status.nextPrivateKeySecretName names (tenant CAs), or the manager's
+	// key Secret of the DataAccess (DataAccess certificates).
 	KeySecret *corev1.Secret
+	// DataAccess is the DataAccess a DataAccess request's annotation names.
+	DataAccess *custodyv1alpha1.DataAccess
 }
 
 // Approver messages.
@@ -116,6 +119,9 @@ type requestKind int
 const (
 	// requestForDevice: a request to a tenant's Issuer.
 	requestForDevice requestKind = iota
+	// requestForAccess: a request to a tenant's Issuer labelled
+	// custody.dev/data-access.
+	requestForAccess
 	// requestForTenantCA: a request to the tenant-root Issuer in the
 	// operator namespace.
 	requestForTenantCA
@@ -129,6 +135,8 @@ func kindOfRequest(cr *cmapi.CertificateRequest, o *Options) requestKind {
 	ref := cr.Spec.IssuerRef
 	tenantRoot := ref.Kind != cmapi.ClusterIssuerKind && ref.Name == contract.TenantRootIssuerName
 	switch {
+	case ref.Kind != cmapi.ClusterIssuerKind && !tenantRoot && cr.Namespace == o.OperatorNamespace && isAccessRequest(cr):
+		return requestForAccess
 	case ref.Kind != cmapi.ClusterIssuerKind && !tenantRoot && cr.Namespace == o.OperatorNamespace:
 		return requestForDevice
 	case tenantRoot && cr.Namespace == o.OperatorNamespace:
@@ -147,6 +155,8 @@ func decideRequest(cr *cmapi.CertificateRequest, f approverFacts, o *Options) ap
 	switch kindOfRequest(cr, o) {
 	case requestForDevice:
 		return decideDeviceRequest(cr, f.Proof, f.Device, o)
+	case requestForAccess:
+		return decideAccessRequest(cr, f.DataAccess, f.Tenant, f.KeySecret, o)
 	case requestForTenantCA:
 		return decideTenantCARequest(cr, f.Certificate, f.Tenant, f.KeySecret, o)
 	}

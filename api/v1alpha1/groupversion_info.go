@@ -35,6 +35,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&DeviceProof{}, &DeviceProofList{},
 		&Transfer{}, &TransferList{},
 		&SupportAction{}, &SupportActionList{},
+		&DataAccess{}, &DataAccessList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

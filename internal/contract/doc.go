@@ -17,6 +17,10 @@
 //     repeats every check the gateway made.
 //   - Certificate acceptance (AcceptCertificate) and the tenant's trust
 //     anchors and trust bundle.
+//   - The data-access contract: the identity of a tenant's DataAccess
+//     credential, whether a certificate is a valid one
+//     (AcceptAccessCertificate) and which devices it may read
+//     (AccessScope), for the data plane's auth callout.
 //
 // It is not pkg/protocol: pkg/protocol is the wire protocol a device speaks
 // and is imported by the device SDK and by the API types, so it cannot

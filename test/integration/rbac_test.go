@@ -185,6 +185,35 @@ func TestRBACMatrix(t *testing.T) {
 		}
 	}
 
+	newDataAccess := func(ns string) *custodyv1alpha1.DataAccess {
+		return &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: uniq("rbac"), Namespace: ns}}
+	}
+	existingDA := newDataAccess(nsA)
+	if err := admin.Create(ctx, existingDA); err != nil {
+		t.Fatal(err)
+	}
+	createDataAccess := func(ns string) func(client.Client) error {
+		return func(c client.Client) error { return c.Create(ctx, newDataAccess(ns), dry) }
+	}
+	listDataAccesses := func(ns string) func(client.Client) error {
+		return func(c client.Client) error {
+			return c.List(ctx, &custodyv1alpha1.DataAccessList{}, client.InNamespace(ns))
+		}
+	}
+	deleteDataAccess := func(c client.Client) error {
+		return c.Delete(ctx, &custodyv1alpha1.DataAccess{ObjectMeta: metav1.ObjectMeta{Name: existingDA.Name, Namespace: nsA}}, dry)
+	}
+	writeDataAccessStatus := func(c client.Client) error {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			da := &custodyv1alpha1.DataAccess{}
+			if err := admin.Get(ctx, client.ObjectKeyFromObject(existingDA), da); err != nil {
+				return err
+			}
+			da.Status.SecretName = "forged"
+			return c.Status().Update(ctx, da, client.DryRunAll)
+		})
+	}
+
 	type row struct {
 		user    string
 		action  string
@@ -229,6 +258,12 @@ func TestRBACMatrix(t *testing.T) {
 		{"a-admin", "offer its device to another tenant", createTransfer(nsA), true},
 		{"a-admin", "create a Transfer in tenant B", createTransfer(nsB), false},
 		{"a-admin", "create a SupportAction", createSupportAction, false},
+		{"a-admin", "create a DataAccess", createDataAccess(nsA), true},
+		{"a-admin", "list DataAccesses", listDataAccesses(nsA), true},
+		{"a-admin", "delete a DataAccess", deleteDataAccess, true},
+		{"a-admin", "read credential Secrets", readSecrets(nsA), true},
+		{"a-admin", "write DataAccess status", writeDataAccessStatus, false},
+		{"a-admin", "create a DataAccess in tenant B", createDataAccess(nsB), false},
 		// Tenant A operator.
 		{"a-operator", "list own Claims", listClaims(nsA), true},
 		{"a-operator", "create a Claim", createClaim(nsA), true},
@@ -239,6 +274,9 @@ func TestRBACMatrix(t *testing.T) {
 		{"a-operator", "create an Issuer", createIssuer(nsA), false},
 		{"a-operator", "bind a Device", rebind, false},
 		{"a-operator", "give a device away (Transfer)", createTransfer(nsA), false},
+		{"a-operator", "list DataAccesses", listDataAccesses(nsA), true},
+		{"a-operator", "create a DataAccess", createDataAccess(nsA), false},
+		{"a-operator", "delete a DataAccess", deleteDataAccess, false},
 		// Tenant A viewer.
 		{"a-viewer", "list own Claims", listClaims(nsA), true},
 		{"a-viewer", "read the trust bundle", getTrust(nsA), true},
@@ -246,6 +284,10 @@ func TestRBACMatrix(t *testing.T) {
 		{"a-viewer", "create a code Secret", createSecret(nsA), false},
 		{"a-viewer", "delete a Claim", deleteClaim, false},
 		{"a-viewer", "create a CertificateRequest", createCR(nsA), false},
+		{"a-viewer", "list DataAccesses", listDataAccesses(nsA), true},
+		{"a-viewer", "create a DataAccess", createDataAccess(nsA), false},
+		{"a-viewer", "delete a DataAccess", deleteDataAccess, false},
+		{"a-viewer", "read credential Secrets", readSecrets(nsA), false},
 		// Tenant B.
 		{"b-admin", "list own Claims", listClaims(nsB), true},
 		{"b-admin", "list tenant A's Claims", listClaims(nsA), false},
@@ -254,6 +296,9 @@ func TestRBACMatrix(t *testing.T) {
 		{"b-admin", "read tenant A's trust bundle", getTrust(nsA), false},
 		{"b-admin", "read tenant A's Secrets", readSecrets(nsA), false},
 		{"b-admin", "bind a Device", rebind, false},
+		{"b-admin", "list tenant A's DataAccesses", listDataAccesses(nsA), false},
+		{"b-admin", "create a DataAccess in tenant A", createDataAccess(nsA), false},
+		{"b-admin", "delete tenant A's DataAccess", deleteDataAccess, false},
 		// Support staff.
 		{"support", "list Devices", listDevices, true},
 		{"support", "list any tenant's Claims", listClaims(nsA), true},
@@ -268,6 +313,7 @@ func TestRBACMatrix(t *testing.T) {
 		{"support", "create a CertificateRequest", createCR(cp.OperatorNamespace), false},
 		{"support", "approve a CertificateRequest", approveCR, false},
 		{"support", "create a Claim", createClaim(nsA), false},
+		{"support", "create a DataAccess", createDataAccess(nsA), false},
 	}
 	for _, r := range rows {
 		err := r.do(clients[r.user])
