@@ -8,13 +8,16 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/custody"
@@ -165,5 +168,101 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.Device{}, builder.WithPredicates(stamp)).
 		WithOptions(controllerOptions(4)).
 		Named("dataplane").
+		Complete(r)
+}
+
+// DataAccessCutOffReconciler ends data-plane access a DataAccess no longer
+// grants: when the DataAccess is deleted it closes every connection its
+// credentials opened, and when the set of devices it selects changes (a
+// Claim's labels, a device bound to or leaving the tenant, the selector) it
+// closes them too, so that the holder reconnects (NATS and MQTT clients do)
+// and is admitted with the new scope. Scopes are compared with what the
+// callout granted since this process started; connections it did not
+// grant (before a restart) are closed once.
+type DataAccessCutOffReconciler struct {
+	client.Client
+	Service *dataplane.Service
+}
+
+// Reconcile closes the connections of a DataAccess whose grant is gone or
+// changed.
+func (r *DataAccessCutOffReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	user := dataplane.AccessUser(req.Namespace, req.Name)
+	da := &custodyv1alpha1.DataAccess{}
+	err := r.Get(ctx, req.NamespacedName, da)
+	if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, err
+	}
+	if err != nil || !da.DeletionTimestamp.IsZero() {
+		n, err := r.Service.CloseUser(ctx, user, "")
+		if n > 0 {
+			log.FromContext(ctx).Info("data access revoked: connections closed", "dataAccess", req.String(), "closed", n)
+		}
+		return ctrl.Result{}, err
+	}
+	tn, err := tenantOfNamespace(ctx, r.Client, da.Namespace)
+	if err != nil || tn == nil {
+		return ctrl.Result{}, err
+	}
+	subs, err := r.Service.AccessSubjects(ctx, tn, da)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if granted, ok := r.Service.AdmittedScope(da.Namespace, da.Name); ok && granted == dataplane.ScopeHash(subs) {
+		return ctrl.Result{}, nil
+	}
+	n, err := r.Service.CloseUser(ctx, user, "")
+	if n > 0 {
+		log.FromContext(ctx).Info("data access scope changed: connections closed to be admitted again", "dataAccess", req.String(), "closed", n)
+	}
+	return ctrl.Result{}, err
+}
+
+// tenantOfNamespace returns the Tenant whose namespace ns is, nil if none.
+func tenantOfNamespace(ctx context.Context, c client.Reader, ns string) (*custodyv1alpha1.Tenant, error) {
+	tenants := &custodyv1alpha1.TenantList{}
+	if err := c.List(ctx, tenants, client.MatchingFields{indexTenantNamespace: ns}); err != nil {
+		return nil, err
+	}
+	if len(tenants.Items) != 1 {
+		return nil, nil
+	}
+	return &tenants.Items[0], nil
+}
+
+// accessInNamespace enqueues every DataAccess of namespace ns.
+func (r *DataAccessCutOffReconciler) accessInNamespace(ctx context.Context, ns string) []reconcile.Request {
+	list := &custodyv1alpha1.DataAccessList{}
+	if ns == "" || r.List(ctx, list, client.InNamespace(ns)) != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for _, da := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&da)})
+	}
+	return out
+}
+
+// SetupWithManager watches DataAccesses, and the Claims and Devices that
+// decide their scopes.
+func (r *DataAccessCutOffReconciler) SetupWithManager(mgr manager.Manager) error {
+	return builder.ControllerManagedBy(mgr).
+		For(&custodyv1alpha1.DataAccess{}).
+		Watches(&custodyv1alpha1.Claim{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return r.accessInNamespace(ctx, o.GetNamespace())
+		})).
+		Watches(&custodyv1alpha1.Device{}, handler.Funcs{
+			UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				for _, o := range []client.Object{e.ObjectOld, e.ObjectNew} {
+					if ref := o.(*custodyv1alpha1.Device).Spec.ClaimRef; ref != nil {
+						for _, req := range r.accessInNamespace(ctx, ref.Namespace) {
+							q.Add(req)
+						}
+					}
+				}
+			},
+		}).
+		WithOptions(controllerOptions(2)).
+		Named("dataplane-access").
 		Complete(r)
 }

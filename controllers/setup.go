@@ -267,7 +267,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		reconcilers = append(reconcilers, struct {
 			name  string
 			setup func(ctrl.Manager) error
-		}{"dataplane", (&DataPlaneReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Service: opts.DataPlane, Options: opts}).SetupWithManager})
+		}{"dataplane", (&DataPlaneReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Service: opts.DataPlane, Options: opts}).SetupWithManager},
+			struct {
+				name  string
+				setup func(ctrl.Manager) error
+			}{"dataplane-access", (&DataAccessCutOffReconciler{Client: mgr.GetClient(), Service: opts.DataPlane}).SetupWithManager})
 	}
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {

@@ -79,7 +79,7 @@ type Service struct {
 	callout  *nats.Conn
 	pushed   map[string][32]byte // account public key → hash of the JWT pushed
 	servers  int                 // most servers that ever answered one question
-	startErr error
+	scopes   sync.Map            // DataAccess "<namespace>/<name>" → ScopeHash of its last grant
 }
 
 // Connect opens the system and callout connections.
@@ -215,6 +215,9 @@ func (s *Service) decide(ctx context.Context, req *Request) (Grant, Reason) {
 	}
 	tenantName, device, ok := protocol.ParseSPIFFEID(s.TrustDomain, req.Leaf.URIs[0])
 	if !ok {
+		if tenantName, name, ok := s.parseAccess(req); ok {
+			return s.decideAccess(ctx, req, tenantName, name)
+		}
 		return Grant{}, ReasonUnknownIdentity
 	}
 	dev := &custodyv1alpha1.Device{}
@@ -254,6 +257,14 @@ func (s *Service) userJWT(ctx context.Context, req *Request, g Grant) (string, e
 	uc := jwt.NewUserClaims(req.UserNkey)
 	uc.Name = g.User
 	uc.Expires = g.Expires.Unix()
+	// An empty allow list would allow everything: nothing allowed is a
+	// deny of everything.
+	if len(g.Publish) == 0 {
+		uc.Pub.Deny.Add(">")
+	}
+	if len(g.Subscribe) == 0 {
+		uc.Sub.Deny.Add(">")
+	}
 	uc.Pub.Allow.Add(g.Publish...)
 	uc.Sub.Allow.Add(g.Subscribe...)
 	return uc.Encode(kp)
@@ -454,7 +465,13 @@ func isGone(desc string) bool { return desc == "no such client id" || desc == "c
 // those in the account keep (its current tenant's, empty for none), and
 // returns how many it closed.
 func (s *Service) CloseDevice(ctx context.Context, device, keep string) (int, error) {
-	conns, err := s.Connections(ctx, DeviceUser(device))
+	return s.CloseUser(ctx, DeviceUser(device), keep)
+}
+
+// CloseUser closes every connection of user on every server except those in
+// the account keep (none when empty), and returns how many it closed.
+func (s *Service) CloseUser(ctx context.Context, user, keep string) (int, error) {
+	conns, err := s.Connections(ctx, user)
 	if err != nil {
 		return 0, err
 	}

@@ -1,0 +1,119 @@
+package dataplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/contract"
+	"github.com/custody-dev/custody/pkg/protocol"
+)
+
+// AccessUser is the user name a DataAccess holder's connections carry.
+func AccessUser(namespace, name string) string { return "access/" + namespace + "/" + name }
+
+// AccessMQTTClientID is the MQTT client identifier of a DataAccess holder:
+// "access:<name>", or "access:<name>:<anything>" for several at once. The
+// ':' appears in no device's client ID, so a holder can never take over a
+// device's MQTT session (an MQTT connect with a session's client ID takes
+// the session over).
+func AccessMQTTClientID(name string) string { return "access:" + name }
+
+// DeviceIndex is the field index of Devices by their binding's tenant (the
+// manager's cache registers it).
+const DeviceIndex = "spec.claimRef.tenant"
+
+// AccessSubjects returns what a holder of da may subscribe to: every device
+// subject of the tenant's account when da selects all its devices (only the
+// tenant's bound devices publish there), else the subject spaces of the
+// devices contract.AccessScope puts in scope; nil when none.
+func (s *Service) AccessSubjects(ctx context.Context, tn *custodyv1alpha1.Tenant, da *custodyv1alpha1.DataAccess) ([]string, error) {
+	if sel := da.Spec.Selector; sel == nil || (len(sel.MatchLabels) == 0 && len(sel.MatchExpressions) == 0) {
+		if contract.AccessTenantOwns(da, tn) && da.DeletionTimestamp.IsZero() && tn.DeletionTimestamp.IsZero() {
+			return []string{"devices.>"}, nil
+		}
+		return nil, nil
+	}
+	devices := &custodyv1alpha1.DeviceList{}
+	if err := s.Reader.List(ctx, devices, client.MatchingFields{DeviceIndex: tn.Name}); err != nil {
+		return nil, err
+	}
+	claims := &custodyv1alpha1.ClaimList{}
+	if err := s.Reader.List(ctx, claims, client.InNamespace(da.Namespace)); err != nil {
+		return nil, err
+	}
+	var subs []string
+	for _, d := range contract.AccessScope(da, tn, devices.Items, claims.Items) {
+		space, _ := DeviceSubjects(d)
+		subs = append(subs, space+".>")
+	}
+	return subs, nil
+}
+
+// ScopeHash identifies a set of subjects.
+func ScopeHash(subjects []string) string {
+	sum := sha256.Sum256([]byte(strings.Join(subjects, "\n")))
+	return hex.EncodeToString(sum[:8])
+}
+
+// AdmittedScope returns the hash of the subjects the callout last granted a
+// holder of the DataAccess namespace/name, and whether it granted any since
+// this process started.
+func (s *Service) AdmittedScope(namespace, name string) (string, bool) {
+	v, ok := s.scopes.Load(namespace + "/" + name)
+	if !ok {
+		return "", false
+	}
+	return v.(string), true
+}
+
+// decideAccess decides on a DataAccess holder's connection: its certificate
+// must be a current one of an existing DataAccess of the tenant
+// (contract.AcceptAccessCertificate) and, over MQTT, its client ID
+// AccessMQTTClientID's; it may then subscribe to the devices in scope and
+// publish nothing, until its certificate expires.
+func (s *Service) decideAccess(ctx context.Context, req *Request, tenantName, name string) (Grant, Reason) {
+	tn := &custodyv1alpha1.Tenant{}
+	if err := s.Reader.Get(ctx, client.ObjectKey{Name: tenantName}, tn); err != nil {
+		return Grant{}, ReasonUnknownIdentity
+	}
+	if tn.Status.Namespace == "" {
+		return Grant{}, ReasonTenantNotReady
+	}
+	anchors, err := contract.TenantTrustAnchors(ctx, s.Reader, tn.Status.Namespace)
+	if err != nil {
+		return Grant{}, ReasonTenantNotReady
+	}
+	da := &custodyv1alpha1.DataAccess{}
+	if err := s.Reader.Get(ctx, client.ObjectKey{Namespace: tn.TargetNamespace(), Name: name}, da); err != nil {
+		da = nil
+	}
+	if v := contract.AcceptAccessCertificate(da, tn, s.TrustDomain, req.Leaf, anchors, s.now()); v != contract.AccessAccepted {
+		return Grant{}, Reason("Access" + string(v))
+	}
+	if req.Type == "mqtt" || req.MQTTClientID != "" {
+		id := AccessMQTTClientID(name)
+		if req.MQTTClientID != id && !strings.HasPrefix(req.MQTTClientID, id+":") {
+			return Grant{}, ReasonClientID
+		}
+	}
+	subs, err := s.AccessSubjects(ctx, tn, da)
+	if err != nil {
+		return Grant{}, ReasonTenantNotReady
+	}
+	s.scopes.Store(da.Namespace+"/"+da.Name, ScopeHash(subs))
+	return Grant{Tenant: tn.Name, User: AccessUser(da.Namespace, da.Name), Subscribe: subs, Expires: req.Leaf.NotAfter}, Admitted
+}
+
+// parseAccess returns the tenant and DataAccess a certificate's SPIFFE ID
+// names, if it names one.
+func (s *Service) parseAccess(req *Request) (tenant, name string, ok bool) {
+	if req.Leaf == nil || len(req.Leaf.URIs) != 1 {
+		return "", "", false
+	}
+	return protocol.ParseAccessSPIFFEID(s.TrustDomain, req.Leaf.URIs[0].String())
+}
