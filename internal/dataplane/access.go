@@ -30,11 +30,15 @@ const DeviceIndex = "spec.claimRef.tenant"
 // AccessSubjects returns what a holder of da may subscribe to: every device
 // subject of the tenant's account when da selects all its devices (only the
 // tenant's bound devices publish there), else the subject spaces of the
-// devices contract.AccessScope puts in scope; nil when none.
+// devices contract.AccessScope puts in scope; nil when none. Each space is
+// "<space>" and "<space>.>", what an MQTT subscription to "<space>/#" asks
+// for. Nothing publishes on "<space>" itself: devices publish below it.
 func (s *Service) AccessSubjects(ctx context.Context, tn *custodyv1alpha1.Tenant, da *custodyv1alpha1.DataAccess) ([]string, error) {
 	if sel := da.Spec.Selector; sel == nil || (len(sel.MatchLabels) == 0 && len(sel.MatchExpressions) == 0) {
 		if contract.AccessTenantOwns(da, tn) && da.DeletionTimestamp.IsZero() && tn.DeletionTimestamp.IsZero() {
-			return []string{"devices.>"}, nil
+			// "devices" too: an MQTT subscription to "devices/#" is also
+			// one to its parent level, and is refused whole without it.
+			return []string{"devices", "devices.>"}, nil
 		}
 		return nil, nil
 	}
@@ -49,7 +53,7 @@ func (s *Service) AccessSubjects(ctx context.Context, tn *custodyv1alpha1.Tenant
 	var subs []string
 	for _, d := range contract.AccessScope(da, tn, devices.Items, claims.Items) {
 		space, _ := DeviceSubjects(d)
-		subs = append(subs, space+".>")
+		subs = append(subs, space, space+".>")
 	}
 	return subs, nil
 }

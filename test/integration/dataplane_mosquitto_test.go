@@ -49,7 +49,9 @@ func certFiles(t testing.TB, c *tls.Certificate) (certFile, keyFile string) {
 // TestMosquittoClientsOnTheDataPlane: Debian's mosquitto_pub and
 // mosquitto_sub (libmosquitto, MQTT 3.1.1), given only the device's
 // certificate and key and the data plane's CA, publish the device's
-// telemetry to its owner and receive the owner's command; with a forged
+// telemetry to its owner and receive the owner's command; mosquitto_sub
+// with the tenant's DataAccess Secret (tls.crt, tls.key) receives the
+// telemetry, with another tenant's receives nothing; with a forged
 // self-signed certificate naming the device they are refused.
 func TestMosquittoClientsOnTheDataPlane(t *testing.T) {
 	pub, sub := requireMosquitto(t)
@@ -67,14 +69,51 @@ func TestMosquittoClientsOnTheDataPlane(t *testing.T) {
 	host, port := dp.mqttHostPort()
 	ownerConn := dp.accountUser(t, owner)
 	ownerIn := subscribe(t, ownerConn, "devices.>")
-	common := []string{"-h", host, "-p", port, "--cafile", dp.CAFile, "-V", "mqttv311", "-i", dataplane.MQTTClientID(name)}
+	base := []string{"-h", host, "-p", port, "--cafile", dp.CAFile, "-V", "mqttv311"}
+	common := append(append([]string{}, base...), "-i", dataplane.MQTTClientID(name))
 
-	out, err := exec.Command(pub, append(common, "--cert", certFile, "--key", keyFile, "-q", "1", "-t", topicOf(name, "telemetry"), "-m", "from mosquitto")...).CombinedOutput()
+	// The tenant's and another tenant's DataAccess holders subscribe with
+	// mosquitto_sub, as the README shows.
+	other := newTenant(t)
+	_, ownerAccess := accessCredentials(t, owner, "dashboard", nil)
+	_, otherAccess := accessCredentials(t, other, "dashboard", nil)
+	subCtx, stopSubs := context.WithTimeout(context.Background(), 90*time.Second)
+	defer stopSubs()
+	startSub := func(cert *tls.Certificate, max string) (*exec.Cmd, *strings.Builder) {
+		c, k := certFiles(t, cert)
+		cmd := exec.CommandContext(subCtx, sub, append(append([]string{}, base...), "-i", dataplane.AccessMQTTClientID("dashboard"), "--cert", c, "--key", k, "-q", "1", "-t", "devices/#", "-v", "-C", max, "-W", "80")...)
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, &out
+	}
+	ownerSub, ownerSubOut := startSub(ownerAccess, "1")
+	otherSub, otherSubOut := startSub(otherAccess, "1")
+	waitFor(t, "both mosquitto_sub subscribers to connect", func() bool {
+		a, err1 := dp.Service.Connections(subCtx, dataplane.AccessUser(owner.Status.Namespace, "dashboard"))
+		b, err2 := dp.Service.Connections(subCtx, dataplane.AccessUser(other.Status.Namespace, "dashboard"))
+		return err1 == nil && err2 == nil && len(a) == 1 && len(b) == 1
+	})
+
+	// Retained, so that a subscriber whose SUBSCRIBE is still on its way
+	// gets it too.
+	out, err := exec.Command(pub, append(common, "--cert", certFile, "--key", keyFile, "-q", "1", "-r", "-t", topicOf(name, "telemetry"), "-m", "from mosquitto")...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("mosquitto_pub with the device's certificate: %v\n%s", err, out)
 	}
 	if got := ownerIn.next(t, "the owner, from mosquitto_pub"); string(got.Data) != "from mosquitto" || got.Subject != "devices."+name+".telemetry" {
 		t.Fatalf("the owner received %q on %s", got.Data, got.Subject)
+	}
+	if err := ownerSub.Wait(); err != nil || strings.TrimSpace(ownerSubOut.String()) != topicOf(name, "telemetry")+" from mosquitto" {
+		t.Fatalf("mosquitto_sub with the owner's DataAccess: %v, printed %q", err, ownerSubOut.String())
+	}
+	// The other tenant's subscriber: stop it and read what it printed.
+	_ = otherSub.Process.Kill()
+	_ = otherSub.Wait()
+	if out := strings.TrimSpace(otherSubOut.String()); out != "" {
+		t.Fatalf("mosquitto_sub with another tenant's DataAccess printed %q", out)
 	}
 
 	// mosquitto_sub as the device, on its commands; the owner sends one
