@@ -74,12 +74,12 @@ type Service struct {
 	// answers beyond the servers already known to answer (default 250ms).
 	GatherWait time.Duration
 
-	mu       sync.Mutex
-	sys      *nats.Conn
-	callout  *nats.Conn
-	pushed   map[string][32]byte // account public key → hash of the JWT pushed
-	servers  int                 // most servers that ever answered one question
-	scopes   sync.Map            // DataAccess "<namespace>/<name>" → ScopeHash of its last grant
+	mu      sync.Mutex
+	sys     *nats.Conn
+	callout *nats.Conn
+	pushed  map[string][32]byte // account public key → hash of the JWT pushed
+	servers int                 // most servers that ever answered one question
+	scopes  sync.Map            // DataAccess "<namespace>/<name>" → ScopeHash of its last grant
 }
 
 // Connect opens the system and callout connections.
