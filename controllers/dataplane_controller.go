@@ -2,9 +2,15 @@ package controllers
 
 import (
 	"context"
+	"encoding/pem"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/events"
@@ -12,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -20,8 +27,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/custody"
 	"github.com/custody-dev/custody/internal/dataplane"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 // DataPlaneReconciler cuts a device off the data plane when its ownership
@@ -264,5 +273,68 @@ func (r *DataAccessCutOffReconciler) SetupWithManager(mgr manager.Manager) error
 		}).
 		WithOptions(controllerOptions(2)).
 		Named("dataplane-access").
+		Complete(r)
+}
+
+// DataPlaneClientCAsName is the ConfigMap in the operator namespace that
+// holds, under contract.TrustBundleKey, every tenant's CA certificates:
+// the ca_file a production data-plane server verifies client certificates
+// against (verify: true) before the callout checks each against its own
+// tenant's (docs/data-plane.md). A config reloader next to the servers
+// picks up new tenants.
+const DataPlaneClientCAsName = "custody-dataplane-client-cas"
+
+// DataPlaneClientCAsReconciler keeps DataPlaneClientCAsName: the union of
+// the tenants' trust bundles, in tenant-name order.
+type DataPlaneClientCAsReconciler struct {
+	client.Client
+	Options
+}
+
+// Reconcile rewrites the union when it differs.
+func (r *DataPlaneClientCAsReconciler) Reconcile(ctx context.Context, _ ctrl.Request) (ctrl.Result, error) {
+	tenants := &custodyv1alpha1.TenantList{}
+	if err := r.List(ctx, tenants); err != nil {
+		return ctrl.Result{}, err
+	}
+	slices.SortFunc(tenants.Items, func(a, b custodyv1alpha1.Tenant) int { return strings.Compare(a.Name, b.Name) })
+	var union strings.Builder
+	seen := map[string]bool{}
+	for _, tn := range tenants.Items {
+		if tn.Status.Namespace == "" || !tn.DeletionTimestamp.IsZero() {
+			continue
+		}
+		certs, err := contract.TenantTrustAnchors(ctx, r.Client, tn.Status.Namespace)
+		if err != nil {
+			continue // not published yet: its Tenant is not Ready
+		}
+		for _, c := range certs {
+			if fp := protocol.CertFingerprint(c.Raw); !seen[fp] {
+				seen[fp] = true
+				fmt.Fprintf(&union, "# tenant %s\n%s", tn.Name, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+			}
+		}
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: DataPlaneClientCAsName, Namespace: r.OperatorNamespace}}
+	_, err := controllerutil.CreateOrUpdate(ctx, r.Client, cm, func() error {
+		cm.Data = map[string]string{contract.TrustBundleKey: union.String()}
+		return nil
+	})
+	return ctrl.Result{}, err
+}
+
+// SetupWithManager reconciles one key on any Tenant or trust-bundle change.
+func (r *DataPlaneClientCAsReconciler) SetupWithManager(mgr manager.Manager) error {
+	one := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: r.OperatorNamespace, Name: DataPlaneClientCAsName}}}
+	})
+	bundles := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return o.GetName() == contract.TrustBundleName || (o.GetName() == DataPlaneClientCAsName && o.GetNamespace() == r.OperatorNamespace)
+	})
+	return builder.ControllerManagedBy(mgr).
+		Named("dataplane-client-cas").
+		Watches(&custodyv1alpha1.Tenant{}, one).
+		Watches(&corev1.ConfigMap{}, one, builder.WithPredicates(bundles)).
+		WithOptions(controllerOptions(1)).
 		Complete(r)
 }

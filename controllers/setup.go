@@ -271,7 +271,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 			struct {
 				name  string
 				setup func(ctrl.Manager) error
-			}{"dataplane-access", (&DataAccessCutOffReconciler{Client: mgr.GetClient(), Service: opts.DataPlane}).SetupWithManager})
+			}{"dataplane-access", (&DataAccessCutOffReconciler{Client: mgr.GetClient(), Service: opts.DataPlane}).SetupWithManager},
+			struct {
+				name  string
+				setup func(ctrl.Manager) error
+			}{"dataplane-client-cas", (&DataPlaneClientCAsReconciler{Client: mgr.GetClient(), Options: opts}).SetupWithManager})
 	}
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {

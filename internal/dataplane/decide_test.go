@@ -3,6 +3,7 @@ package dataplane
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
@@ -10,11 +11,14 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -224,5 +228,43 @@ func TestNATSSubjectToMQTTTopic(t *testing.T) {
 		if got := natsSubjectToMQTTTopic(subj); got != topic {
 			t.Errorf("%s: %s, want %s", subj, got, topic)
 		}
+	}
+}
+
+// TestRenderConfig: the configuration Custody renders is one nats-server
+// reads, in operator mode with the callout's sentinel, and with a client CA
+// file it verifies client certificates on both listeners.
+func TestRenderConfig(t *testing.T) {
+	keys, _ := NewKeys(bytes.Repeat([]byte{7}, 32))
+	dir := t.TempDir()
+	ca, caKey := testCA(t)
+	certPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})) // a key pair nats-server loads
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(caKey)
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := ServerConfig{Name: "s1", Host: "127.0.0.1", Port: 4222, MQTTPort: 8883, StoreDir: dir,
+		CertFile: write("tls.crt", certPEM), KeyFile: write("tls.key", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))),
+		ClientCAFile: write("ca.crt", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})))}
+	text, err := keys.RenderConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(write("nats.conf", text))
+	if err != nil {
+		t.Fatalf("nats-server cannot read the rendered configuration: %v\n%s", err, text)
+	}
+	if len(opts.TrustedOperators) != 1 || opts.SystemAccount != PublicKey(keys.System()) || opts.DefaultSentinel == "" {
+		t.Fatalf("operator %d, system account %s, sentinel %q", len(opts.TrustedOperators), opts.SystemAccount, opts.DefaultSentinel)
+	}
+	if opts.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert || !opts.MQTT.TLSConfig.ClientCAs.Equal(opts.TLSConfig.ClientCAs) || opts.MQTT.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+		t.Fatalf("with a client CA file the listeners do not verify client certificates: nats %v, mqtt %v, cas equal %v", opts.TLSConfig.ClientAuth, opts.MQTT.TLSConfig.ClientAuth, opts.MQTT.TLSConfig.ClientCAs.Equal(opts.TLSConfig.ClientCAs))
+	}
+	if !opts.JetStream || opts.MQTT.Port != 8883 || opts.AuthTimeout != 2 {
+		t.Fatalf("jetstream %v, mqtt port %d, authorization timeout %v", opts.JetStream, opts.MQTT.Port, opts.AuthTimeout)
 	}
 }

@@ -1,10 +1,15 @@
 package integration
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/dataplane"
 )
 
@@ -87,4 +92,15 @@ func TestDataPlaneDeviceReachesItsOwnerOnly(t *testing.T) {
 	if n := otherIn.count(); n != 1 {
 		t.Fatalf("the other tenant's subscriber received %d messages, want only its own", n)
 	}
+
+	// The union of the tenants' CAs a production server verifies client
+	// certificates against (verify: true) holds both tenants' bundles.
+	waitFor(t, "the data plane's client CA union to hold both tenants' CAs", func() bool {
+		cm := &corev1.ConfigMap{}
+		if admin.Get(t.Context(), client.ObjectKey{Namespace: cp.OperatorNamespace, Name: controllers.DataPlaneClientCAsName}, cm) != nil {
+			return false
+		}
+		union := cm.Data["ca.crt"]
+		return strings.Contains(union, strings.TrimSpace(trustBundle(t, owner))) && strings.Contains(union, strings.TrimSpace(trustBundle(t, other)))
+	})
 }
