@@ -5,6 +5,10 @@
 //
 //	custodyctl pairing-token --tenant acme --expires-in 72h --usage-limit 50 > token.yaml
 //
+// prints a production data-plane server's nats-server configuration:
+//
+//	custodyctl dataplane server-config --master-secret-file master.key > nats-server.conf
+//
 // and verifies custody histories:
 //
 //	kubectl get device xr200.sn-0001 -o json | custodyctl history verify
@@ -48,9 +52,13 @@ func main() {
 
 const usage = `usage:
   custodyctl history verify [-f FILE] [--audit-log FILE --device NAME] [--anchor SEQ:HASH]
-  custodyctl pairing-token --tenant NAME [--namespace NS] [--expires-in 72h] [--usage-limit N] [--serials SN-1,SN-2]`
+  custodyctl pairing-token --tenant NAME [--namespace NS] [--expires-in 72h] [--usage-limit N] [--serials SN-1,SN-2]
+  custodyctl dataplane server-config --master-secret-file FILE [--client-ca-file FILE] [--cert-file F --key-file F] [--host H --port P --mqtt-port P --store-dir D]`
 
 func run(args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) >= 2 && args[0] == "dataplane" && args[1] == "server-config" {
+		return dataPlaneServerConfig(args[2:], stdout)
+	}
 	if len(args) >= 1 && args[0] == "pairing-token" {
 		return pairingToken(args[1:], stdout, os.Stderr, time.Now())
 	}
