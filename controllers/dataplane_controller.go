@@ -99,7 +99,7 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		t.(*purgeTally).closed += closed
 	}
 	for _, d := range due {
-		what := "its tenant no longer exists; nothing left to purge in an account Custody no longer signs for"
+		what := "its tenant no longer exists: its account was not purged"
 		tn := &custodyv1alpha1.Tenant{}
 		switch err := r.Get(ctx, client.ObjectKey{Name: d.Tenant}, tn); {
 		case apierrors.IsNotFound(err):
