@@ -50,6 +50,7 @@ type Publisher struct {
 	connected string // fingerprint of the certificate of the open connection
 	seq       uint64
 	lost      chan struct{}
+	endLost   func() // closes lost, once
 }
 
 // ErrNoCertificate: the device has no certificate yet (its Agent has not
@@ -114,8 +115,9 @@ func (p *Publisher) Connected() bool {
 	return p.client != nil && p.client.IsConnectionOpen()
 }
 
-// Lost is closed when the current connection is lost (nil before the first
-// connection).
+// Lost is closed when the current connection ends: lost, closed by the
+// data plane, or replaced by one with a new certificate (nil before the
+// first connection).
 func (p *Publisher) Lost() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -142,13 +144,14 @@ func (p *Publisher) connect(ctx context.Context) (mqtt.Client, error) {
 	name := protocol.DeviceName(p.Agent.ID.Model, p.Agent.ID.SerialNumber)
 	lost := make(chan struct{})
 	var once sync.Once
+	endLost := func() { once.Do(func() { close(lost) }) }
 	opts := mqtt.NewClientOptions().AddBroker(p.URL).SetClientID(protocol.MQTTClientID(name)).
 		SetCleanSession(false).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(10 * time.Second).SetKeepAlive(30 * time.Second).
 		SetTLSConfig(&tls.Config{RootCAs: p.RootCAs, Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			p.Log.Info("data-plane connection lost", "error", err.Error())
-			once.Do(func() { close(lost) })
+			endLost()
 		})
 	c := mqtt.NewClient(opts)
 	if err := wait(ctx, c.Connect()); err != nil {
@@ -156,7 +159,7 @@ func (p *Publisher) connect(ctx context.Context) (mqtt.Client, error) {
 	}
 	p.Log.Info("connected to the data plane", "certificate", fp, "validUntil", leaf.NotAfter)
 	p.mu.Lock()
-	p.client, p.connected, p.lost = c, fp, lost
+	p.client, p.connected, p.lost, p.endLost = c, fp, lost, endLost
 	p.mu.Unlock()
 	return c, nil
 }
@@ -164,11 +167,14 @@ func (p *Publisher) connect(ctx context.Context) (mqtt.Client, error) {
 // drop closes the current connection, if any.
 func (p *Publisher) drop() {
 	p.mu.Lock()
-	c := p.client
+	c, end := p.client, p.endLost
 	p.client, p.connected = nil, ""
 	p.mu.Unlock()
 	if c != nil {
 		c.Disconnect(100)
+	}
+	if end != nil {
+		end()
 	}
 }
 

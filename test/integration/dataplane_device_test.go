@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
+
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
@@ -13,7 +16,8 @@ import (
 
 // TestDevicePublisherFollowsItsOwner: the device side (pkg/device, what
 // `custody-device run --dataplane` runs) connects with the certificate its
-// agent holds and publishes telemetry to its owner; after a transfer its
+// agent holds and publishes telemetry to its owner; after a renewal it
+// reconnects with the new certificate; after a transfer its
 // connection is closed and its old certificate refused, and once its agent
 // has enrolled again it publishes to the new owner without anyone's help;
 // the old owner receives nothing more.
@@ -44,6 +48,31 @@ func TestDevicePublisherFollowsItsOwner(t *testing.T) {
 	if err := json.Unmarshal(got.Data, &tm); err != nil || got.Subject != protocol.DeviceSubject(name, protocol.SuffixTelemetry) || tm.Sequence != 1 {
 		t.Fatalf("the owner received %s on %s (%v)", got.Data, got.Subject, err)
 	}
+
+	// Renewal: the agent renews at two thirds of the certificate's life;
+	// the publisher's next message goes over a new connection made with
+	// the renewed certificate.
+	_, before := agent.Certificate()
+	renewedLost := p.Lost()
+	agent.Clock = clocktesting.NewFakePassiveClock(before.NotBefore.Add(before.NotAfter.Sub(before.NotBefore) * 3 / 4))
+	if _, err := agent.Step(ctx); err != nil {
+		t.Fatalf("renewing: %v", err)
+	}
+	agent.Clock = clock.RealClock{}
+	if _, after := agent.Certificate(); after == nil || after.Equal(before) {
+		t.Fatal("the agent did not renew")
+	}
+	if err := p.PublishOnce(ctx); err != nil {
+		t.Fatalf("publishing after the renewal: %v", err)
+	}
+	select {
+	case <-renewedLost:
+	default:
+		t.Fatal("the publisher kept the connection made with the replaced certificate")
+	}
+	if got := oldIn.next(t, "the owner, after the renewal"); json.Unmarshal(got.Data, &tm) != nil || tm.Sequence != 2 {
+		t.Fatalf("the owner received %s after the renewal", got.Data)
+	}
 	lost := p.Lost()
 
 	offer(t, admin, held, newOwner.Name)
@@ -64,10 +93,10 @@ func TestDevicePublisherFollowsItsOwner(t *testing.T) {
 		t.Fatalf("publishing after enrolling under the new owner: %v", err)
 	}
 	got = newIn.next(t, "the new owner, the device's telemetry")
-	if err := json.Unmarshal(got.Data, &tm); err != nil || tm.Sequence < 2 {
+	if err := json.Unmarshal(got.Data, &tm); err != nil || tm.Sequence < 3 {
 		t.Fatalf("the new owner received %s (%v)", got.Data, err)
 	}
-	if n := oldIn.count(); n != 1 {
-		t.Fatalf("the old owner received %d messages, want only the one before the transfer", n)
+	if n := oldIn.count(); n != 2 {
+		t.Fatalf("the old owner received %d messages, want only the two before the transfer", n)
 	}
 }
