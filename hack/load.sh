@@ -12,7 +12,11 @@
 #     enrollments/s and challenge-to-certificate p50/p99 (ms resolution).
 #     A device that is online when its claim binds gets its certificate
 #     within claim-to-bound + the NotBound retry (15 s) + that latency.
-#  4. Peak resident memory (VmHWM) of the custody-dev process (manager and
+#  4. With the data plane (custody-dev writes mqtt-url), every enrolled
+#     device connects over MQTT with its certificate (through Custody's auth
+#     callout) and publishes telemetry every LOAD_PUBLISH_INTERVAL (1s) for
+#     LOAD_PUBLISH_DURATION (20s): connections made, messages/s.
+#  5. Peak resident memory (VmHWM) of the custody-dev process (manager and
 #     cert-manager's controllers; its own gateway stays idle) and of the
 #     custody-gateway process. kube-apiserver and etcd are not counted.
 #
@@ -78,8 +82,13 @@ span = max(bound) - min(created) + 1
 print("claims=%d created over %.0fs, all bound %.0fs after the first: %.1f claims/s; claim-to-bound p50=%.0fs p99=%.0fs (1 s timestamps)"
       % (len(items), max(created) - min(created), span, len(items) / span, pct(lat, .5), pct(lat, .99)))
 PY
+dataplane=()
+if [ -f "$data/mqtt-url" ]; then
+  dataplane=(--dataplane "$(cat "$data/mqtt-url")" --dataplane-ca "$data/gateway-ca.crt" \
+    --publish-interval "${LOAD_PUBLISH_INTERVAL:-1s}" --duration "${LOAD_PUBLISH_DURATION:-20s}")
+fi
 "$bin/custody-device" simulate --count "$n" --concurrency "$conc" --dir "$work/devices" \
-  --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" > "$work/simulate.out"
+  --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" "${dataplane[@]}" > "$work/simulate.out"
 sed 's/^/simulator: /' "$work/simulate.out"
 echo "custody-dev (manager, cert-manager) peak memory: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$dev_pid/status)"
 echo "custody-gateway peak memory: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$gw_pid/status)"

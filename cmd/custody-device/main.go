@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,8 +54,11 @@ Commands:
             with a renewed certificate, and under the new owner after a transfer.
             Ctrl-C stops.
   simulate  --count N --gateway URL --gateway-ca FILE --dir DIR [--model M] [--prefix P]
+            [--dataplane ssl://HOST:PORT --dataplane-ca FILE --publish-interval 1s --duration 30s]
             Run N simulated devices made with init (DIR/<serial>) until each holds a
-            certificate; print enrollments/s and latency percentiles.
+            certificate; print enrollments/s and latency percentiles. With
+            --dataplane, then connect them all to the data plane and publish
+            telemetry for --duration; print connections and messages/s.
   factory   the former name of init.
 `
 
@@ -283,9 +287,13 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 	count := fs.Int("count", 10, "number of devices")
 	dir := fs.String("dir", "", "directory holding one device directory per serial (made with init)")
 	concurrency := fs.Int("concurrency", 8, "devices enrolling at once")
+	dataPlane := fs.String("dataplane", "", "after enrolling, connect every device to this MQTT listener (ssl://host:port) and publish telemetry")
+	dataPlaneCA := fs.String("dataplane-ca", "", "CA bundle of the data plane's certificate")
+	publish := fs.Duration("publish-interval", time.Second, "with --dataplane: time between a device's messages")
+	duration := fs.Duration("duration", 30*time.Second, "with --dataplane: how long the devices publish")
 	var gf gatewayFlags
 	gf.bind(fs)
-	if err := fs.Parse(args); err != nil || *dir == "" {
+	if err := fs.Parse(args); err != nil || *dir == "" || (*dataPlane != "" && *dataPlaneCA == "") {
 		return errUsage
 	}
 	c, err := gf.client()
@@ -355,6 +363,65 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 		len(dirs), len(lat), failed, elapsed.Round(time.Millisecond), float64(len(lat))/elapsed.Seconds(), pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
 	if failed > 0 {
 		return fmt.Errorf("%d devices did not enroll", failed)
+	}
+	if *dataPlane == "" {
+		return nil
+	}
+	roots, err := readPool(*dataPlaneCA)
+	if err != nil {
+		return err
+	}
+	return simulateTelemetry(ctx, dirs, c, *dataPlane, roots, *publish, *duration, stdout)
+}
+
+// simulateTelemetry connects every enrolled device to the data plane and
+// has each publish every interval for duration; it reports the connections
+// made and the messages the data plane acknowledged (QoS 1) per second.
+func simulateTelemetry(ctx context.Context, dirs []string, c *device.Client, url string, roots *x509.CertPool, interval, duration time.Duration, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, duration)
+	defer cancel()
+	var sent, failedSends, connected atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, d := range dirs {
+		a, err := device.LoadAgent(d, c)
+		if err != nil {
+			return err
+		}
+		p := &device.Publisher{Agent: a, URL: url, RootCAs: roots, Interval: interval}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer p.Close()
+			ticker := time.NewTicker(interval)
+			defer ticker.Stop()
+			counted := false
+			for {
+				if err := p.PublishOnce(ctx); err != nil {
+					if ctx.Err() == nil {
+						failedSends.Add(1)
+					}
+				} else {
+					sent.Add(1)
+					if !counted {
+						connected.Add(1)
+						counted = true
+					}
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C:
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	fmt.Fprintf(stdout, "dataplane: devices=%d connected=%d messages=%d failed=%d elapsed=%s messages/s=%.1f\n",
+		len(dirs), connected.Load(), sent.Load(), failedSends.Load(), elapsed.Round(time.Millisecond), float64(sent.Load())/elapsed.Seconds())
+	if connected.Load() < int64(len(dirs)) {
+		return fmt.Errorf("%d devices never published", int64(len(dirs))-connected.Load())
 	}
 	return nil
 }
