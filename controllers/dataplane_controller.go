@@ -135,7 +135,7 @@ func (r *DataPlaneReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		if left := authorizationTimeout - time.Since(v.(time.Time)); left > 0 {
 			return ctrl.Result{RequeueAfter: left + 100*time.Millisecond}, nil
 		}
-		r.changed.Delete(dev.Name)
+		r.changed.CompareAndDelete(dev.Name, v) // unless a newer change came
 		if len(due) == 0 {
 			r.tally.Delete(dev.Name)
 		}
@@ -168,7 +168,9 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
 				return true
 			}
 			if ownershipChanged(oldDev, newDev) {
-				r.changed.LoadOrStore(newDev.Name, time.Now())
+				// The newest change starts the cut-off the histogram
+				// measures.
+				r.changed.Store(newDev.Name, time.Now())
 			}
 			return true
 		},
