@@ -34,8 +34,9 @@ import (
 // nats-server). Each reports its figure next to the machine's ceiling for
 // the same work measured in the same run, and none asserts timing. They do
 // a fixed minimum of work whatever b.N (b.N above it, e.g.
-// -benchtime 300x, does more), and report ns/op as 0: the figures are
-// their metrics.
+// -benchtime 300x, does more); their timer runs through their setup, so
+// that `make bench` (-benchtime 1s) runs each once, and they drop ns/op:
+// the figures are their metrics.
 
 // benchFleet creates n devices, claims them for tn by code and waits until
 // every claim is Bound; it returns the records and the Bound claims.
@@ -277,7 +278,6 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 	})
 
 	var closeAfter, quietAfter, acceptClose []time.Duration
-	b.ResetTimer()
 	for i := range transfers {
 		d := i % fleet
 		rec, name := recs[d], recs[d].Device.Name
@@ -348,7 +348,6 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 		conns[d], owner[d] = c, to
 		moved[d]++
 	}
-	b.StopTimer()
 
 	// No tenant received a message sent while the device was not its own.
 	for i := range transfers {
@@ -464,12 +463,10 @@ func BenchmarkDataPlaneAdmissions(b *testing.B) {
 
 	var callout, ceiling time.Duration
 	admitted := admissions("admitted", string(dataplane.Admitted))
-	b.ResetTimer()
 	for range rounds {
 		callout += connectAll(viaCallout)
 		ceiling += connectAll(withJWT)
 	}
-	b.StopTimer()
 	if got := admissions("admitted", string(dataplane.Admitted)) - admitted; got != float64(rounds*n) {
 		b.Fatalf("the callout admitted %v connections, want %d", got, rounds*n)
 	}
@@ -593,7 +590,6 @@ func BenchmarkDataPlaneTelemetry(b *testing.B) {
 		}, c.Close
 	}
 
-	b.ResetTimer()
 	for _, n := range []int{10, 100} {
 		round(n, fmt.Sprintf("ceiling-%dconn-msgs/s", n), plain, func(i, per int) (func() error, func()) {
 			return natsPublisher(dp.accountUser(b, tn), fmt.Sprintf("bench.%d.telemetry", i), per)
@@ -623,7 +619,6 @@ func BenchmarkDataPlaneTelemetry(b *testing.B) {
 			}, func() { c.Disconnect(0) }
 		})
 	}
-	b.StopTimer()
 	b.ReportMetric(float64(lost), "lost-msgs")
 	b.ReportMetric(0, "ns/op")
 }
