@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -247,7 +248,8 @@ func (bw *bindingWatch) at(b *testing.B, uid types.UID) time.Time {
 // again, and no transfer of a device starts before its previous purge is
 // in its history. Messages carry the transfer they were sent before: the
 // benchmark fails if a tenant receives a message sent while the device was
-// not its own. The goal is close p99 < 1 s.
+// not its own, or if the cut-off's kicks closed fewer connections than
+// there were transfers. The goal is close p99 < 1 s.
 func BenchmarkDataPlaneCutOff(b *testing.B) {
 	transfers := max(b.N, 100)
 	const fleet = 10
@@ -277,6 +279,7 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 		}
 	})
 
+	kicked := testutil.ToFloat64(dataplane.ConnectionsClosed)
 	var closeAfter, quietAfter, acceptClose []time.Duration
 	for i := range transfers {
 		d := i % fleet
@@ -349,6 +352,11 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 		moved[d]++
 	}
 
+	// The cut-off closed the connections (not, say, the purge's MQTT
+	// session takeover).
+	if n := testutil.ToFloat64(dataplane.ConnectionsClosed) - kicked; n < float64(transfers) {
+		b.Fatalf("the cut-off closed %v connections in %d transfers", n, transfers)
+	}
 	// No tenant received a message sent while the device was not its own.
 	for i := range transfers {
 		d := i % fleet
