@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
@@ -234,6 +235,22 @@ func (bw *bindingWatch) at(b *testing.B, uid types.UID) time.Time {
 	return at
 }
 
+// cutOffHistogram reads the manager's cut-off histogram: its observations'
+// count and sum (seconds).
+func cutOffHistogram(b *testing.B) (uint64, float64) {
+	b.Helper()
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(dataplane.CutOffSeconds); err != nil {
+		b.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil || len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
+		b.Fatalf("gathering the cut-off histogram: %v", err)
+	}
+	h := mfs[0].GetMetric()[0].GetHistogram()
+	return h.GetSampleCount(), h.GetSampleSum()
+}
+
 // BenchmarkDataPlaneCutOff transfers devices back and forth between two
 // tenants, one transfer at a time (at least 100; b.N if larger), each
 // device holding an open MQTT connection in its current owner's account
@@ -243,7 +260,12 @@ func (bw *bindingWatch) at(b *testing.B, uid types.UID) time.Time {
 // connection is closed (paho's connection-lost handler: "close") and until
 // the last message the old owner received from it ("quiet", 0 when none
 // arrived after the change), and reports their p50/p99/max; "accept-close"
-// runs from the accepting Claim's creation. After each transfer the device
+// runs from the accepting Claim's creation, and "manager" is the manager's
+// own measure (custody_dataplane_cutoff_seconds: from its cache seeing the
+// change to the kick answered; transfers are one at a time, so the
+// histogram's sum grows by each one's). The watch and the manager's cache
+// hear of the change at about the same moment, each when the scheduler
+// lets it: "close" can be a few milliseconds short, even negative. After each transfer the device
 // reconnects with a certificate of its new owner before it is transferred
 // again, and no transfer of a device starts before its previous purge is
 // in its history. Messages carry the transfer they were sent before: the
@@ -280,7 +302,7 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 	})
 
 	kicked := testutil.ToFloat64(dataplane.ConnectionsClosed)
-	var closeAfter, quietAfter, acceptClose []time.Duration
+	var closeAfter, quietAfter, acceptClose, managerSaw []time.Duration
 	for i := range transfers {
 		d := i % fleet
 		rec, name := recs[d], recs[d].Device.Name
@@ -316,6 +338,7 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 		// and the offer is fresh.
 		m.Clock.SetTime(time.Now())
 		offer(b, admin, held[d], tenants[to].Name)
+		observed, observedSum := cutOffHistogram(b)
 		accepted := time.Now()
 		cl := proofClaim(b, admin, tenants[to].Status.Namespace, rec, acceptFrom(tenants[from].Name))
 		select {
@@ -337,6 +360,13 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 		}
 		waitFor(b, "the marker", func() bool { return logs[from].get("bench.flush", i).n > 0 })
 		quiet := logs[from].get(name, i).last.Sub(changed)
+		var count uint64
+		var sum float64
+		waitFor(b, "the manager to observe the cut-off", func() bool {
+			count, sum = cutOffHistogram(b)
+			return count > observed
+		})
+		managerSaw = append(managerSaw, time.Duration((sum-observedSum)/float64(count-observed)*float64(time.Second)))
 		closeAfter = append(closeAfter, lostAt.Sub(changed))
 		quietAfter = append(quietAfter, max(quiet, 0))
 		acceptClose = append(acceptClose, lostAt.Sub(accepted))
@@ -376,6 +406,7 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 	reportDurations(b, "close", closeAfter)
 	reportDurations(b, "quiet", quietAfter)
 	reportDurations(b, "accept-close", acceptClose)
+	reportDurations(b, "manager", managerSaw)
 	b.ReportMetric(float64(transfers), "transfers")
 	b.ReportMetric(0, "ns/op")
 }
