@@ -26,7 +26,7 @@ import (
 // tenantCAKey reads a tenant's CA certificate and key from the operator
 // namespace: what an attacker who stole another tenant's CA, or Custody's
 // own issuer, could sign with.
-func tenantCAKey(t *testing.T, tn *custodyv1alpha1.Tenant) (*x509.Certificate, *ecdsa.PrivateKey) {
+func tenantCAKey(t testing.TB, tn *custodyv1alpha1.Tenant) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	s := &corev1.Secret{}
 	if err := admin.Get(t.Context(), client.ObjectKey{Namespace: cp.OperatorNamespace, Name: controllers.TenantCAName(tn.Name)}, s); err != nil {

@@ -282,7 +282,7 @@ func TestTenantDeletionReleasesDevices(t *testing.T) {
 	}
 }
 
-func parseCert(t *testing.T, data []byte) *x509.Certificate {
+func parseCert(t testing.TB, data []byte) *x509.Certificate {
 	t.Helper()
 	block, _ := pem.Decode(data)
 	if block == nil {
