@@ -301,11 +301,6 @@ func BenchmarkDataPlaneCutOff(b *testing.B) {
 		}
 	})
 
-	// The manager stamps every ownership change, the setup's bindings
-	// too, and keeps the stamp for its authorization timeout (2s, wall
-	// clock); a change within it is measured from the older stamp. Let the
-	// setup's lapse, so that "manager" measures the transfers.
-	time.Sleep(3 * time.Second)
 	kicked := testutil.ToFloat64(dataplane.ConnectionsClosed)
 	var closeAfter, quietAfter, acceptClose, managerSaw []time.Duration
 	for i := range transfers {
