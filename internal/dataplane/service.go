@@ -96,11 +96,11 @@ func (s *Service) Connect() error {
 	// embedded one without a persistent store): push again after a
 	// reconnect.
 	forget := nats.ReconnectHandler(func(*nats.Conn) { s.forgetPushed() })
-	sys, err := nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(sysJWT, string(sysSeed)), nats.Name("custody-system"), nats.MaxReconnects(-1), forget)...)
+	sys, err := nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(sysJWT, string(sysSeed)), nats.Name("custody-system"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), forget)...)
 	if err != nil {
 		return fmt.Errorf("connecting to the data plane as its system user: %w", err)
 	}
-	co, err := nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(coJWT, string(coSeed)), nats.Name("custody-callout"), nats.MaxReconnects(-1))...)
+	co, err := nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(coJWT, string(coSeed)), nats.Name("custody-callout"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))...)
 	if err != nil {
 		sys.Close()
 		return fmt.Errorf("connecting to the data plane as its callout user: %w", err)
@@ -146,8 +146,11 @@ func (s *Service) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A data plane that is not reachable yet does not stop the manager:
+	// the connections keep trying, and the subscription is made when they
+	// connect (until then no client is admitted, and the cut-off retries).
 	if err := s.callout.Flush(); err != nil {
-		return err
+		s.Log.Info("the data plane is not reachable yet; connecting in the background", "error", err.Error())
 	}
 	<-ctx.Done()
 	_ = sub.Unsubscribe()
