@@ -202,8 +202,9 @@ Custody is running. In another terminal:
   kubectl apply -f config/samples/tenant.yaml
 
 Devices reach the gateway at %s (CA: %s),
-and the data plane at %s (NATS) and %s (MQTT 3.1.1), same CA.
-Then follow the walk-through in README.md. Logs: %s.
+and the data plane at %s (NATS) and %s (MQTT 3.1.1), same CA;
+a tenant Admin gets data credentials with a DataAccess (config/samples/dataaccess.yaml,
+README step 7). Then follow the walk-through in README.md. Logs: %s.
 Metrics: http://%s/metrics. Press Ctrl-C to stop; state is kept in %s.
 
 `, kubeconfigPath, gatewayURL, filepath.Join(dir, "gateway-ca.crt"), dp.NATSURL, dp.Server.MQTTURL, filepath.Join(dir, "logs"), *metricsAddr, dir)
