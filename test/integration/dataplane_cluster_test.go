@@ -151,3 +151,67 @@ func deviceConns(t testing.TB, s *dataplane.Embedded, user string) int {
 	}
 	return len(cz.Conns)
 }
+
+// TestDataPlaneConnectionsOnARestartedServer: a server that joins the
+// cluster after the Service last asked every server (a restart, a cluster
+// grown by one) is asked too: its connections are found every time, not
+// only when its answer happens to arrive among as many as answered before.
+func TestDataPlaneConnectionsOnARestartedServer(t *testing.T) {
+	dp := startDataPlaneCluster(t, 3)
+	if err := dp.Service.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.Service.Close)
+	ctx := t.Context()
+
+	// Server 2 is down while the Service asks: two servers answer.
+	dp.Servers[2].Shutdown()
+	dp.Servers[2].WaitForShutdown()
+	waitFor(t, "servers 0 and 1 to lose their route to server 2", func() bool {
+		return dp.Servers[0].NumRemotes() == 1 && dp.Servers[1].NumRemotes() == 1
+	})
+	if _, err := dp.Service.Connections(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// It comes back, and a client connects to it.
+	srv, err := dp.Keys.StartEmbedded(dp.Configs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	dp.Servers[2] = srv
+	waitFor(t, "server 2 to rejoin the cluster", func() bool {
+		for _, s := range dp.Servers {
+			if s.NumRemotes() != 2 {
+				return false
+			}
+		}
+		return true
+	})
+	tn := &custodyv1alpha1.Tenant{}
+	tn.Name, tn.UID = "restarted", "restarted-uid"
+	dp.on(2).accountUser(t, tn)
+
+	// Asked ten times, every answer holds it (a Service that stops at two
+	// answers misses it about every other time).
+	account, err := dp.Service.TenantAccount(tn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		conns, err := dp.Service.Connections(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := 0
+		for _, c := range conns {
+			if c.Account == account && c.Server == srv.ID() {
+				found++
+			}
+		}
+		if found != 1 {
+			t.Fatalf("question %d: the connection on the restarted server %s is not among %+v", i, srv.ID(), conns)
+		}
+	}
+}

@@ -37,8 +37,10 @@ type dataPlane struct {
 	Keys    *dataplane.Keys
 	Server  *dataplane.Embedded
 	Service *dataplane.Service
-	// Servers are every server of the data plane (Server is the first).
+	// Servers are every server of the data plane (Server is the first),
+	// Configs what each was started with (a server restarts with its own).
 	Servers []*dataplane.Embedded
+	Configs []dataplane.ServerConfig
 	// Roots verifies the servers' certificate.
 	Roots *x509.CertPool
 	// ManagerCert is the manager's client certificate.
@@ -113,6 +115,7 @@ func startDataPlaneServers(t testing.TB, n int) *dataPlane {
 		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", clusterPorts[i])
 	}
 	var servers []*dataplane.Embedded
+	var configs []dataplane.ServerConfig
 	for i := range n {
 		cfg := dataplane.ServerConfig{StoreDir: filepath.Join(dir, "store"), CertFile: certFile, KeyFile: keyFile}
 		if n > 1 {
@@ -124,7 +127,7 @@ func startDataPlaneServers(t testing.TB, n int) *dataPlane {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-		servers = append(servers, srv)
+		servers, configs = append(servers, srv), append(configs, cfg)
 	}
 	srv := servers[0]
 	roots := x509.NewCertPool()
@@ -138,7 +141,7 @@ func startDataPlaneServers(t testing.TB, n int) *dataPlane {
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &dataPlane{Keys: keys, Server: srv, Servers: servers, Service: svc, Roots: roots, ManagerCert: managerCert, CAFile: caFile}
+	return &dataPlane{Keys: keys, Server: srv, Servers: servers, Configs: configs, Service: svc, Roots: roots, ManagerCert: managerCert, CAFile: caFile}
 }
 
 // on is dp with server i as the one its clients connect to.
