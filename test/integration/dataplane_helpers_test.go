@@ -31,8 +31,8 @@ import (
 	"github.com/custody-dev/custody/internal/dataplane"
 )
 
-// dataPlane is an embedded nats-server configured as Custody configures
-// one, and the manager's side of it.
+// dataPlane is an embedded nats-server (or a cluster of them) configured
+// as Custody configures one, and the manager's side of it.
 type dataPlane struct {
 	Keys    *dataplane.Keys
 	Server  *dataplane.Embedded
