@@ -53,7 +53,7 @@ func main() {
 const usage = `usage:
   custodyctl history verify [-f FILE] [--audit-log FILE --device NAME] [--anchor SEQ:HASH]
   custodyctl pairing-token --tenant NAME [--namespace NS] [--expires-in 72h] [--usage-limit N] [--serials SN-1,SN-2]
-  custodyctl dataplane server-config --master-secret-file FILE [--client-ca-file FILE] [--cert-file F --key-file F] [--host H --port P --mqtt-port P --store-dir D]`
+  custodyctl dataplane server-config --master-secret-file FILE [--client-ca-file FILE] [--cert-file F --key-file F] [--host H --port P --mqtt-port P --store-dir D] [--name N --cluster-name C --cluster-port P --routes URL,…]`
 
 func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) >= 2 && args[0] == "dataplane" && args[1] == "server-config" {

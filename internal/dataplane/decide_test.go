@@ -267,4 +267,25 @@ func TestRenderConfig(t *testing.T) {
 	if !opts.JetStream || opts.MQTT.Port != 8883 || opts.AuthTimeout != 2 {
 		t.Fatalf("jetstream %v, mqtt port %d, authorization timeout %v", opts.JetStream, opts.MQTT.Port, opts.AuthTimeout)
 	}
+	if opts.Cluster.Name != "" || opts.Cluster.Port != 0 || len(opts.Routes) != 0 {
+		t.Fatalf("without a cluster name the server is clustered: %+v, routes %v", opts.Cluster, opts.Routes)
+	}
+
+	// Clustered: the cluster block routes the server to its peers.
+	cfg.ClusterName, cfg.ClusterPort, cfg.Routes = "custody", 6222, []string{"nats-route://10.0.0.1:6222", "nats-route://10.0.0.2:6222"}
+	text, err = keys.RenderConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err = server.ProcessConfigFile(write("nats-cluster.conf", text))
+	if err != nil {
+		t.Fatalf("nats-server cannot read the rendered cluster configuration: %v\n%s", err, text)
+	}
+	if opts.Cluster.Name != "custody" || opts.Cluster.Host != "127.0.0.1" || opts.Cluster.Port != 6222 || len(opts.Routes) != 2 || opts.Routes[1].Host != "10.0.0.2:6222" || !opts.JetStream || opts.ServerName != "s1" {
+		t.Fatalf("cluster %+v, routes %v, jetstream %v, server name %q", opts.Cluster, opts.Routes, opts.JetStream, opts.ServerName)
+	}
+	cfg.ClusterName = ""
+	if _, err := keys.RenderConfig(cfg); err == nil {
+		t.Fatal("routes without a cluster name were rendered")
+	}
 }

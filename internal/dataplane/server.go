@@ -35,13 +35,26 @@ type ServerConfig struct {
 	// the server requires a certificate and leaves verification to the
 	// callout.
 	CertFile, KeyFile, ClientCAFile string
+	// ClusterName, when set, makes the server one of a NATS cluster of that
+	// name: it listens for routes on Host:ClusterPort and connects to
+	// Routes (nats-route://host:port; its own address among them is
+	// ignored). Every server of a cluster needs its own Name and StoreDir;
+	// JetStream (MQTT's sessions and retained messages) then replicates
+	// across up to three of them, and the full account resolver pushes the
+	// tenant accounts it is given to every other server. Routes carry no
+	// TLS: a production cluster's routes run on a private network, or its
+	// configuration adds a cluster tls block.
+	ClusterName string
+	ClusterPort int
+	Routes      []string
 }
 
 // RenderConfig returns the nats-server configuration for cfg: operator mode
 // with Custody's operator, a full account resolver preloaded with the system
 // and auth accounts (tenant accounts are pushed to it), the auth callout's
 // sentinel as default for clients without credentials, JetStream, and the
-// NATS and MQTT listeners with TLS and client certificates.
+// NATS and MQTT listeners with TLS and client certificates; with a
+// ClusterName, the cluster block that routes it to its peers.
 func (k *Keys) RenderConfig(cfg ServerConfig) (string, error) {
 	op, err := k.OperatorJWT()
 	if err != nil {
@@ -67,6 +80,9 @@ func (k *Keys) RenderConfig(cfg ServerConfig) (string, error) {
 		tlsBlock += fmt.Sprintf(", ca_file: %s, verify: true", strconv.Quote(cfg.ClientCAFile))
 	}
 	tlsBlock += " }"
+	if cfg.ClusterName == "" && (cfg.ClusterPort != 0 || len(cfg.Routes) > 0) {
+		return "", errors.New("a data-plane server with a cluster port or routes needs a cluster name")
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "server_name: %s\n", strconv.Quote(cfg.Name))
 	fmt.Fprintf(&b, "host: %s\nport: %d\n", strconv.Quote(cfg.Host), cfg.Port)
@@ -77,6 +93,13 @@ func (k *Keys) RenderConfig(cfg ServerConfig) (string, error) {
 	fmt.Fprintf(&b, "default_sentinel: %s\n", sentinel)
 	b.WriteString("authorization { timeout: 2 }\n")
 	fmt.Fprintf(&b, "jetstream { store_dir: %s }\n", strconv.Quote(filepath.Join(cfg.StoreDir, "jetstream")))
+	if cfg.ClusterName != "" {
+		routes := make([]string, len(cfg.Routes))
+		for i, r := range cfg.Routes {
+			routes[i] = strconv.Quote(r)
+		}
+		fmt.Fprintf(&b, "cluster { name: %s, host: %s, port: %d, routes: [%s] }\n", strconv.Quote(cfg.ClusterName), strconv.Quote(cfg.Host), cfg.ClusterPort, strings.Join(routes, ", "))
+	}
 	fmt.Fprintf(&b, "mqtt { host: %s, port: %d, tls: %s }\n", strconv.Quote(cfg.Host), cfg.MQTTPort, tlsBlock)
 	return b.String(), nil
 }
@@ -88,10 +111,13 @@ type Embedded struct {
 	MQTTURL string
 	// ConfigFile is the configuration the server runs with.
 	ConfigFile string
+	// RouteURL is the cluster listener's address (nats-route://host:port),
+	// empty without a ClusterName.
+	RouteURL string
 }
 
 // StartEmbedded starts a nats-server with RenderConfig(cfg). A zero Port or
-// MQTTPort picks a free port. The server requires a client certificate on
+// MQTTPort (or ClusterPort, with a ClusterName) picks a free port. The server requires a client certificate on
 // both listeners and, without cfg.ClientCAFile, leaves verifying it to the
 // callout (tls.RequireAnyClientCert): the callout verifies it against the
 // one tenant's CA, which is stricter than any union of tenants' CAs.
@@ -102,7 +128,11 @@ func (k *Keys) StartEmbedded(cfg ServerConfig) (*Embedded, error) {
 	if cfg.Name == "" {
 		cfg.Name = "custody-dataplane"
 	}
-	for _, p := range []*int{&cfg.Port, &cfg.MQTTPort} {
+	ports := []*int{&cfg.Port, &cfg.MQTTPort}
+	if cfg.ClusterName != "" {
+		ports = append(ports, &cfg.ClusterPort)
+	}
+	for _, p := range ports {
 		if *p == 0 {
 			free, err := freePort(cfg.Host)
 			if err != nil {
@@ -141,7 +171,11 @@ func (k *Keys) StartEmbedded(cfg ServerConfig) (*Embedded, error) {
 		s.Shutdown()
 		return nil, errors.New("the data-plane server did not start in 20s")
 	}
-	return &Embedded{Server: s, MQTTURL: fmt.Sprintf("ssl://%s", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.MQTTPort))), ConfigFile: file}, nil
+	e := &Embedded{Server: s, MQTTURL: fmt.Sprintf("ssl://%s", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.MQTTPort))), ConfigFile: file}
+	if cfg.ClusterName != "" {
+		e.RouteURL = "nats-route://" + net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.ClusterPort))
+	}
+	return e, nil
 }
 
 func freePort(host string) (int, error) {

@@ -382,8 +382,11 @@ func (s *Service) Connections(ctx context.Context, user string) ([]Connection, e
 }
 
 // gather publishes a question every server answers and collects the
-// answers: it returns once as many servers as ever answered have, or
-// GatherWait after the last answer.
+// answers: it returns once as many servers have answered as there are
+// (the most that ever answered one question, and at least the servers
+// routed to the one the Service is connected to, asked afresh each time,
+// so that a server that joined since is waited for), or GatherWait after
+// the last answer.
 func (s *Service) gather(ctx context.Context, subject string, body []byte) ([][]byte, error) {
 	s.mu.Lock()
 	sys, known := s.sys, s.servers
@@ -395,6 +398,10 @@ func (s *Service) gather(ctx context.Context, subject string, body []byte) ([][]
 	if wait == 0 {
 		wait = 250 * time.Millisecond
 	}
+	// Until the cluster's size is known, no number of answers is enough.
+	sizes := make(chan int, 1)
+	go func() { sizes <- s.clusterSize(ctx, sys) }()
+	expected := 0
 	inbox := sys.NewRespInbox()
 	ch := make(chan *nats.Msg, 64)
 	sub, err := sys.ChanSubscribe(inbox, ch)
@@ -410,12 +417,12 @@ func (s *Service) gather(ctx context.Context, subject string, body []byte) ([][]
 	defer timer.Stop()
 	for {
 		select {
+		case n := <-sizes:
+			if n > 0 {
+				expected = max(known, n)
+			}
 		case m := <-ch:
 			out = append(out, m.Data)
-			if known > 0 && len(out) >= known {
-				s.noteServers(len(out))
-				return out, nil
-			}
 			timer.Reset(wait)
 		case <-timer.C:
 			if len(out) == 0 {
@@ -426,7 +433,43 @@ func (s *Service) gather(ctx context.Context, subject string, body []byte) ([][]
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		if expected > 0 && len(out) >= expected {
+			s.noteServers(len(out))
+			return out, nil
+		}
 	}
+}
+
+// clusterSize is the number of servers in the cluster of the server the
+// system connection is connected to (itself and every server it is routed
+// to), 0 if it does not say within a second.
+func (s *Service) clusterSize(ctx context.Context, sys *nats.Conn) int {
+	id := sys.ConnectedServerId()
+	if id == "" {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	msg, err := sys.RequestWithContext(ctx, "$SYS.REQ.SERVER."+id+".ROUTEZ", nil)
+	if err != nil {
+		return 0
+	}
+	var resp struct {
+		Data struct {
+			Routes []struct {
+				RemoteID string `json:"remote_id"`
+			} `json:"routes"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return 0
+	}
+	// A server may hold several routes (a pool) to another.
+	remotes := map[string]bool{id: true}
+	for _, r := range resp.Data.Routes {
+		remotes[r.RemoteID] = true
+	}
+	return len(remotes)
 }
 
 func (s *Service) noteServers(n int) {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -30,12 +31,16 @@ import (
 	"github.com/custody-dev/custody/internal/dataplane"
 )
 
-// dataPlane is an embedded nats-server configured as Custody configures
-// one, and the manager's side of it.
+// dataPlane is an embedded nats-server (or a cluster of them) configured
+// as Custody configures one, and the manager's side of it.
 type dataPlane struct {
 	Keys    *dataplane.Keys
 	Server  *dataplane.Embedded
 	Service *dataplane.Service
+	// Servers are every server of the data plane (Server is the first),
+	// Configs what each was started with (a server restarts with its own).
+	Servers []*dataplane.Embedded
+	Configs []dataplane.ServerConfig
 	// Roots verifies the servers' certificate.
 	Roots *x509.CertPool
 	// ManagerCert is the manager's client certificate.
@@ -55,6 +60,34 @@ func (dp *dataPlane) mqttHostPort() (string, string) {
 // withDataPlane answers its callout with.
 func startDataPlane(t testing.TB) *dataPlane {
 	t.Helper()
+	return startDataPlaneServers(t, 1)
+}
+
+// startDataPlaneCluster starts n data-plane servers with the same operator
+// and keys, routed to each other as one NATS cluster with JetStream, and
+// waits until every server is routed to every other and JetStream has a
+// leader that every server follows. The Service connects to server 0 only
+// (dp.Server); dp.on(i) reaches server i.
+func startDataPlaneCluster(t testing.TB, n int) *dataPlane {
+	t.Helper()
+	dp := startDataPlaneServers(t, n)
+	waitFor(t, "the data-plane cluster to form", func() bool {
+		leaders := 0
+		for _, s := range dp.Servers {
+			if s.NumRemotes() != n-1 || !s.JetStreamIsCurrent() {
+				return false
+			}
+			if s.JetStreamIsLeader() {
+				leaders++
+			}
+		}
+		return leaders == 1
+	})
+	return dp
+}
+
+func startDataPlaneServers(t testing.TB, n int) *dataPlane {
+	t.Helper()
 	master := make([]byte, dataplane.MasterSecretLength)
 	if _, err := rand.Read(master); err != nil {
 		t.Fatal(err)
@@ -69,11 +102,34 @@ func startDataPlane(t testing.TB) *dataPlane {
 	managerCert := issueTLS(t, caCert, caKey, "custody-manager", x509.ExtKeyUsageClientAuth)
 	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
 	writePEMPair(t, serverCert, certFile, keyFile)
-	srv, err := keys.StartEmbedded(dataplane.ServerConfig{StoreDir: filepath.Join(dir, "store"), CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
+	// Every server of a cluster routes to every server (its own route is
+	// ignored): clustered JetStream refuses to start without routes.
+	clusterPorts, routes := make([]int, n), make([]string, n)
+	for i := range clusterPorts {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		clusterPorts[i] = l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", clusterPorts[i])
 	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	var servers []*dataplane.Embedded
+	var configs []dataplane.ServerConfig
+	for i := range n {
+		cfg := dataplane.ServerConfig{StoreDir: filepath.Join(dir, "store"), CertFile: certFile, KeyFile: keyFile}
+		if n > 1 {
+			cfg.Name, cfg.StoreDir = fmt.Sprintf("custody-dataplane-%d", i), filepath.Join(dir, fmt.Sprintf("store-%d", i))
+			cfg.ClusterName, cfg.ClusterPort, cfg.Routes = "custody-dataplane", clusterPorts[i], routes
+		}
+		srv, err := keys.StartEmbedded(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+		servers, configs = append(servers, srv), append(configs, cfg)
+	}
+	srv := servers[0]
 	roots := x509.NewCertPool()
 	roots.AddCert(caCert)
 	tlsConfig := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{managerCert}, MinVersion: tls.VersionTLS12}
@@ -85,7 +141,14 @@ func startDataPlane(t testing.TB) *dataPlane {
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &dataPlane{Keys: keys, Server: srv, Service: svc, Roots: roots, ManagerCert: managerCert, CAFile: caFile}
+	return &dataPlane{Keys: keys, Server: srv, Servers: servers, Configs: configs, Service: svc, Roots: roots, ManagerCert: managerCert, CAFile: caFile}
+}
+
+// on is dp with server i as the one its clients connect to.
+func (dp *dataPlane) on(i int) *dataPlane {
+	c := *dp
+	c.Server = dp.Servers[i]
+	return &c
 }
 
 // withDataPlane makes a manager answer dp's callout and cut devices off it.
