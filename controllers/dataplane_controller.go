@@ -187,9 +187,11 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
 // credentials opened, and when the set of devices it selects changes (a
 // Claim's labels, a device bound to or leaving the tenant, the selector) it
 // closes them too, so that the holder reconnects (NATS and MQTT clients do)
-// and is admitted with the new scope. Scopes are compared with what the
-// callout granted since this process started; connections it did not
-// grant (before a restart) are closed once.
+// and is admitted with the new scope. Scopes are compared with every scope
+// the callout granted since the last look (Service.StaleAccessGrants; a
+// grant decided on the state before a look is decided again);
+// connections this process did not grant (before a restart) are closed
+// once.
 type DataAccessCutOffReconciler struct {
 	client.Client
 	Service *dataplane.Service
@@ -205,6 +207,9 @@ func (r *DataAccessCutOffReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		return ctrl.Result{}, err
 	}
 	if err != nil || !da.DeletionTimestamp.IsZero() {
+		// Start a look first, so that a grant decided on the DataAccess
+		// before it went is decided again (and refused).
+		r.Service.StaleAccessGrants(req.Namespace, req.Name, nil)
 		n, err := r.Service.CloseUser(ctx, user, "")
 		if n > 0 {
 			log.FromContext(ctx).Info("data access revoked: connections closed", "dataAccess", req.String(), "closed", n)
@@ -219,7 +224,7 @@ func (r *DataAccessCutOffReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if granted, ok := r.Service.AdmittedScope(da.Namespace, da.Name); ok && granted == dataplane.ScopeHash(subs) {
+	if !r.Service.StaleAccessGrants(da.Namespace, da.Name, subs) {
 		return ctrl.Result{}, nil
 	}
 	n, err := r.Service.CloseUser(ctx, user, "")

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+	"sync"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -64,15 +65,87 @@ func ScopeHash(subjects []string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// AdmittedScope returns the hash of the subjects the callout last granted a
-// holder of the DataAccess namespace/name, and whether it granted any since
-// this process started.
-func (s *Service) AdmittedScope(namespace, name string) (string, bool) {
-	v, ok := s.scopes.Load(namespace + "/" + name)
-	if !ok {
-		return "", false
+// accessGrants records, per DataAccess, the scopes the callout granted
+// since the cut-off last looked, and an epoch the cut-off advances each
+// time it looks. A grant computed before a look and recorded after it is
+// computed again (record refuses it): the look was triggered by a change
+// the cache already holds, so the second computation sees it. So every
+// grant is either among what the cut-off took, or decided on the state it
+// checked against.
+type accessGrants struct {
+	mu sync.Mutex
+	m  map[string]*accessGrant
+}
+
+type accessGrant struct {
+	epoch  uint64
+	hashes map[string]bool
+}
+
+func (g *accessGrants) get(key string) *accessGrant {
+	if g.m == nil {
+		g.m = map[string]*accessGrant{}
 	}
-	return v.(string), true
+	a := g.m[key]
+	if a == nil {
+		a = &accessGrant{}
+		g.m[key] = a
+	}
+	return a
+}
+
+// epoch returns key's epoch.
+func (g *accessGrants) epoch(key string) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.get(key).epoch
+}
+
+// record adds a grant computed at epoch; false if the cut-off looked since.
+func (g *accessGrants) record(key string, epoch uint64, hash string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	a := g.get(key)
+	if a.epoch != epoch {
+		return false
+	}
+	if a.hashes == nil {
+		a.hashes = map[string]bool{}
+	}
+	a.hashes[hash] = true
+	return true
+}
+
+// take advances key's epoch and returns the scopes granted since the last
+// take; known is false when nothing was taken before (this process has not
+// looked since it started, so open connections may hold any grant).
+func (g *accessGrants) take(key string) (hashes map[string]bool, known bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	a := g.get(key)
+	known = a.epoch > 0
+	a.epoch++
+	hashes, a.hashes = a.hashes, nil
+	return hashes, known
+}
+
+// StaleAccessGrants reports whether a holder of the DataAccess
+// namespace/name may hold a connection granted other subjects than
+// current: a grant since the last look differs, or this process never
+// looked. It starts a new look: grants computed before it are computed
+// again.
+func (s *Service) StaleAccessGrants(namespace, name string, current []string) bool {
+	hashes, known := s.grants.take(namespace + "/" + name)
+	if !known {
+		return true
+	}
+	want := ScopeHash(current)
+	for h := range hashes {
+		if h != want {
+			return true
+		}
+	}
+	return false
 }
 
 // decideAccess decides on a DataAccess holder's connection: its certificate
@@ -105,11 +178,24 @@ func (s *Service) decideAccess(ctx context.Context, req *Request, tenantName, na
 			return Grant{}, ReasonClientID
 		}
 	}
-	subs, err := s.AccessSubjects(ctx, tn, da)
-	if err != nil {
-		return Grant{}, ReasonTenantNotReady
+	key := da.Namespace + "/" + da.Name
+	var subs []string
+	for attempt := 0; ; attempt++ {
+		epoch := s.grants.epoch(key)
+		if subs, err = s.AccessSubjects(ctx, tn, da); err != nil {
+			return Grant{}, ReasonTenantNotReady
+		}
+		if s.grants.record(key, epoch, ScopeHash(subs)) {
+			break
+		}
+		if attempt == 2 {
+			return Grant{}, ReasonTenantNotReady // the scope keeps changing; the client retries
+		}
+		// The cut-off looked meanwhile: decide again on what it saw.
+		if err := s.Reader.Get(ctx, client.ObjectKeyFromObject(da), da); err != nil || !da.DeletionTimestamp.IsZero() {
+			return Grant{}, Reason("Access" + string(contract.AccessRevoked))
+		}
 	}
-	s.scopes.Store(da.Namespace+"/"+da.Name, ScopeHash(subs))
 	return Grant{Tenant: tn.Name, User: AccessUser(da.Namespace, da.Name), Subscribe: subs, Expires: req.Leaf.NotAfter}, Admitted
 }
 

@@ -289,3 +289,37 @@ func TestRenderConfig(t *testing.T) {
 		t.Fatal("routes without a cluster name were rendered")
 	}
 }
+
+// TestAccessGrantsRaceTheCutOff: a grant computed before the cut-off looks
+// and recorded after is refused (to be decided again); what was recorded
+// before a look is what the look takes; a process that never looked knows
+// nothing of the connections open.
+func TestAccessGrantsRaceTheCutOff(t *testing.T) {
+	s := &Service{}
+	wide, narrow := []string{"devices", "devices.>"}, []string{"devices.a.b", "devices.a.b.>"}
+	if !s.StaleAccessGrants("acme", "dash", narrow) {
+		t.Fatal("a first look found nothing stale: connections granted before a restart would stay")
+	}
+	if s.StaleAccessGrants("acme", "dash", narrow) {
+		t.Fatal("a look with no grant since found something stale")
+	}
+	e := s.grants.epoch("acme/dash")
+	if !s.grants.record("acme/dash", e, ScopeHash(wide)) {
+		t.Fatal("a grant at the current epoch was refused")
+	}
+	stale := s.grants.epoch("acme/dash")
+	if !s.StaleAccessGrants("acme", "dash", narrow) {
+		t.Fatal("a wide grant before the narrowing was not found stale")
+	}
+	if s.grants.record("acme/dash", stale, ScopeHash(wide)) {
+		t.Fatal("a grant computed before the look was recorded after it")
+	}
+	if s.StaleAccessGrants("acme", "dash", narrow) {
+		t.Fatal("the refused grant was kept")
+	}
+	e = s.grants.epoch("acme/dash")
+	s.grants.record("acme/dash", e, ScopeHash(narrow))
+	if s.StaleAccessGrants("acme", "dash", narrow) {
+		t.Fatal("a grant of the current scope was found stale")
+	}
+}
