@@ -79,7 +79,7 @@ type Service struct {
 	callout *nats.Conn
 	pushed  map[string][32]byte // account public key → hash of the JWT pushed
 	servers int                 // most servers that ever answered one question
-	grants   accessGrants        // what the callout granted each DataAccess's holders
+	grants  accessGrants        // what the callout granted each DataAccess's holders
 }
 
 // Connect opens the system and callout connections.
