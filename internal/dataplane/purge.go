@@ -75,18 +75,11 @@ func (s *Service) Purge(ctx context.Context, tn *custodyv1alpha1.Tenant, device 
 	}
 
 	// The clean-session connect and the empty retained publishes.
-	token, err := s.bearer(account, "custody-purge", func(uc *jwt.UserClaims) {
+	mc, err := s.mqttAs(ctx, account, MQTTClientID(device), func(uc *jwt.UserClaims) {
 		uc.Pub.Allow.Add(space + ".>")
 		uc.Sub.Deny.Add(">")
 	})
 	if err != nil {
-		return res, err
-	}
-	opts := mqtt.NewClientOptions().AddBroker(s.MQTTURL).SetClientID(MQTTClientID(device)).SetCleanSession(true).
-		SetUsername("custody-purge").SetPassword(token).SetTLSConfig(s.TLSConfig).
-		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second).SetProtocolVersion(4)
-	mc := mqtt.NewClient(opts)
-	if err := waitToken(ctx, mc.Connect()); err != nil {
 		return res, fmt.Errorf("ending the device's MQTT session in tenant %s's account: %w", tn.Name, err)
 	}
 	defer mc.Disconnect(250)
@@ -104,6 +97,30 @@ func (s *Service) Purge(ctx context.Context, tn *custodyv1alpha1.Tenant, device 
 	}
 	res.Messages = purged
 	return res, nil
+}
+
+// mqttAs connects to the data plane's MQTT listener with a clean session
+// as clientID in account, as a one-minute bearer user only Custody can
+// sign, with perms (nothing allowed when nil).
+func (s *Service) mqttAs(ctx context.Context, account nkeys.KeyPair, clientID string, perms func(*jwt.UserClaims)) (mqtt.Client, error) {
+	if s.MQTTURL == "" {
+		return nil, errors.New("the data plane's MQTT address is not configured")
+	}
+	if perms == nil {
+		perms = func(uc *jwt.UserClaims) { uc.Pub.Deny.Add(">"); uc.Sub.Deny.Add(">") }
+	}
+	token, err := s.bearer(account, "custody-purge", perms)
+	if err != nil {
+		return nil, err
+	}
+	opts := mqtt.NewClientOptions().AddBroker(s.MQTTURL).SetClientID(clientID).SetCleanSession(true).
+		SetUsername("custody-purge").SetPassword(token).SetTLSConfig(s.TLSConfig).
+		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second).SetProtocolVersion(4)
+	mc := mqtt.NewClient(opts)
+	if err := waitToken(ctx, mc.Connect()); err != nil {
+		return nil, err
+	}
+	return mc, nil
 }
 
 // accountConn connects to the data plane as a short-lived user of account

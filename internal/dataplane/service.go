@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/utils/clock"
@@ -340,6 +342,8 @@ type Connection struct {
 	CID     uint64
 	Account string
 	User    string
+	// MQTTClientID is an MQTT connection's client ID ("" for NATS).
+	MQTTClientID string
 }
 
 // Connections asks every server for the connections of user (every
@@ -365,6 +369,7 @@ func (s *Service) Connections(ctx context.Context, user string) ([]Connection, e
 					CID     uint64 `json:"cid"`
 					Account string `json:"account"`
 					User    string `json:"authorized_user"`
+					MQTT    string `json:"mqtt_client"`
 				} `json:"connections"`
 			} `json:"data"`
 		}
@@ -375,7 +380,7 @@ func (s *Service) Connections(ctx context.Context, user string) ([]Connection, e
 			if user != "" && c.User != user {
 				continue
 			}
-			out = append(out, Connection{Server: resp.Server.ID, CID: c.CID, Account: c.Account, User: c.User})
+			out = append(out, Connection{Server: resp.Server.ID, CID: c.CID, Account: c.Account, User: c.User, MQTTClientID: c.MQTT})
 		}
 	}
 	return out, nil
@@ -480,32 +485,37 @@ func (s *Service) noteServers(n int) {
 	s.mu.Unlock()
 }
 
-// Kick closes one connection.
-func (s *Service) Kick(ctx context.Context, c Connection) error {
+// Kick closes one connection; gone reports that it had already closed.
+func (s *Service) Kick(ctx context.Context, c Connection) (gone bool, err error) {
 	s.mu.Lock()
 	sys := s.sys
 	s.mu.Unlock()
 	if sys == nil {
-		return errors.New("not connected to the data plane")
+		return false, errors.New("not connected to the data plane")
 	}
 	body, _ := json.Marshal(map[string]uint64{"cid": c.CID})
 	msg, err := sys.RequestWithContext(ctx, "$SYS.REQ.SERVER."+c.Server+".KICK", body)
 	if err != nil {
-		return fmt.Errorf("closing connection %d on server %s: %w", c.CID, c.Server, err)
+		return false, fmt.Errorf("closing connection %d on server %s: %w", c.CID, c.Server, err)
 	}
 	var resp struct {
 		Error *struct {
 			Description string `json:"description"`
 		} `json:"error"`
 	}
-	if err := json.Unmarshal(msg.Data, &resp); err == nil && resp.Error != nil && !isGone(resp.Error.Description) {
-		return fmt.Errorf("closing connection %d on server %s: %s", c.CID, c.Server, resp.Error.Description)
+	if err := json.Unmarshal(msg.Data, &resp); err == nil && resp.Error != nil {
+		if isGone(resp.Error.Description) {
+			return true, nil
+		}
+		return false, fmt.Errorf("closing connection %d on server %s: %s", c.CID, c.Server, resp.Error.Description)
 	}
 	ConnectionsClosed.Inc()
-	return nil
+	return false, nil
 }
 
-func isGone(desc string) bool { return desc == "no such client id" || desc == "client not found" }
+// isGone: nats-server's answer to a kick of a connection that has closed
+// ("no such client or leafnode id").
+func isGone(desc string) bool { return strings.HasPrefix(desc, "no such client") }
 
 // CloseDevice closes every connection of device on every server except
 // those in the account keep (its current tenant's, empty for none), and
@@ -526,12 +536,62 @@ func (s *Service) CloseUser(ctx context.Context, user, keep string) (int, error)
 		if keep != "" && c.Account == keep {
 			continue
 		}
-		if err := s.Kick(ctx, c); err != nil {
+		tookOver := false
+		if c.MQTTClientID != "" {
+			// Closed by the server, an MQTT connection would publish its
+			// will (a retained "offline", say) to the account it is cut
+			// off from. A takeover of its session ends it without one.
+			if err := s.takeOver(ctx, c); err != nil {
+				s.Log.Info("could not take over an MQTT session before closing it; its will may be published", "account", c.Account, "clientID", c.MQTTClientID, "error", err.Error())
+			} else {
+				tookOver = true
+			}
+		}
+		gone, err := s.Kick(ctx, c) // also where a takeover did not reach
+		if err != nil {
 			return closed, err
 		}
-		closed++
+		if tookOver && gone {
+			ConnectionsClosed.Inc()
+		}
+		if tookOver || !gone {
+			closed++
+		}
 	}
 	return closed, nil
+}
+
+// takeOver connects to c's account over MQTT with c's client ID and a
+// clean session, which ends c's connection and session without publishing
+// its will (MQTT: a client replaced by a new connection with its client ID
+// is closed by the server, and nats-server discards the old connection's
+// will on a takeover).
+func (s *Service) takeOver(ctx context.Context, c Connection) error {
+	account, err := s.accountKey(ctx, c.Account)
+	if err != nil {
+		return err
+	}
+	mc, err := s.mqttAs(ctx, account, c.MQTTClientID, nil)
+	if err != nil {
+		return err
+	}
+	mc.Disconnect(0)
+	return nil
+}
+
+// accountKey returns the key pair of the tenant account whose public key
+// is pub.
+func (s *Service) accountKey(ctx context.Context, pub string) (nkeys.KeyPair, error) {
+	tenants := &custodyv1alpha1.TenantList{}
+	if err := s.Reader.List(ctx, tenants); err != nil {
+		return nil, err
+	}
+	for _, tn := range tenants.Items {
+		if kp, err := s.Keys.Tenant(tn.UID); err == nil && PublicKey(kp) == pub {
+			return kp, nil
+		}
+	}
+	return nil, fmt.Errorf("no tenant has account %s", pub)
 }
 
 // CurrentAccount returns the account a device may be connected in now: its

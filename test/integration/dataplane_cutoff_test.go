@@ -50,6 +50,9 @@ func TestDataPlaneOwnershipChangeCutsOff(t *testing.T) {
 			lost := make(chan struct{})
 			o := mqtt.NewClientOptions().AddBroker(dp.Server.MQTTURL).SetClientID(dataplane.MQTTClientID(name)).SetCleanSession(false).
 				SetTLSConfig(dp.clientTLS(cert)).SetProtocolVersion(4).SetAutoReconnect(false).
+				// A retained will, as firmware sets one: closed by the
+				// cut-off, it must not tell the old owner anything.
+				SetBinaryWill(topicOf(name, "status"), []byte("offline"), 1, true).
 				SetConnectionLostHandler(func(mqtt.Client, error) { lostAt.Store(time.Now().UnixNano()); close(lost) })
 			m := mqtt.NewClient(o)
 			if tok := m.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
@@ -81,6 +84,7 @@ func TestDataPlaneOwnershipChangeCutsOff(t *testing.T) {
 			}
 
 			cutOffs := testutil.CollectAndCount(dataplane.CutOffSeconds)
+			beforeChange := oldIn.count()
 			start := time.Now()
 			switch how {
 			case "transfer":
@@ -144,6 +148,16 @@ func TestDataPlaneOwnershipChangeCutsOff(t *testing.T) {
 				t.Fatal("the cut-off histogram lost observations")
 			}
 
+			// After the change the old owner got nothing of the device: at
+			// most the purge's empty retained publishes (MQTT's way of
+			// clearing a retained message carries no data), never its will.
+			oldIn.mu.Lock()
+			for _, m := range oldIn.msgs[beforeChange:] {
+				if len(m.Data) > 0 {
+					t.Errorf("after the change the old owner received %q on %s", m.Data, m.Subject)
+				}
+			}
+			oldIn.mu.Unlock()
 			before := oldIn.count()
 			if how == "transfer" {
 				// The device enrols again under its new owner and reaches it;
