@@ -146,11 +146,15 @@ func decideIssue(p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, cs
 		return issueDecision{Step: issueRequest}
 	case cr == nil:
 		return reject(custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest disappeared.")
-	case cr.UID != p.Status.CertificateRequest.UID || requestFailed(cr):
+	case cr.UID != p.Status.CertificateRequest.UID || (requestFailed(cr) && len(cr.Status.Certificate) == 0):
 		return reject(custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest was denied or failed.")
 	case len(cr.Status.Certificate) == 0:
 		return issueDecision{Step: issueWait}
 	}
+	// A request that was denied or failed yet carries a certificate is
+	// checked like any other first, so that a certificate with content the
+	// device did not ask for is reported (and withheld) as such; it is
+	// never published either way.
 	chain, err := protocol.ParseCertificatesPEM(cr.Status.Certificate)
 	if err != nil {
 		return reject(custodyv1alpha1.DeviceProofReasonIssuanceFailed, "cert-manager returned an unparsable certificate.")
@@ -167,6 +171,9 @@ func decideIssue(p *custodyv1alpha1.DeviceProof, dev *custodyv1alpha1.Device, cs
 		d := reject(custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The tenant CA issued a certificate that does not carry exactly the device's identity; it was not published to the device: "+err.Error()+".")
 		d.Withheld, d.Chain = err, chain
 		return d
+	}
+	if requestFailed(cr) {
+		return reject(custodyv1alpha1.DeviceProofReasonIssuanceFailed, "The CertificateRequest was denied or failed.")
 	}
 	return issueDecision{Step: issuePublish, Chain: chain,
 		Message: fmt.Sprintf("Certificate %x issued, valid until %s.", chain[0].SerialNumber, chain[0].NotAfter.UTC().Format(time.RFC3339))}

@@ -307,6 +307,10 @@ func TestDecideIssue(t *testing.T) {
 		{"a certificate with more than the identity", func(_ *testing.T, sc *scene) {
 			sc.cr.Status.Certificate = []byte(certPEM(sc.s.leaf(sc.s.certKey, testNow, func(c *x509.Certificate) { c.DNSNames = []string{"evil.example"} })))
 		}, issueReject, failed, "The tenant CA issued a certificate that does not carry exactly the device's identity; it was not published to the device: ", true},
+		{"denied, yet carrying a certificate with more than the identity", func(_ *testing.T, sc *scene) {
+			sc.cr.Status.Conditions = []cmapi.CertificateRequestCondition{{Type: cmapi.CertificateRequestConditionDenied, Status: cmmeta.ConditionTrue}}
+			sc.cr.Status.Certificate = []byte(certPEM(sc.s.leaf(sc.s.certKey, testNow, func(c *x509.Certificate) { c.DNSNames = []string{"evil.example"} })))
+		}, issueReject, failed, "The tenant CA issued a certificate that does not carry exactly the device's identity; it was not published to the device: ", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sc := newScene(t)
