@@ -156,9 +156,6 @@ func DecideDevice(req *Request, dev *custodyv1alpha1.Device, trustDomain string,
 		}
 	}
 	space, commands := DeviceSubjects(dev.Name)
-	if dev.Spec.ClaimRef == nil { // AcceptCertificate refuses it: never reached
-		return Grant{}, Reason(contract.CertificateNotBound)
-	}
 	return Grant{
 		Tenant:    dev.Spec.ClaimRef.Tenant,
 		User:      DeviceUser(dev.Name),

@@ -109,7 +109,7 @@ func (s *Service) mqttAs(ctx context.Context, account nkeys.KeyPair, clientID st
 	if perms == nil {
 		perms = func(uc *jwt.UserClaims) { uc.Pub.Deny.Add(">"); uc.Sub.Deny.Add(">") }
 	}
-	token, err := s.bearer(account, "custody-purge", perms)
+	token, _, err := s.shortUser(account, "custody-purge", true, perms)
 	if err != nil {
 		return nil, err
 	}
@@ -123,41 +123,34 @@ func (s *Service) mqttAs(ctx context.Context, account nkeys.KeyPair, clientID st
 	return mc, nil
 }
 
-// accountConn connects to the data plane as a short-lived user of account
-// that only Custody can sign.
-func (s *Service) accountConn(account nkeys.KeyPair, name string, perms func(*jwt.UserClaims)) (*nats.Conn, error) {
+// shortUser signs a one-minute user of account that only Custody can sign,
+// with perms: a bearer token for MQTT (which cannot sign the server's
+// nonce, and presents the JWT as its password), else with its seed.
+func (s *Service) shortUser(account nkeys.KeyPair, name string, bearer bool, perms func(*jwt.UserClaims)) (token string, seed []byte, err error) {
 	user, err := nkeys.CreateUser()
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	uc := jwt.NewUserClaims(PublicKey(user))
 	uc.Name = name
+	uc.BearerToken = bearer
 	uc.Expires = s.now().Add(time.Minute).Unix()
 	perms(uc)
-	token, err := uc.Encode(account)
-	if err != nil {
-		return nil, err
+	if token, err = uc.Encode(account); err != nil {
+		return "", nil, err
 	}
-	seed, err := user.Seed()
+	seed, err = user.Seed()
+	return token, seed, err
+}
+
+// accountConn connects to the data plane over NATS as a short-lived user of
+// account.
+func (s *Service) accountConn(account nkeys.KeyPair, name string, perms func(*jwt.UserClaims)) (*nats.Conn, error) {
+	token, seed, err := s.shortUser(account, name, false, perms)
 	if err != nil {
 		return nil, err
 	}
 	return nats.Connect(s.URL, append(append([]nats.Option{}, s.Options...), nats.UserJWTAndSeed(token, string(seed)), nats.Name(name), nats.NoReconnect())...)
-}
-
-// bearer signs a one-minute bearer user JWT of account: what an MQTT client
-// (which cannot sign the server's nonce) presents as its password.
-func (s *Service) bearer(account nkeys.KeyPair, name string, perms func(*jwt.UserClaims)) (string, error) {
-	user, err := nkeys.CreateUser()
-	if err != nil {
-		return "", err
-	}
-	uc := jwt.NewUserClaims(PublicKey(user))
-	uc.Name = name
-	uc.BearerToken = true
-	uc.Expires = s.now().Add(time.Minute).Unix()
-	perms(uc)
-	return uc.Encode(account)
 }
 
 func waitToken(ctx context.Context, t mqtt.Token) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -79,9 +80,10 @@ type Service struct {
 	mu      sync.Mutex
 	sys     *nats.Conn
 	callout *nats.Conn
-	pushed  map[string][32]byte // account public key → hash of the JWT pushed
-	servers int                 // most servers that ever answered one question
-	grants  accessGrants        // what the callout granted each DataAccess's holders
+	pushed  map[string][32]byte  // account public key → hash of the JWT pushed
+	owners  map[string]types.UID // account public key → its Tenant's UID (stable: its keys derive from it)
+	servers int                  // most servers that ever answered one question
+	grants  accessGrants         // what the callout granted each DataAccess's holders
 }
 
 // Connect opens the system and callout connections.
@@ -310,13 +312,23 @@ func (s *Service) PushAccount(ctx context.Context, tn *custodyv1alpha1.Tenant) e
 	}
 	s.mu.Lock()
 	s.pushed[pub] = sum
+	s.rememberOwner(pub, tn.UID)
 	s.mu.Unlock()
 	return nil
 }
 
-// tokenBody is a JWT without its issued-at dependent parts? Account JWTs
-// carry iat and jti, so two encodings of the same claims differ; the
-// resolver keeps the newest. We compare claims, not encodings.
+// rememberOwner records that pub is the account of the Tenant uid; s.mu
+// is held.
+func (s *Service) rememberOwner(pub string, uid types.UID) {
+	if s.owners == nil {
+		s.owners = map[string]types.UID{}
+	}
+	s.owners[pub] = uid
+}
+
+// tokenBody is what an account JWT says, without its issue time and ID:
+// two encodings of the same claims differ in those, so a push is skipped
+// when the claims are those pushed before, whatever their encoding.
 func tokenBody(token string) string {
 	ac, err := jwt.DecodeAccountClaims(token)
 	if err != nil {
@@ -580,14 +592,28 @@ func (s *Service) takeOver(ctx context.Context, c Connection) error {
 }
 
 // accountKey returns the key pair of the tenant account whose public key
-// is pub.
+// is pub: known from a push, else found among the Tenants (a cut-off
+// right after a restart, before this process pushed that account).
 func (s *Service) accountKey(ctx context.Context, pub string) (nkeys.KeyPair, error) {
+	s.mu.Lock()
+	uid, ok := s.owners[pub]
+	s.mu.Unlock()
+	if ok {
+		return s.Keys.Tenant(uid)
+	}
 	tenants := &custodyv1alpha1.TenantList{}
 	if err := s.Reader.List(ctx, tenants); err != nil {
 		return nil, err
 	}
 	for _, tn := range tenants.Items {
-		if kp, err := s.Keys.Tenant(tn.UID); err == nil && PublicKey(kp) == pub {
+		kp, err := s.Keys.Tenant(tn.UID)
+		if err != nil {
+			continue
+		}
+		s.mu.Lock()
+		s.rememberOwner(PublicKey(kp), tn.UID)
+		s.mu.Unlock()
+		if PublicKey(kp) == pub {
 			return kp, nil
 		}
 	}
