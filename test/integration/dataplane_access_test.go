@@ -14,7 +14,6 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/dataplane"
-	"github.com/custody-dev/custody/internal/factory"
 )
 
 // accessCredentials creates a DataAccess in tn's namespace and returns its
@@ -35,19 +34,6 @@ func accessCredentials(t *testing.T, tn *custodyv1alpha1.Tenant, name string, se
 		t.Fatal(err)
 	}
 	return da, &pair
-}
-
-// boundDeviceWithLabels binds a new device to tn with a Claim labelled
-// labels, enrols it and returns its record and certificate.
-func boundDeviceWithLabels(t *testing.T, g *gw, tn *custodyv1alpha1.Tenant, labels map[string]string) (*factory.Record, *custodyv1alpha1.Claim, *tls.Certificate) {
-	t.Helper()
-	rec := newDevice(t)
-	cl := waitPhase(t, claimWithCode(t, admin, tn.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
-	setClaimLabels(t, cl, labels)
-	agent := newAgent(t, g, rec)
-	enrollAgent(t, agent)
-	cert, _ := agent.Certificate()
-	return rec, cl, cert
 }
 
 func setClaimLabels(t *testing.T, cl *custodyv1alpha1.Claim, labels map[string]string) {
@@ -73,8 +59,8 @@ func TestDataAccessOnTheDataPlane(t *testing.T) {
 	g := startGateway(t)
 	ctx := context.Background()
 	acme, globex := newTenant(t), newTenant(t)
-	north, _, northCert := boundDeviceWithLabels(t, g, acme, map[string]string{"site": "north"})
-	south, southClaim, southCert := boundDeviceWithLabels(t, g, acme, map[string]string{"site": "south"})
+	north, _, northCert := boundDevice(t, g, acme, map[string]string{"site": "north"})
+	south, southClaim, southCert := boundDevice(t, g, acme, map[string]string{"site": "south"})
 	_, allCert := accessCredentials(t, acme, "all", nil)
 	northDA, northAccess := accessCredentials(t, acme, "north", &metav1.LabelSelector{MatchLabels: map[string]string{"site": "north"}})
 	_, globexCert := accessCredentials(t, globex, "all", nil)

@@ -89,16 +89,7 @@ func TestDataPlaneCutOffOnEveryServer(t *testing.T) {
 				}
 			}
 
-			begin := time.Now()
-			switch how {
-			case "transfer":
-				offer(t, admin, held, newOwner.Name)
-				begin = time.Now()
-				waitPhase(t, proofClaim(t, admin, newOwner.Status.Namespace, rec, acceptFrom(oldOwner.Name)), custodyv1alpha1.ClaimPhaseBound)
-			case "release":
-				begin = time.Now()
-				release(t, held, false)
-			}
+			begin := endOwnership(t, how, held, rec, oldOwner, newOwner)
 			for what, ch := range map[string]chan struct{}{"MQTT (server 2)": lost, "NATS (server 1)": natsClosed} {
 				select {
 				case <-ch:

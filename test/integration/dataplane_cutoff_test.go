@@ -10,7 +10,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/dataplane"
@@ -85,21 +84,7 @@ func TestDataPlaneOwnershipChangeCutsOff(t *testing.T) {
 
 			cutOffs := testutil.CollectAndCount(dataplane.CutOffSeconds)
 			beforeChange := oldIn.count()
-			start := time.Now()
-			switch how {
-			case "transfer":
-				offer(t, admin, held, newOwner.Name)
-				start = time.Now()
-				waitPhase(t, proofClaim(t, admin, newOwner.Status.Namespace, rec, acceptFrom(oldOwner.Name)), custodyv1alpha1.ClaimPhaseBound)
-			case "release":
-				start = time.Now()
-				release(t, held, false)
-			case "decommission":
-				start = time.Now()
-				if err := updateDevice(admin, name, func(d *custodyv1alpha1.Device) { d.Spec.Decommissioned = true }, client.FieldOwner(erpOwner)); err != nil {
-					t.Fatal(err)
-				}
-			}
+			start := endOwnership(t, how, held, rec, oldOwner, newOwner)
 			for what, ch := range map[string]chan struct{}{"MQTT": lost, "NATS": natsClosed} {
 				select {
 				case <-ch:

@@ -25,10 +25,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/dataplane"
+	"github.com/custody-dev/custody/internal/factory"
 )
 
 // dataPlane is an embedded nats-server (or a cluster of them) configured
@@ -359,4 +361,45 @@ func consumerNames(t testing.TB, nc *nats.Conn, stream string) []string {
 		t.Fatal(err)
 	}
 	return resp.Consumers
+}
+
+// boundDevice binds a new device to tn with a Claim (labelled labels, if
+// any), enrols it and returns its record, its Claim and its certificate.
+func boundDevice(t *testing.T, g *gw, tn *custodyv1alpha1.Tenant, labels map[string]string) (*factory.Record, *custodyv1alpha1.Claim, *tls.Certificate) {
+	t.Helper()
+	rec := newDevice(t)
+	cl := waitPhase(t, claimWithCode(t, admin, tn.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
+	if labels != nil {
+		setClaimLabels(t, cl, labels)
+	}
+	agent := newAgent(t, g, rec)
+	enrollAgent(t, agent)
+	cert, _ := agent.Certificate()
+	return rec, cl, cert
+}
+
+// endOwnership ends oldOwner's ownership of rec's device, held by the
+// Claim held, the way how says ("transfer" to newOwner, "release",
+// "decommission" by the ERP), and returns when the request that ends it
+// was made.
+func endOwnership(t *testing.T, how string, held *custodyv1alpha1.Claim, rec *factory.Record, oldOwner, newOwner *custodyv1alpha1.Tenant) time.Time {
+	t.Helper()
+	var start time.Time
+	switch how {
+	case "transfer":
+		offer(t, admin, held, newOwner.Name)
+		start = time.Now()
+		waitPhase(t, proofClaim(t, admin, newOwner.Status.Namespace, rec, acceptFrom(oldOwner.Name)), custodyv1alpha1.ClaimPhaseBound)
+	case "release":
+		start = time.Now()
+		release(t, held, false)
+	case "decommission":
+		start = time.Now()
+		if err := updateDevice(admin, rec.Device.Name, func(d *custodyv1alpha1.Device) { d.Spec.Decommissioned = true }, client.FieldOwner(erpOwner)); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("no way to end an ownership called %q", how)
+	}
+	return start
 }

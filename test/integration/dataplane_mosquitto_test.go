@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/dataplane"
 	"github.com/custody-dev/custody/pkg/device"
 )
@@ -59,12 +58,8 @@ func TestMosquittoClientsOnTheDataPlane(t *testing.T) {
 	startManager(t, withDataPlane(dp))
 	g := startGateway(t)
 	owner := newTenant(t)
-	rec := newDevice(t)
+	rec, _, cert := boundDevice(t, g, owner, nil)
 	name := rec.Device.Name
-	waitPhase(t, claimWithCode(t, admin, owner.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
-	agent := newAgent(t, g, rec)
-	enrollAgent(t, agent)
-	cert, _ := agent.Certificate()
 	certFile, keyFile := certFiles(t, cert)
 	host, port := dp.mqttHostPort()
 	ownerConn := dp.accountUser(t, owner)

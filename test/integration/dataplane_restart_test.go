@@ -20,11 +20,7 @@ func TestDataPlaneRestartLosesNothing(t *testing.T) {
 	startManager(t, withDataPlane(dp))
 	g := startGateway(t)
 	owner, next := newTenant(t), newTenant(t)
-	rec := newDevice(t)
-	held := waitPhase(t, claimWithCode(t, admin, owner.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
-	agent := newAgent(t, g, rec)
-	enrollAgent(t, agent)
-	cert, _ := agent.Certificate()
+	rec, held, cert := boundDevice(t, g, owner, nil)
 	nc, err := dp.natsAs(cert)
 	if err != nil {
 		t.Fatalf("before the restart: %v", err)

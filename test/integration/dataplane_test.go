@@ -8,7 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/dataplane"
 )
@@ -24,12 +23,8 @@ func TestDataPlaneDeviceReachesItsOwnerOnly(t *testing.T) {
 	startManager(t, withDataPlane(dp))
 	g := startGateway(t)
 	owner, other := newTenant(t), newTenant(t)
-	rec := newDevice(t)
+	rec, _, cert := boundDevice(t, g, owner, nil)
 	name := rec.Device.Name
-	agent := newAgent(t, g, rec)
-	waitPhase(t, claimWithCode(t, admin, owner.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
-	enrollAgent(t, agent)
-	cert, _ := agent.Certificate()
 
 	ownerIn := subscribe(t, dp.accountUser(t, owner), "devices.>")
 	otherConn := dp.accountUser(t, other)
