@@ -57,9 +57,24 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	if err != nil {
 		return "", err
 	}
-	g, err := gateway.New(gateway.Options{Client: c, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log})
+	var g *gateway.Gateway
+	cache, err := gateway.NewCache(cfg, cp.Scheme, cp.OperatorNamespace, func(err error) { g.WatchError(err) })
 	if err != nil {
 		return "", err
+	}
+	g, err = gateway.New(gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log})
+	if err != nil {
+		return "", err
+	}
+	go func() {
+		if err := g.Start(ctx); err != nil && ctx.Err() == nil {
+			done <- fmt.Errorf("the gateway's cache: %w", err)
+		}
+	}()
+	select {
+	case <-g.Ready():
+	case <-ctx.Done():
+		return "", ctx.Err()
 	}
 	cert, caPEM, err := devCertificate(ctx, cp, "custody-gateway (development)", x509.ExtKeyUsageServerAuth)
 	if err != nil {

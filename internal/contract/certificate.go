@@ -146,6 +146,12 @@ func TenantTrustAnchors(ctx context.Context, c client.Reader, namespace string) 
 	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: TrustBundleName}, cm); err != nil {
 		return nil, err
 	}
+	return TrustAnchorsOf(cm)
+}
+
+// TrustAnchorsOf returns the certificates of a trust bundle ConfigMap,
+// or ErrNoTrustBundle.
+func TrustAnchorsOf(cm *corev1.ConfigMap) ([]*x509.Certificate, error) {
 	certs, err := protocol.ParseCertificatesPEM([]byte(cm.Data[TrustBundleKey]))
 	if err != nil {
 		return nil, ErrNoTrustBundle

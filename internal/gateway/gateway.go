@@ -8,6 +8,12 @@
 // DeviceProofs and heartbeats, and never approves or signs; the manager
 // verifies every proof again before anything is issued.
 //
+// It reads from a watch-fed cache (NewCache), never from the API server per
+// request, so that a fleet's heartbeats cost no API-server reads; an
+// ownership change reaches it as a watch event, and it measures how far the
+// cache trails the API server and refuses mutual-TLS requests while that
+// exceeds MaxStaleness (see freshness).
+//
 // What it must never do: tell a caller that has not proved a device's key
 // whether a serial number exists (every failed proof gets the same answer),
 // log a request body, or accept a certificate whose device is no longer bound
@@ -23,6 +29,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net"
@@ -30,14 +37,16 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -52,23 +61,39 @@ const FieldOwner = "custody-gateway"
 
 // Options configure a Gateway.
 type Options struct {
-	// Client talks to the API server as the gateway's ServiceAccount. It
-	// must read from the API server, not a cache: the binding checked on
-	// every mutual-TLS request must be the current one.
+	// Client talks to the API server as the gateway's ServiceAccount: it
+	// records proofs and heartbeats, and reads directly only to spot-check
+	// the cache and to answer a ticket the cache does not hold yet.
 	Client client.Client
+	// Cache is the watch-fed cache every request reads from (NewCache).
+	// Start runs it.
+	Cache cache.Cache
+	// MaxStaleness is how far the cache may trail the API server, as
+	// measured, before mutual-TLS requests are refused as unavailable.
+	// Default 1s.
+	MaxStaleness time.Duration
+	// CheckInterval is how often one recently used Device is read from the
+	// API server and compared with the cache. Default 5s.
+	CheckInterval time.Duration
 	// Challenges issues and checks challenge tokens.
 	Challenges *challenge.Issuer
 	// Namespace is the operator namespace, where DeviceProofs are recorded.
 	Namespace string
 	// TrustDomain is the SPIFFE trust domain of device identities.
 	TrustDomain string
-	// Clock is injected for rate limits and heartbeat coalescing.
+	// Clock is injected for rate limits, heartbeat coalescing and
+	// certificate validity.
 	Clock clock.PassiveClock
+	// LagClock times the cache's lag behind the API server (real time by
+	// default; tests that move Clock forward leave it alone).
+	LagClock clock.PassiveClock
 	// Wait is how long an enrollment waits for its certificate before
 	// answering 202 with a ticket. Default 10s.
 	Wait time.Duration
-	// HeartbeatInterval: at most one heartbeat write per device per
-	// interval. Default 1m.
+	// HeartbeatInterval: a heartbeat writes status.lastSeen only when the
+	// cached one is at least this old (or the report changed), whichever
+	// replica answers: a fleet of N devices costs at most N/interval writes
+	// per second however often its devices send heartbeats. Default 5m.
 	HeartbeatInterval time.Duration
 	// PerClientRate and PerSerialRate are requests per minute (burst the
 	// same). Defaults 120 and 30.
@@ -81,18 +106,24 @@ type Options struct {
 
 // Gateway serves the device protocol.
 type Gateway struct {
-	opts       Options
-	mux        *http.ServeMux
-	perClient  *limiter
-	perSerial  *limiter
-	heartbeats sync.Map // device name -> time.Time of the last write
-	metrics    *metrics
+	opts      Options
+	mux       *http.ServeMux
+	perClient *limiter
+	perSerial *limiter
+	metrics   *metrics
+	fresh     *freshness
+	proofs    *waiters
+	anchors   anchorCache
+	// ready is closed once the cache has synced.
+	ready chan struct{}
+	// recent is the last Device a request named, for spot checks.
+	recent atomic.Pointer[string]
 }
 
 // New returns a Gateway.
 func New(opts Options) (*Gateway, error) {
-	if opts.Client == nil || opts.Challenges == nil || opts.Namespace == "" {
-		return nil, errors.New("gateway: Client, Challenges and Namespace are required")
+	if opts.Client == nil || opts.Cache == nil || opts.Challenges == nil || opts.Namespace == "" {
+		return nil, errors.New("gateway: Client, Cache, Challenges and Namespace are required")
 	}
 	if opts.TrustDomain == "" {
 		opts.TrustDomain = contract.DefaultTrustDomain
@@ -100,11 +131,20 @@ func New(opts Options) (*Gateway, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
+	if opts.LagClock == nil {
+		opts.LagClock = clock.RealClock{}
+	}
 	if opts.Wait == 0 {
 		opts.Wait = 10 * time.Second
 	}
 	if opts.HeartbeatInterval == 0 {
-		opts.HeartbeatInterval = time.Minute
+		opts.HeartbeatInterval = 5 * time.Minute
+	}
+	if opts.MaxStaleness == 0 {
+		opts.MaxStaleness = time.Second
+	}
+	if opts.CheckInterval == 0 {
+		opts.CheckInterval = 5 * time.Second
 	}
 	if opts.PerClientRate == 0 {
 		opts.PerClientRate = 120
@@ -121,6 +161,31 @@ func New(opts Options) (*Gateway, error) {
 		perClient: newLimiter(opts.PerClientRate, time.Minute, opts.Clock),
 		perSerial: newLimiter(opts.PerSerialRate, time.Minute, opts.Clock),
 		metrics:   newMetrics(opts.Registerer),
+		fresh:     newFreshness(opts.LagClock, opts.MaxStaleness, opts.Registerer),
+		proofs:    newWaiters(),
+		ready:     make(chan struct{}),
+	}
+	// Informers are created here, before the cache starts, so that no
+	// event is missed.
+	ctx := context.Background()
+	devices, err := opts.Cache.GetInformer(ctx, &custodyv1alpha1.Device{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := devices.AddEventHandler(g.fresh.handler()); err != nil {
+		return nil, err
+	}
+	proofs, err := opts.Cache.GetInformer(ctx, &custodyv1alpha1.DeviceProof{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := proofs.AddEventHandler(g.proofs.handler()); err != nil {
+		return nil, err
+	}
+	for _, obj := range []client.Object{&custodyv1alpha1.Tenant{}, &corev1.ConfigMap{}} {
+		if _, err := opts.Cache.GetInformer(ctx, obj); err != nil {
+			return nil, err
+		}
 	}
 	g.handle("POST "+protocol.PathChallenge, "challenge", g.challenge)
 	g.handle("POST "+protocol.PathEnroll, "enroll", g.enroll)
@@ -139,6 +204,60 @@ func New(opts Options) (*Gateway, error) {
 
 // ServeHTTP implements http.Handler.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.mux.ServeHTTP(w, r) }
+
+// Start runs the cache, waits for it to sync (until then every request is
+// answered 503), then spot-checks it every CheckInterval until ctx ends.
+func (g *Gateway) Start(ctx context.Context) error {
+	errs := make(chan error, 1)
+	go func() { errs <- g.opts.Cache.Start(ctx) }()
+	if !g.opts.Cache.WaitForCacheSync(ctx) {
+		select {
+		case err := <-errs:
+			if err != nil {
+				return fmt.Errorf("gateway cache: %w", err)
+			}
+		default:
+		}
+		return errors.New("gateway cache: did not sync")
+	}
+	close(g.ready)
+	t := time.NewTicker(g.opts.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return err
+		case <-t.C:
+			if name := g.recent.Load(); name != nil {
+				if err := g.fresh.spotCheck(ctx, g.opts.Client, g.opts.Cache, *name); err != nil && ctx.Err() == nil {
+					g.opts.Log.Error(err, "spot-checking the Device cache", "device", *name)
+				}
+			}
+		}
+	}
+}
+
+// Ready is closed once the cache has synced and requests are served.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+func (g *Gateway) isReady() bool {
+	select {
+	case <-g.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// WatchError is the cache's watch error handler (NewCache's watchErrors):
+// it counts the error. The informer re-establishes the watch; the cache's
+// measured staleness tells whether it fell behind meanwhile.
+func (g *Gateway) WatchError(err error) {
+	g.fresh.watchErrors.Inc()
+	g.opts.Log.Info("a watch of the gateway cache ended; re-establishing", "error", err.Error())
+}
 
 // response is what a handler answers; the wrapper writes and logs it.
 type response struct {
@@ -161,6 +280,8 @@ func (g *Gateway) handle(pattern, name string, h handlerFunc) {
 		var resp response
 		if !g.perClient.allow(clientKey(r)) {
 			resp = rateLimited()
+		} else if !g.isReady() {
+			resp = unavailable()
 		} else if body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, protocol.MaxBodyBytes)); err != nil {
 			resp = errorResponse(http.StatusRequestEntityTooLarge, protocol.ErrBadRequest, "The request body is too large or unreadable.")
 		} else {
@@ -304,12 +425,13 @@ func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protoco
 		return fail(notAccepted())
 	}
 	dev := &custodyv1alpha1.Device{}
-	if err := g.opts.Client.Get(ctx, client.ObjectKey{Name: custodyv1alpha1.DeviceName(c.Model, c.SerialNumber)}, dev); err != nil {
+	if err := g.opts.Cache.Get(ctx, client.ObjectKey{Name: custodyv1alpha1.DeviceName(c.Model, c.SerialNumber)}, dev); err != nil {
 		if apierrors.IsNotFound(err) {
 			return fail(notAccepted())
 		}
 		return fail(unavailable())
 	}
+	g.recent.Store(&dev.Name)
 	key, err := contract.DeviceKey(dev)
 	if err != nil || contract.CheckChallengeProof(dev, key, c, purpose, payload, sig) != contract.ChallengeProven {
 		return fail(notAccepted())
@@ -366,40 +488,66 @@ func (g *Gateway) record(ctx context.Context, proof *custodyv1alpha1.DeviceProof
 	return g.await(ctx, proof.Name, g.opts.Wait)
 }
 
-// await polls a proof until it is decided or wait has passed.
+// await waits, on the cache's watch of DeviceProofs, until the proof is
+// decided or wait has passed. A proof the cache does not hold yet (it was
+// just created) is pending; when wait is over and the cache still lacks
+// it, the API server is asked once, so that a ticket is answered truly.
 func (g *Gateway) await(ctx context.Context, name string, wait time.Duration) response {
-	deadline := time.Now().Add(wait)
+	wake := g.proofs.add(name)
+	defer g.proofs.remove(name, wake)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
 	for {
 		p := &custodyv1alpha1.DeviceProof{}
-		if err := g.opts.Client.Get(ctx, client.ObjectKey{Namespace: g.opts.Namespace, Name: name}, p); err != nil {
-			if apierrors.IsNotFound(err) {
-				return notAccepted()
+		err := g.opts.Cache.Get(ctx, client.ObjectKey{Namespace: g.opts.Namespace, Name: name}, p)
+		switch {
+		case err == nil:
+			if r, decided := proofOutcome(p); decided {
+				return r
 			}
+		case !apierrors.IsNotFound(err):
 			return unavailable()
 		}
-		switch p.Status.Phase {
-		case custodyv1alpha1.DeviceProofPhaseIssued:
-			r := jsonResponse(http.StatusOK, protocol.EnrollResponse{Certificate: p.Status.Certificate, CA: p.Status.CA}, "issued")
-			r.device = p.Spec.DeviceName
-			return r
-		case custodyv1alpha1.DeviceProofPhaseRejected:
-			r := errorResponse(http.StatusForbidden, protocol.ErrProofNotAccepted, "The proof was not accepted.")
-			if p.Status.Reason == custodyv1alpha1.DeviceProofReasonNotBound {
-				r = errorResponse(http.StatusConflict, protocol.ErrNotBound, "The device is not bound to a tenant; retry later.")
-			}
-			r.device = p.Spec.DeviceName
-			return r
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			r := jsonResponse(http.StatusAccepted, protocol.EnrollResponse{Ticket: name, RetryAfterSeconds: 2}, "pending")
-			r.retryAfter, r.device = 2, p.Spec.DeviceName
-			return r
-		}
 		select {
+		case <-wake:
+			continue
 		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
+		case <-timer.C:
 		}
+		if err != nil {
+			// Not in the cache: ask the API server whether it exists.
+			if err := g.opts.Client.Get(ctx, client.ObjectKey{Namespace: g.opts.Namespace, Name: name}, p); err != nil {
+				if apierrors.IsNotFound(err) {
+					return notAccepted()
+				}
+				return unavailable()
+			}
+			if r, decided := proofOutcome(p); decided {
+				return r
+			}
+		}
+		r := jsonResponse(http.StatusAccepted, protocol.EnrollResponse{Ticket: name, RetryAfterSeconds: 2}, "pending")
+		r.retryAfter, r.device = 2, p.Spec.DeviceName
+		return r
 	}
+}
+
+// proofOutcome is the answer to a decided proof.
+func proofOutcome(p *custodyv1alpha1.DeviceProof) (response, bool) {
+	switch p.Status.Phase {
+	case custodyv1alpha1.DeviceProofPhaseIssued:
+		r := jsonResponse(http.StatusOK, protocol.EnrollResponse{Certificate: p.Status.Certificate, CA: p.Status.CA}, "issued")
+		r.device = p.Spec.DeviceName
+		return r, true
+	case custodyv1alpha1.DeviceProofPhaseRejected:
+		r := errorResponse(http.StatusForbidden, protocol.ErrProofNotAccepted, "The proof was not accepted.")
+		if p.Status.Reason == custodyv1alpha1.DeviceProofReasonNotBound {
+			r = errorResponse(http.StatusConflict, protocol.ErrNotBound, "The device is not bound to a tenant; retry later.")
+		}
+		r.device = p.Spec.DeviceName
+		return r, true
+	}
+	return response{}, false
 }
 
 // enrollment answers a ticket: the proof's name, as unguessable as the
@@ -465,8 +613,11 @@ func (g *Gateway) possession(r *http.Request, body []byte) response {
 // authenticate accepts a client certificate only if it is a current
 // certificate of a device bound to the tenant it names: see
 // acceptCertificate. The Device
-// is read from the API server on every request, so a release, transfer or
-// decommission cuts the device off at its next request.
+// is read from the watch-fed cache, which holds a release, transfer or
+// decommission as soon as the watch delivers it, so the device is cut off
+// at its next request; while the cache is measured to trail the API server
+// by more than MaxStaleness, every mutual-TLS request is refused as
+// unavailable instead.
 func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1alpha1.Device, *x509.Certificate, []*x509.Certificate, response, bool) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, nil, nil, errorResponse(http.StatusUnauthorized, protocol.ErrCertificateRefused, "A client certificate is required."), false
@@ -487,13 +638,18 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 	if !ok {
 		return nil, nil, nil, refused, false
 	}
+	if g.fresh.stale() {
+		g.opts.Log.Info("refusing a mutual-TLS request: " + describeStale(g.fresh.oldest()))
+		return nil, nil, nil, unavailable(), false
+	}
 	dev := &custodyv1alpha1.Device{}
-	if err := g.opts.Client.Get(ctx, client.ObjectKey{Name: name}, dev); err != nil {
+	if err := g.opts.Cache.Get(ctx, client.ObjectKey{Name: name}, dev); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, nil, nil, refused, false
 		}
 		return nil, nil, nil, unavailable(), false
 	}
+	g.recent.Store(&dev.Name)
 	ref := dev.Spec.ClaimRef
 	if ref == nil || ref.Tenant != tenant {
 		refused.device = dev.Name
@@ -510,7 +666,7 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 // (contract.AcceptCertificate) to leaf, presented for bound device dev,
 // against the tenant's published CA bundle, which it returns.
 func (g *Gateway) acceptCertificate(ctx context.Context, dev *custodyv1alpha1.Device, leaf *x509.Certificate) ([]*x509.Certificate, response, bool) {
-	cas, err := contract.TenantTrustAnchors(ctx, g.opts.Client, dev.Spec.ClaimRef.Namespace)
+	cas, err := g.anchors.get(ctx, g.opts.Cache, dev.Spec.ClaimRef.Namespace)
 	if err != nil {
 		return nil, unavailable(), false
 	}
@@ -537,8 +693,10 @@ func ParseHeartbeat(body []byte) (protocol.HeartbeatRequest, error) {
 	return hb, nil
 }
 
-// heartbeat records lastSeen and what the device reports, at most once per
-// device per HeartbeatInterval (per replica).
+// heartbeat records lastSeen and what the device reports. It writes only
+// when the report changed or the cached lastSeen is HeartbeatInterval old,
+// so that however often devices send heartbeats, and whichever replica
+// answers, a device costs at most one write per interval.
 func (g *Gateway) heartbeat(r *http.Request, body []byte) response {
 	dev, _, _, resp, ok := g.authenticate(r.Context(), r)
 	if !ok {
@@ -550,9 +708,14 @@ func (g *Gateway) heartbeat(r *http.Request, body []byte) response {
 	}
 	now := g.opts.Clock.Now()
 	report := &custodyv1alpha1.DeviceReport{FirmwareVersion: hb.FirmwareVersion, State: hb.State}
-	last, seen := g.heartbeats.Load(dev.Name)
-	unchanged := dev.Status.Reported != nil && *dev.Status.Reported == *report
-	if seen && now.Sub(last.(time.Time)) < g.opts.HeartbeatInterval && unchanged {
+	recent := func(last *custodyv1alpha1.DeviceReport, at time.Time) bool {
+		return last != nil && *last == *report && now.Sub(at) < g.opts.HeartbeatInterval
+	}
+	if dev.Status.LastSeen != nil && recent(dev.Status.Reported, dev.Status.LastSeen.Time) {
+		return response{status: http.StatusNoContent, outcome: "coalesced", device: dev.Name}
+	}
+	// This replica's own write the watch has not delivered yet.
+	if last, at, ok := g.fresh.written(dev.Name); ok && recent(last, at) {
 		return response{status: http.StatusNoContent, outcome: "coalesced", device: dev.Name}
 	}
 	patch := map[string]any{"status": map[string]any{"lastSeen": metav1.NewTime(now), "reported": report}}
@@ -563,7 +726,9 @@ func (g *Gateway) heartbeat(r *http.Request, body []byte) response {
 	if err := g.opts.Client.Status().Patch(r.Context(), dev, client.RawPatch("application/merge-patch+json", raw), client.FieldOwner(FieldOwner)); err != nil {
 		return unavailable()
 	}
-	g.heartbeats.Store(dev.Name, now)
+	// The answer is the Device as the API server now holds it: the watch
+	// must deliver that version, which measures the cache's lag.
+	g.fresh.expect(dev.Name, dev.ResourceVersion, report, now)
 	return response{status: http.StatusNoContent, outcome: "recorded", device: dev.Name}
 }
 
@@ -618,7 +783,7 @@ func (g *Gateway) estCACerts(r *http.Request, _ []byte) response {
 		return noCACerts()
 	}
 	tn := &custodyv1alpha1.Tenant{}
-	if err := g.opts.Client.Get(r.Context(), client.ObjectKey{Name: label}, tn); err != nil {
+	if err := g.opts.Cache.Get(r.Context(), client.ObjectKey{Name: label}, tn); err != nil {
 		if apierrors.IsNotFound(err) {
 			return noCACerts()
 		}
@@ -627,7 +792,7 @@ func (g *Gateway) estCACerts(r *http.Request, _ []byte) response {
 	if !tn.DeletionTimestamp.IsZero() {
 		return noCACerts()
 	}
-	cas, err := contract.TenantTrustAnchors(r.Context(), g.opts.Client, tn.TargetNamespace())
+	cas, err := g.anchors.get(r.Context(), g.opts.Cache, tn.TargetNamespace())
 	switch {
 	case apierrors.IsNotFound(err) || errors.Is(err, contract.ErrNoTrustBundle):
 		return noCACerts()

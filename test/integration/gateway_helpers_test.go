@@ -60,14 +60,35 @@ func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := gateway.Options{Client: c, Challenges: iss, Namespace: cp.OperatorNamespace, Clock: clk, Log: testLogger.WithName("gateway"),
+	var g *gateway.Gateway
+	cache, err := gateway.NewCache(cfg, cp.Scheme, cp.OperatorNamespace, func(err error) { g.WatchError(err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Clock: clk, Log: testLogger.WithName("gateway"),
 		PerClientRate: 100000, PerSerialRate: 100000}
 	for _, f := range mutate {
 		f(&opts)
 	}
-	g, err := gateway.New(opts)
+	g, err = gateway.New(opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	var startErr error
+	go func() { defer close(stopped); startErr = g.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-stopped
+		if startErr != nil {
+			t.Errorf("the gateway stopped with: %v", startErr)
+		}
+	})
+	select {
+	case <-g.Ready():
+	case <-stopped:
+		t.Fatalf("the gateway's cache did not start: %v", startErr)
 	}
 	srv := httptest.NewUnstartedServer(g)
 	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}

@@ -83,7 +83,7 @@ func TestHeartbeatsAreCoalesced(t *testing.T) {
 	if changed == first {
 		t.Fatal("a heartbeat reporting new firmware was not written")
 	}
-	g.Clock.Step(time.Minute)
+	g.Clock.Step(5 * time.Minute) // the default interval
 	if got := beat("1.0.1"); got == changed {
 		t.Fatal("a heartbeat after the interval was not written")
 	}

@@ -18,6 +18,7 @@ import (
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -172,13 +173,29 @@ func TestGatewayPowersAreLimited(t *testing.T) {
 		"change the phase": gwc.Status().Patch(ctx, dev, client.RawPatch(types.MergePatchType, []byte(`{"status":{"phase":"Decommissioned"}}`))),
 		"list certificates": gwc.Status().Patch(ctx, dev, client.RawPatch(types.MergePatchType,
 			[]byte(`{"status":{"certificates":[{"fingerprint":"sha256:00","notAfter":"2030-01-01T00:00:00Z","tenant":"x","claimUID":"u"}]}}`))),
-		"bind the device":      gwc.Patch(ctx, dev, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"claimRef":{"tenant":"x","namespace":"x","name":"x","uid":"u"}}}`))),
-		"read Secrets":         gwc.List(ctx, &corev1.SecretList{}, client.InNamespace(cp.OperatorNamespace)),
-		"list Devices":         gwc.List(ctx, &custodyv1alpha1.DeviceList{}),
-		"read Claims":          gwc.List(ctx, &custodyv1alpha1.ClaimList{}, client.InNamespace(tn.Status.Namespace)),
-		"record proofs beside": gwc.Create(ctx, &custodyv1alpha1.DeviceProof{ObjectMeta: metav1.ObjectMeta{Name: "proof-x", Namespace: tn.Status.Namespace}, Spec: custodyv1alpha1.DeviceProofSpec{Purpose: "Renew", DeviceName: "x", CSR: "x", ClientCertificate: "x"}}),
+		"bind the device": gwc.Patch(ctx, dev, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"claimRef":{"tenant":"x","namespace":"x","name":"x","uid":"u"}}}`))),
+		"read Secrets":    gwc.List(ctx, &corev1.SecretList{}, client.InNamespace(cp.OperatorNamespace)),
+		// Its cache lists trust bundles by name; no other ConfigMap.
+		"list ConfigMaps":                gwc.List(ctx, &corev1.ConfigMapList{}),
+		"list ConfigMaps of a namespace": gwc.List(ctx, &corev1.ConfigMapList{}, client.InNamespace(tn.Status.Namespace)),
+		"list another ConfigMap by name": gwc.List(ctx, &corev1.ConfigMapList{}, client.MatchingFields{"metadata.name": "kube-root-ca.crt"}),
+		"list DeviceProofs beside":       gwc.List(ctx, &custodyv1alpha1.DeviceProofList{}, client.InNamespace(tn.Status.Namespace)),
+		"read Claims":                    gwc.List(ctx, &custodyv1alpha1.ClaimList{}, client.InNamespace(tn.Status.Namespace)),
+		"record proofs beside":           gwc.Create(ctx, &custodyv1alpha1.DeviceProof{ObjectMeta: metav1.ObjectMeta{Name: "proof-x", Namespace: tn.Status.Namespace}, Spec: custodyv1alpha1.DeviceProofSpec{Purpose: "Renew", DeviceName: "x", CSR: "x", ClientCertificate: "x"}}),
 		"create a CertificateRequest": gwc.Create(ctx, &cmapi.CertificateRequest{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: cp.OperatorNamespace},
 			Spec: cmapi.CertificateRequestSpec{Request: []byte("x"), IssuerRef: cmmeta.IssuerReference{Name: "tenant-" + tn.Name}}}),
+	}
+	// What its watch-fed cache needs: Devices, Tenants, trust bundles by
+	// name, and the proofs of the operator namespace.
+	for what, err := range map[string]error{
+		"list Devices":       gwc.List(ctx, &custodyv1alpha1.DeviceList{}),
+		"list Tenants":       gwc.List(ctx, &custodyv1alpha1.TenantList{}),
+		"list trust bundles": gwc.List(ctx, &corev1.ConfigMapList{}, client.MatchingFields{"metadata.name": contract.TrustBundleName}),
+		"list DeviceProofs":  gwc.List(ctx, &custodyv1alpha1.DeviceProofList{}, client.InNamespace(cp.OperatorNamespace)),
+	} {
+		if err != nil {
+			t.Errorf("the gateway cannot %s: %v", what, err)
+		}
 	}
 	for what, err := range refused {
 		if err == nil {
