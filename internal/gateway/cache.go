@@ -217,18 +217,27 @@ func notOlder(have, want string) bool {
 
 // oldest is the age of the oldest unmet expectation.
 func (f *freshness) oldest() time.Duration {
+	d, _, _ := f.oldestOf()
+	return d
+}
+
+// oldestOf is the oldest unmet expectation: its age, Device and version.
+func (f *freshness) oldestOf() (time.Duration, string, string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.clock.Now()
-	var oldest time.Duration
-	for _, exps := range f.pending {
+	var (
+		oldest        time.Duration
+		name, version string
+	)
+	for n, exps := range f.pending {
 		for _, e := range exps {
 			if d := now.Sub(e.since); d > oldest {
-				oldest = d
+				oldest, name, version = d, n, e.version
 			}
 		}
 	}
-	return oldest
+	return oldest, name, version
 }
 
 // stale reports whether the cache trails the API server by more than
@@ -284,8 +293,10 @@ func (f *freshness) spotCheck(ctx context.Context, api client.Reader, cached cli
 	return nil
 }
 
-func describeStale(d time.Duration) string {
-	return fmt.Sprintf("the Device cache trails the API server by %s", d.Round(time.Millisecond))
+// describeStale says how far the cache trails, and on what.
+func (f *freshness) describeStale() string {
+	d, name, version := f.oldestOf()
+	return fmt.Sprintf("the Device cache trails the API server by %s: it does not hold version %s of Device %s yet", d.Round(time.Millisecond), version, name)
 }
 
 // waiters wakes the requests waiting on a DeviceProof when the watch

@@ -639,7 +639,7 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 		return nil, nil, nil, refused, false
 	}
 	if g.fresh.stale() {
-		g.opts.Log.Info("refusing a mutual-TLS request: " + describeStale(g.fresh.oldest()))
+		g.opts.Log.Info("refusing a mutual-TLS request: " + g.fresh.describeStale())
 		return nil, nil, nil, unavailable(), false
 	}
 	dev := &custodyv1alpha1.Device{}
@@ -724,11 +724,19 @@ func (g *Gateway) heartbeat(r *http.Request, body []byte) response {
 		return unavailable()
 	}
 	if err := g.opts.Client.Status().Patch(r.Context(), dev, client.RawPatch("application/merge-patch+json", raw), client.FieldOwner(FieldOwner)); err != nil {
+		g.opts.Log.Error(err, "recording a heartbeat", "device", dev.Name)
 		return unavailable()
 	}
 	// The answer is the Device as the API server now holds it: the watch
 	// must deliver that version, which measures the cache's lag.
 	g.fresh.expect(dev.Name, dev.ResourceVersion, report, now)
+	// The watch may have delivered it before the expectation was recorded;
+	// the cache's store is updated before its handlers run, so this read
+	// sees anything the handler missed.
+	cached := &custodyv1alpha1.Device{}
+	if err := g.opts.Cache.Get(r.Context(), client.ObjectKey{Name: dev.Name}, cached); err == nil {
+		g.fresh.observed(dev.Name, cached.ResourceVersion, false)
+	}
 	return response{status: http.StatusNoContent, outcome: "recorded", device: dev.Name}
 }
 

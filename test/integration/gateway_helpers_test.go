@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,6 +37,8 @@ type gw struct {
 	// Challenges is the gateway's issuer, so that tests can mint tokens as
 	// a replica would.
 	Challenges *challenge.Issuer
+	// Metrics is the registry of the gateway's metrics.
+	Metrics *prometheus.Registry
 }
 
 func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
@@ -65,8 +68,9 @@ func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
 	opts := gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Clock: clk, Log: testLogger.WithName("gateway"),
-		PerClientRate: 100000, PerSerialRate: 100000}
+		PerClientRate: 100000, PerSerialRate: 100000, Registerer: reg}
 	for _, f := range mutate {
 		f(&opts)
 	}
@@ -95,7 +99,7 @@ func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { dumpProofsOnFailure(t) })
-	return &gw{URL: srv.URL, Clock: clk, srv: srv, Challenges: iss}
+	return &gw{URL: srv.URL, Clock: clk, srv: srv, Challenges: iss, Metrics: reg}
 }
 
 // offsetClock is real time plus an offset that tests advance.
