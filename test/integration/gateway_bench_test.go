@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/gateway"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
@@ -28,8 +29,10 @@ import (
 //
 // 32 bound devices (certificates signed with their tenant's CA key, as its
 // issuer signs them) send heartbeats as fast as they can for
-// benchHeartbeatPhase, each on its own connection, kept alive ("reuse") or
-// a new TLS handshake per heartbeat ("handshake"). Then, with the reuse load
+// benchHeartbeatPhase, each on its own connection: kept alive ("reuse"), a
+// new connection per heartbeat resuming the TLS session ("resume"), or a
+// new connection with a full handshake ("handshake"). Both servers present
+// the same ECDSA P-256 certificate, as the gateway's from cert-manager. Then, with the reuse load
 // still running, 10 of the devices are decommissioned one after another by
 // the ERP; cut-off is the time from the Device update's request to the
 // first heartbeat of that device the gateway refuses (each device keeps
@@ -42,7 +45,9 @@ import (
 //	go test ./test/integration -run '^$' -bench BenchmarkGatewayHeartbeats -benchtime 1x
 func BenchmarkGatewayHeartbeats(b *testing.B) {
 	startManager(b)
-	g := startGateway(b)
+	// Every simulated device connects from 127.0.0.1: lift the per-client
+	// limit, as hack/load.sh does.
+	g := startGateway(b, func(o *gateway.Options) { o.PerClientRate = 1 << 30 })
 	tn := newTenant(b)
 	recs, _ := benchFleet(b, tn, benchHeartbeatDevices)
 	iss := newTenantIssuer(b, tn)
@@ -54,24 +59,28 @@ func BenchmarkGatewayHeartbeats(b *testing.B) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusNoContent)
 	}))
-	ceiling.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
+	ceiling.TLS = &tls.Config{Certificates: []tls.Certificate{g.srv.TLS.Certificates[0]}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
 	ceiling.StartTLS()
 	b.Cleanup(ceiling.Close)
 
 	body := []byte(`{"firmwareVersion":"1.0.0","state":"ok"}`)
+	phase := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), benchHeartbeatPhase)
+		b.Cleanup(cancel)
+		return ctx
+	}
 	b.ResetTimer()
-	for _, mode := range []string{"reuse", "handshake"} {
-		keepAlive := mode == "reuse"
-		c := heartbeatLoad(b, ceiling, ceiling.URL, certs, keepAlive, body, benchHeartbeatPhase, nil)
-		gw := heartbeatLoad(b, g.srv, g.URL, certs, keepAlive, body, benchHeartbeatPhase, nil)
+	for _, mode := range []connMode{reuse, resume, handshake} {
+		c := heartbeatLoad(phase(), b, ceiling, ceiling.URL, certs, mode, body, nil)
+		gw := heartbeatLoad(phase(), b, g.srv, g.URL, certs, mode, body, nil)
 		if gw.failed > 0 {
 			b.Fatalf("%s: %d heartbeats failed against the gateway", mode, gw.failed)
 		}
-		b.ReportMetric(gw.rate(), mode+"-heartbeats/s")
-		b.ReportMetric(c.rate(), mode+"-ceiling-req/s")
-		b.ReportMetric(100*gw.rate()/c.rate(), mode+"-pct-of-ceiling")
-		reportDurations(b, mode, gw.latencies)
-		reportDurations(b, mode+"-ceiling", c.latencies)
+		b.ReportMetric(gw.rate(), string(mode)+"-heartbeats/s")
+		b.ReportMetric(c.rate(), string(mode)+"-ceiling-req/s")
+		b.ReportMetric(100*gw.rate()/c.rate(), string(mode)+"-pct-of-ceiling")
+		reportDurations(b, string(mode), gw.latencies)
+		reportDurations(b, string(mode)+"-ceiling", c.latencies)
 	}
 
 	// Cut-off under load.
@@ -79,12 +88,17 @@ func BenchmarkGatewayHeartbeats(b *testing.B) {
 	cut := map[int]time.Time{}     // device index -> decommission request
 	refused := map[int]time.Time{} // device index -> first refusal
 	var acceptedAfter atomic.Int64
+	answers := map[int]map[int]int{} // device index -> status -> count after its cut
 	observe := func(i int, status int, at time.Time) {
 		cutMu.Lock()
 		defer cutMu.Unlock()
 		if _, ok := cut[i]; !ok {
 			return
 		}
+		if answers[i] == nil {
+			answers[i] = map[int]int{}
+		}
+		answers[i][status]++
 		if status == http.StatusForbidden {
 			if _, ok := refused[i]; !ok {
 				refused[i] = at
@@ -94,9 +108,9 @@ func BenchmarkGatewayHeartbeats(b *testing.B) {
 		}
 	}
 	done := make(chan *loadResult)
-	go func() {
-		done <- heartbeatLoad(b, g.srv, g.URL, certs, true, body, benchHeartbeatPhase+time.Duration(benchCutOffs)*time.Second, observe)
-	}()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() { done <- heartbeatLoad(ctx, b, g.srv, g.URL, certs, reuse, body, observe) }()
 	time.Sleep(time.Second) // the load is running before the first cut
 	for i := range benchCutOffs {
 		cutMu.Lock()
@@ -107,12 +121,13 @@ func BenchmarkGatewayHeartbeats(b *testing.B) {
 		}
 		time.Sleep(time.Second)
 	}
+	stop()
 	<-done
 	var cutoffs []time.Duration
 	for i := range benchCutOffs {
 		at, ok := refused[i]
 		if !ok {
-			b.Fatalf("device %d was decommissioned and never refused", i)
+			b.Fatalf("device %d was decommissioned and never refused; answers after: %v", i, answers[i])
 		}
 		cutoffs = append(cutoffs, at.Sub(cut[i]))
 	}
@@ -130,6 +145,19 @@ const (
 	benchCutOffs          = 10
 )
 
+// connMode is how a device's heartbeats use connections.
+type connMode string
+
+const (
+	// reuse keeps one connection alive.
+	reuse connMode = "reuse"
+	// resume opens a connection per heartbeat, resuming the TLS session
+	// (a session ticket; no certificate signature or verification).
+	resume connMode = "resume"
+	// handshake opens a connection per heartbeat with a full handshake.
+	handshake connMode = "handshake"
+)
+
 type loadResult struct {
 	n, failed int
 	elapsed   time.Duration
@@ -138,15 +166,13 @@ type loadResult struct {
 
 func (r *loadResult) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
 
-// heartbeatLoad sends heartbeats to url for d, one worker per certificate,
+// heartbeatLoad sends heartbeats to url until ctx ends, one worker per certificate,
 // each on its own connection (kept alive, or a new handshake each time),
 // trusting srv's certificate. observe, if set, sees every answer.
-func heartbeatLoad(b *testing.B, srv *httptest.Server, url string, certs []*tls.Certificate, keepAlive bool, body []byte, d time.Duration,
+func heartbeatLoad(ctx context.Context, b *testing.B, srv *httptest.Server, url string, certs []*tls.Certificate, mode connMode, body []byte,
 	observe func(i, status int, at time.Time)) *loadResult {
 	b.Helper()
 	roots := srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
 	var mu sync.Mutex
 	res := &loadResult{}
 	var wg sync.WaitGroup
@@ -155,8 +181,11 @@ func heartbeatLoad(b *testing.B, srv *httptest.Server, url string, certs []*tls.
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12},
-				DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1}
+			cfg := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+			if mode == resume {
+				cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			}
+			tr := &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: mode != reuse, MaxIdleConnsPerHost: 1}
 			defer tr.CloseIdleConnections()
 			hc := &http.Client{Transport: tr}
 			var lat []time.Duration

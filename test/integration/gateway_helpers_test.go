@@ -3,10 +3,16 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"io"
+	"math/big"
+	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -95,7 +101,9 @@ func startGateway(t testing.TB, mutate ...func(*gateway.Options)) *gw {
 		t.Fatalf("the gateway's cache did not start: %v", startErr)
 	}
 	srv := httptest.NewUnstartedServer(g)
-	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
+	// An ECDSA P-256 serving certificate, as cert-manager issues the
+	// gateway's (httptest's own is RSA).
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{localhostCert(t)}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { dumpProofsOnFailure(t) })
@@ -241,4 +249,23 @@ func dumpProofsOnFailure(t testing.TB) {
 	for _, p := range list.Items {
 		t.Logf("DeviceProof %s (%s, %s): %s %s: %s", p.Name, p.Spec.Purpose, p.Spec.DeviceName, p.Status.Phase, p.Status.Reason, p.Status.Message)
 	}
+}
+
+// localhostCert is a self-signed ECDSA P-256 serving certificate for
+// 127.0.0.1.
+func localhostCert(t testing.TB) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "custody-gateway (test)"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
