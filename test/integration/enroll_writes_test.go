@@ -72,7 +72,11 @@ func TestEnrollmentWrites(t *testing.T) {
 		switch {
 		case k.verb == "GET" || k.verb == "LIST":
 			reads += d
-		case !isWrite(k.verb) || notCounted[f[0]]:
+		case !isWrite(k.verb) || notCounted[f[0]], k.verb == "PATCH" && f[0] == "events":
+			// A PATCH of an Event counts a repeat of an existing one: an
+			// enrollment's Events are about objects it creates, so
+			// these are cert-manager's issuer controllers re-verifying
+			// the issuers on their own schedule.
 		case strings.HasPrefix(f[1], "2"):
 			writes += d
 		default:
