@@ -186,7 +186,7 @@ func (r *ApproverReconciler) SetupWithManager(mgr manager.Manager) error {
 	return ctrl.ControllerManagedBy(mgr).
 		For(&cmapi.CertificateRequest{}).
 		Watches(&custodyv1alpha1.DeviceProof{}, byProof).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("certificaterequest-approver"))).
 		Named("certificaterequest-approver").
 		Complete(r)
 }

@@ -717,7 +717,7 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&custodyv1alpha1.Transfer{}, byTransfer).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, ctrl.WithPredicates(readinessChanged)).
 		WatchesMetadata(&corev1.Secret{}, bySecret).
-		WithOptions(controllerOptions(r.Options.MaxConcurrentClaims)).
+		WithOptions(controllerOptions(r.Options.workers("claim"))).
 		Named("claim").
 		Complete(r)
 }

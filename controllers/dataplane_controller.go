@@ -177,7 +177,7 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
 	}
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}, builder.WithPredicates(stamp)).
-		WithOptions(controllerOptions(4)).
+		WithOptions(controllerOptions(r.Options.workers("dataplane"))).
 		Named("dataplane").
 		Complete(r)
 }

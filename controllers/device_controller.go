@@ -292,7 +292,7 @@ var auditLog = ctrl.Log.WithName("audit")
 func (r *DeviceReconciler) SetupWithManager(mgr manager.Manager) error {
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("device"))).
 		Named("device").
 		Complete(r)
 }

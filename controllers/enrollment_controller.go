@@ -615,7 +615,7 @@ func (r *EnrollmentReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.DeviceProof{}, ctrl.WithPredicates(inOperatorNamespace)).
 		Owns(&cmapi.CertificateRequest{}).
 		Watches(&cmapi.CertificateRequest{}, waiting, ctrl.WithPredicates(inOperatorNamespace)).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("enrollment"))).
 		Named("enrollment").
 		Complete(r)
 }

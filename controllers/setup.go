@@ -61,6 +61,11 @@ type Options struct {
 	FailPoint func(point string, claim client.ObjectKey) error
 	// MaxConcurrentClaims is the number of claims verified in parallel.
 	MaxConcurrentClaims int
+	// Workers overrides the number of reconciles a controller runs at
+	// once, by controller name (ControllerNames; "claim" overrides
+	// MaxConcurrentClaims). Unset controllers keep their defaults
+	// (docs/operations.md, "Rate limits and workers").
+	Workers map[string]int
 	// DataPlane, when set, is the data plane the manager answers the auth
 	// callout of and cuts devices off (nil: no data plane).
 	DataPlane *dataplane.Service
@@ -116,9 +121,6 @@ func (o *Options) defaults() {
 	o.ClaimPolicy = o.ClaimPolicy.Defaulted()
 	if o.Verifier == nil {
 		o.Verifier = Argon2Verifier{}
-	}
-	if o.MaxConcurrentClaims == 0 {
-		o.MaxConcurrentClaims = 4
 	}
 	if len(o.CertManagerUsernames) == 0 {
 		o.CertManagerUsernames = []string{DefaultCertManagerUsername}
@@ -177,6 +179,9 @@ const (
 // Setup registers the indexes and every controller with mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	opts.defaults()
+	if err := opts.validateWorkers(); err != nil {
+		return err
+	}
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &custodyv1alpha1.Device{}, indexDeviceTenant, func(o client.Object) []string {
 		if ref := o.(*custodyv1alpha1.Device).Spec.ClaimRef; ref != nil {
@@ -280,6 +285,40 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {
 			return fmt.Errorf("setting up the %s controller: %w", r.name, err)
+		}
+	}
+	return nil
+}
+
+// ControllerNames are the names of the manager's controllers, as
+// Options.Workers and the manager's --workers flag take them, with their
+// default worker counts ("claim": Options.MaxConcurrentClaims).
+var ControllerNames = map[string]int{
+	"tenant": 1, "device": 1, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
+	"enrollment": 4, "dataaccess": 2, "certificaterequest-approver": 4, "dataplane": 4,
+}
+
+// workers is the number of reconciles controller name runs at once:
+// Options.Workers' or its default in ControllerNames.
+func (o *Options) workers(name string) int {
+	if n := o.Workers[name]; n > 0 {
+		return n
+	}
+	if name == "claim" && o.MaxConcurrentClaims > 0 {
+		return o.MaxConcurrentClaims
+	}
+	return ControllerNames[name]
+}
+
+// validateWorkers refuses a worker count for a controller that does not
+// exist, or below one.
+func (o *Options) validateWorkers() error {
+	for name, n := range o.Workers {
+		if _, ok := ControllerNames[name]; !ok {
+			return fmt.Errorf("workers: no controller named %q", name)
+		}
+		if n < 1 {
+			return fmt.Errorf("workers: %s=%d, want at least 1", name, n)
 		}
 	}
 	return nil

@@ -500,7 +500,7 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&cmapi.Certificate{}, byTenantLabel).
 		Watches(&cmapi.Issuer{}, byTenantLabel).
 		Watches(&custodyv1alpha1.Device{}, byBoundTenant, ctrl.WithPredicates(bindingChanged)).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("tenant"))).
 		Named("tenant").
 		Complete(r)
 }

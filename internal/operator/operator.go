@@ -26,6 +26,20 @@ import (
 // cert-manager types (scheme.New, which the gateway uses too).
 func NewScheme() *runtime.Scheme { return scheme.New() }
 
+// The manager's client-side rate limit, unless RESTConfig sets one (a
+// negative QPS turns it off). An enrollment costs the manager about seven
+// requests (six writes, docs/operations.md "Writes per enrollment") and a
+// claim about eight, so client-go's default (5 QPS; 20 in
+// controller-runtime's examples) or the 200 QPS of earlier versions would
+// cap the manager at 3 to 30 enrollments a second, far below what the API
+// server accepts (about 2,000 writes a second on two cores). At 1,000 the
+// limit only stops a runaway loop; the API server's priority and fairness
+// decides under load.
+const (
+	DefaultQPS   = 1000
+	DefaultBurst = 2000
+)
+
 // Config configures New.
 type Config struct {
 	// RESTConfig authenticates as the manager's ServiceAccount.
@@ -52,9 +66,10 @@ type Config struct {
 func New(cfg Config) (ctrl.Manager, error) {
 	restConfig := rest.CopyConfig(cfg.RESTConfig)
 	if restConfig.QPS == 0 {
-		// A claim costs about eight requests; the client-side defaults (20
-		// QPS) would cap the manager far below what verification allows.
-		restConfig.QPS, restConfig.Burst = 200, 400
+		restConfig.QPS = DefaultQPS
+	}
+	if restConfig.Burst == 0 {
+		restConfig.Burst = DefaultBurst
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  NewScheme(),
