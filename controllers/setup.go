@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -48,7 +49,11 @@ type Options struct {
 	// claim.DefaultPolicy's.
 	ClaimPolicy claim.Policy
 	// Verifier checks claim codes; argon2id unless a test injects another.
+	// Setup runs it in a VerifierPool of ClaimCodeVerifiers slots.
 	Verifier claim.Verifier
+	// ClaimCodeVerifiers is the number of claim codes verified at once,
+	// whatever the claim workers (runtime.GOMAXPROCS when 0).
+	ClaimCodeVerifiers int
 	// ManagerUsernames are the users the manager runs as, to tell the
 	// Claims it creates (a direct sale's) from tenant users' Claims in the
 	// history's actor; the operator fills them from the webhooks' list.
@@ -121,6 +126,9 @@ func (o *Options) defaults() {
 	o.ClaimPolicy = o.ClaimPolicy.Defaulted()
 	if o.Verifier == nil {
 		o.Verifier = Argon2Verifier{}
+	}
+	if _, pooled := o.Verifier.(*VerifierPool); !pooled {
+		o.Verifier = NewVerifierPool(o.Verifier, o.ClaimCodeVerifiers)
 	}
 	if len(o.CertManagerUsernames) == 0 {
 		o.CertManagerUsernames = []string{DefaultCertManagerUsername}
@@ -292,7 +300,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 
 // ControllerNames are the names of the manager's controllers, as
 // Options.Workers and the manager's --workers flag take them, with their
-// default worker counts ("claim": Options.MaxConcurrentClaims).
+// default worker counts ("claim": Options.MaxConcurrentClaims, or at least
+// twice the cores).
 var ControllerNames = map[string]int{
 	"tenant": 1, "device": 1, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
 	"enrollment": 4, "dataaccess": 2, "certificaterequest-approver": 4, "dataplane": 4,
@@ -304,8 +313,13 @@ func (o *Options) workers(name string) int {
 	if n := o.Workers[name]; n > 0 {
 		return n
 	}
-	if name == "claim" && o.MaxConcurrentClaims > 0 {
-		return o.MaxConcurrentClaims
+	if name == "claim" {
+		if o.MaxConcurrentClaims > 0 {
+			return o.MaxConcurrentClaims
+		}
+		// Twice the verifier pool, so that as many claims read and write
+		// as hash: the pool, not the workers, bounds the hashing.
+		return max(ControllerNames[name], 2*runtime.GOMAXPROCS(0))
 	}
 	return ControllerNames[name]
 }

@@ -54,8 +54,10 @@ func main() {
 	var qps float64
 	var burst int
 	var workers string
+	var verifiers int
 	flag.Float64Var(&qps, "kube-api-qps", operator.DefaultQPS, "Requests per second the manager may make to the API server (client-side limit; negative: none). See docs/operations.md, \"Rate limits and workers\".")
 	flag.IntVar(&burst, "kube-api-burst", operator.DefaultBurst, "Requests the manager may make at once above --kube-api-qps.")
+	flag.IntVar(&verifiers, "claim-code-verifiers", 0, "Claim codes verified (argon2id, one core and 19 MiB each) at once, whatever the claim workers; 0: the cores Go uses (GOMAXPROCS).")
 	flag.StringVar(&workers, "workers", "", "Comma-separated controller=N: reconciles each controller runs at once, for "+strings.Join(slices.Sorted(maps.Keys(controllers.ControllerNames)), ", ")+" (defaults in docs/operations.md).")
 	var dp dataPlaneFlags
 	dp.bind(flag.CommandLine)
@@ -80,7 +82,7 @@ func main() {
 	}
 	var err error
 	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, CertManagerUsernames: strings.Split(certManagerUsers, ","), ClaimPolicy: policy,
-		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL,
+		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL, ClaimCodeVerifiers: verifiers,
 		AuditLog: operator.AuditLogger(os.Stderr)}
 	if configFile != "" {
 		if err := operator.LoadConfig(configFile, &ctrlOpts); err != nil {
