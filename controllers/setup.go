@@ -257,6 +257,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		setup func(ctrl.Manager) error
 	}{
 		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Options: opts}).SetupWithManager},
+		{"tenant-devices", (&TenantDevicesReconciler{Client: mgr.GetClient(), Options: opts}).SetupWithManager},
 		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
@@ -303,7 +304,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 // default worker counts ("claim": Options.MaxConcurrentClaims, or at least
 // twice the cores).
 var ControllerNames = map[string]int{
-	"tenant": 1, "device": 1, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
+	"tenant": 1, "tenant-devices": 1, "device": 1, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
 	"enrollment": 4, "dataaccess": 2, "certificaterequest-approver": 4, "dataplane": 4,
 }
 

@@ -13,10 +13,10 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/factory"
-	"github.com/custody-dev/custody/pkg/device"
 )
 
 // maxWritesPerEnrollment bounds the API-server writes one enrollment
@@ -42,21 +42,51 @@ func TestEnrollmentWrites(t *testing.T) {
 	g := startGateway(t)
 	tn := newTenant(t)
 	const n = 3
-	var agents []*device.Agent
 	var recs []*factory.Record
 	for range n {
-		rec := newDevice(t)
-		waitPhase(t, claimWithCode(t, admin, tn.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
-		recs = append(recs, rec)
-		agents = append(agents, newAgent(t, g, rec))
+		recs = append(recs, newDevice(t))
 	}
-	// Whatever the claims set off has settled before counting starts.
-	before := quietRequests(t)
-	for _, a := range agents {
-		enrollAgent(t, a)
+	// Whatever the Tenant and the Devices set off has settled before
+	// counting starts.
+	start := quietRequests(t)
+	var claims []*custodyv1alpha1.Claim
+	for _, rec := range recs {
+		claims = append(claims, claimWithCode(t, admin, tn.Status.Namespace, rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()))
 	}
-	after := quietRequests(t)
+	for _, cl := range claims {
+		waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	}
+	claimed := quietRequests(t)
+	if err := admin.Get(context.Background(), client.ObjectKeyFromObject(tn), tn); err != nil {
+		t.Fatal(err)
+	}
+	if tn.Status.BoundDevices != n {
+		t.Fatalf("tenant %s counts %d bound devices, want %d", tn.Name, tn.Status.BoundDevices, n)
+	}
+	// The claims are reported, not bounded: the test's own Secret and
+	// Claim and its polling are in the count.
+	tally(t, "claim by code (with the test's Secret, Claim and polling)", start, claimed, n)
 
+	for _, rec := range recs {
+		enrollAgent(t, newAgent(t, g, rec))
+	}
+	enrolled := quietRequests(t)
+	writes := tally(t, "enrollment", claimed, enrolled, n)
+	for _, rec := range recs {
+		d := getDevice(t, rec.Device.Name)
+		if len(d.Status.Certificates) != 1 {
+			t.Fatalf("device %s: %d certificates published, want 1", d.Name, len(d.Status.Certificates))
+		}
+	}
+	if writes > maxWritesPerEnrollment*n {
+		t.Fatalf("%d writes for %d enrollments: more than %d each", writes, n, maxWritesPerEnrollment)
+	}
+}
+
+// tally logs the requests made between two counts, per each of n
+// operations, and returns the writes (successful ones) among them.
+func tally(t testing.TB, what string, before, after map[requestKey]int, n int) int {
+	t.Helper()
 	writes, refused, reads := 0, 0, 0
 	var lines []string
 	keys := slices.SortedFunc(maps.Keys(after), func(a, b requestKey) int {
@@ -67,7 +97,7 @@ func TestEnrollmentWrites(t *testing.T) {
 		if d == 0 {
 			continue
 		}
-		lines = append(lines, fmt.Sprintf("%-8s %-40s %6.2f", k.verb, k.resource, float64(d)/n))
+		lines = append(lines, fmt.Sprintf("%-8s %-40s %6.2f", k.verb, k.resource, float64(d)/float64(n)))
 		f := strings.Fields(k.resource)
 		switch {
 		case k.verb == "GET" || k.verb == "LIST":
@@ -83,17 +113,9 @@ func TestEnrollmentWrites(t *testing.T) {
 			refused += d
 		}
 	}
-	t.Logf("API requests per enrollment (%d devices, everyone's, reads include the test's own):\n%s", n, strings.Join(lines, "\n"))
-	t.Logf("writes per enrollment: %.2f; refused writes (conflicts): %.2f; reads: %.2f", float64(writes)/n, float64(refused)/n, float64(reads)/n)
-	for _, rec := range recs {
-		d := getDevice(t, rec.Device.Name)
-		if len(d.Status.Certificates) != 1 {
-			t.Fatalf("device %s: %d certificates published, want 1", d.Name, len(d.Status.Certificates))
-		}
-	}
-	if writes > maxWritesPerEnrollment*n {
-		t.Fatalf("%d writes for %d enrollments: more than %d each", writes, n, maxWritesPerEnrollment)
-	}
+	t.Logf("API requests per %s (%d, everyone's, reads include the test's own):\n%s", what, n, strings.Join(lines, "\n"))
+	t.Logf("per %s: %.2f writes, %.2f refused writes (conflicts), %.2f reads", what, float64(writes)/float64(n), float64(refused)/float64(n), float64(reads)/float64(n))
+	return writes
 }
 
 func isWrite(verb string) bool {
