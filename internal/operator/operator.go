@@ -82,8 +82,8 @@ func New(cfg Config) (ctrl.Manager, error) {
 		LeaderElectionNamespace: cfg.Controllers.OperatorNamespace,
 		Controller:              config.Controller{SkipNameValidation: &cfg.SkipNameValidation},
 		Cache: cache.Options{
-			// Nobody reads managedFields; keep the cache small.
-			DefaultTransform: cache.TransformStripManagedFields(),
+			// Nobody reads managedFields, and Devices shed more.
+			DefaultTransform: cacheTransform,
 		},
 	})
 	if err != nil {
