@@ -8,15 +8,19 @@ import (
 	"context"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/scheme"
 	"github.com/custody-dev/custody/internal/webhooks"
@@ -84,7 +88,22 @@ func New(cfg Config) (ctrl.Manager, error) {
 		Cache: cache.Options{
 			// Nobody reads managedFields, and Devices shed more.
 			DefaultTransform: cacheTransform,
+			ByObject: map[client.Object]cache.ByObject{
+				// The manager reads only its own ConfigMaps (trust
+				// bundles, the data plane's client CAs, pairing-token
+				// state), all labelled: the cluster's others are not
+				// kept.
+				&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue})},
+			},
 		},
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Secrets are read from the API server, never cached: a
+			// Secret read through the cache would keep every Secret of the
+			// cluster, keys included, in the manager's memory. Claim-code,
+			// pairing-token and DataAccess Secrets are watched by their
+			// metadata only.
+			DisableFor: []client.Object{&corev1.Secret{}},
+		}},
 	})
 	if err != nil {
 		return nil, err
