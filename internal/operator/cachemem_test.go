@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -120,5 +121,35 @@ func TestCachedDeviceSize(t *testing.T) {
 		ours := heapPerDevice(t, wire, cacheTransform)
 		t.Logf("heap per cached Device (kubectl last-applied annotation: %v; %d bytes on the wire): untrimmed %.0f B, managedFields stripped %.0f B, the manager's transform %.0f B",
 			lastApplied, len(wire[0]), none, strip, ours)
+	}
+}
+
+// TestCacheTransformKeepsWhatControllersRead: the manager's transform
+// takes from a Device only managedFields and kubectl's last-applied
+// annotation; everything else (other annotations included) is as the API
+// server sent it.
+func TestCacheTransformKeepsWhatControllersRead(t *testing.T) {
+	raw := wireDevices(t, 1, true)[0]
+	want, got := &custodyv1alpha1.Device{}, &custodyv1alpha1.Device{}
+	for _, d := range []*custodyv1alpha1.Device{want, got} {
+		if err := json.Unmarshal(raw, d); err != nil {
+			t.Fatal(err)
+		}
+		d.Annotations["custody.dev/other"] = "kept"
+		d.Labels = map[string]string{custodyv1alpha1.LabelTenant: "acme"}
+	}
+	if _, err := cacheTransform(got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ManagedFields != nil {
+		t.Error("managedFields kept")
+	}
+	if _, ok := got.Annotations[annotationLastApplied]; ok {
+		t.Error("the last-applied annotation kept")
+	}
+	want.ManagedFields = nil
+	delete(want.Annotations, annotationLastApplied)
+	if !equality.Semantic.DeepEqual(want, got) {
+		t.Errorf("the transform changed more than it should:\n%+v\nwant\n%+v", got, want)
 	}
 }
