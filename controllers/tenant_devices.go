@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"time"
 
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
@@ -20,7 +21,7 @@ import (
 // a binding (every claim, release or transfer) costs one status patch, when
 // the count changes, instead of re-applying the tenant's namespace,
 // RoleBindings, CA and trust bundle; a burst of bindings of one tenant
-// coalesces in the workqueue into a few counts.
+// coalesces in the workqueue (countDelay) into a few counts.
 type TenantDevicesReconciler struct {
 	Client  client.Client
 	Options Options
@@ -84,8 +85,15 @@ func (r *TenantDevicesReconciler) SetupWithManager(mgr manager.Manager) error {
 		Complete(r)
 }
 
+// countDelay is how long a binding waits to be counted, so that a burst of
+// bindings of one tenant is counted once: every count is a write of the
+// Tenant's status, which the claims of that tenant, reserving their
+// attempts on the same Tenant under optimistic locking, would then
+// conflict with.
+const countDelay = 500 * time.Millisecond
+
 func enqueueBoundTenant(o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 	if ref := o.(*custodyv1alpha1.Device).Spec.ClaimRef; ref != nil {
-		q.Add(reconcile.Request{NamespacedName: client.ObjectKey{Name: ref.Tenant}})
+		q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKey{Name: ref.Tenant}}, countDelay)
 	}
 }
