@@ -41,9 +41,9 @@ func wireDevices(t testing.TB, n int, lastApplied bool) [][]byte {
 		d.Spec.Sale = &custodyv1alpha1.SaleRecord{OrderReference: fmt.Sprintf("SO-%08d", i), Buyer: custodyv1alpha1.Buyer{Name: "Wholesale Ltd", Contact: "orders@wholesale.example"}}
 		d.ManagedFields = []metav1.ManagedFieldsEntry{
 			{Manager: "erp", Operation: metav1.ManagedFieldsOperationApply, APIVersion: "custody.dev/v1alpha1", Time: &now, FieldsType: "FieldsV1",
-				FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:claimCode":{"f:verifier":{}},"f:identity":{"f:publicKey":{}},"f:model":{},"f:sale":{"f:buyer":{"f:contact":{},"f:name":{}},"f:orderReference":{}},"f:serialNumber":{}}}`)}},
+				FieldsV1: metav1.NewFieldsV1(`{"f:spec":{"f:claimCode":{"f:verifier":{}},"f:identity":{"f:publicKey":{}},"f:model":{},"f:sale":{"f:buyer":{"f:contact":{},"f:name":{}},"f:orderReference":{}},"f:serialNumber":{}}}`)},
 			{Manager: "custody-manager", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "custody.dev/v1alpha1", Time: &now, FieldsType: "FieldsV1", Subresource: "status",
-				FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{".":{},"f:conditions":{".":{},"k:{\"type\":\"Claimable\"}":{".":{},"f:lastTransitionTime":{},"f:message":{},"f:reason":{},"f:status":{},"f:type":{}},"k:{\"type\":\"Ready\"}":{".":{},"f:lastTransitionTime":{},"f:message":{},"f:reason":{},"f:status":{},"f:type":{}}},"f:observedGeneration":{},"f:phase":{}}}`)}},
+				FieldsV1: metav1.NewFieldsV1(`{"f:status":{".":{},"f:conditions":{".":{},"k:{\"type\":\"Claimable\"}":{".":{},"f:lastTransitionTime":{},"f:message":{},"f:reason":{},"f:status":{},"f:type":{}},"k:{\"type\":\"Ready\"}":{".":{},"f:lastTransitionTime":{},"f:message":{},"f:reason":{},"f:status":{},"f:type":{}}},"f:observedGeneration":{},"f:phase":{}}}`)},
 		}
 		if lastApplied {
 			spec, _ := json.Marshal(map[string]any{"apiVersion": "custody.dev/v1alpha1", "kind": "Device", "metadata": map[string]any{"name": d.Name}, "spec": d.Spec})
