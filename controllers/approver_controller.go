@@ -41,7 +41,8 @@ type ApproverReconciler struct {
 
 // Reconcile approves or denies one CertificateRequest: it reads what the
 // request names (observe), lets decideRequest decide, and adds the
-// decision's condition.
+// decision's condition, reported in an Event unless it approves a device
+// certificate.
 func (r *ApproverReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	cr := &cmapi.CertificateRequest{}
 	if err := r.Client.Get(ctx, req.NamespacedName, cr); err != nil {
@@ -72,7 +73,14 @@ func (r *ApproverReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	if err := r.Client.Status().Patch(ctx, cr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	r.Recorder.Eventf(cr, nil, eventType, d.Reason, "Approve", "%s", d.Message)
+	// Every denial is an Event. Approving a device certificate is not: it
+	// is one step of every enrollment and renewal, its condition keeps the
+	// reason and message, and the proof, the Device and the Claim record
+	// the certificate moments later; an Event would be one more write per
+	// enrollment (docs/operations.md, "Writes per enrollment").
+	if d.Verdict == approverDeny || kindOfRequest(cr, &r.Options) != requestForDevice {
+		r.Recorder.Eventf(cr, nil, eventType, d.Reason, "Approve", "%s", d.Message)
+	}
 	return reconcile.Result{}, nil
 }
 
@@ -178,7 +186,7 @@ func (r *ApproverReconciler) SetupWithManager(mgr manager.Manager) error {
 	return ctrl.ControllerManagedBy(mgr).
 		For(&cmapi.CertificateRequest{}).
 		Watches(&custodyv1alpha1.DeviceProof{}, byProof).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("certificaterequest-approver"))).
 		Named("certificaterequest-approver").
 		Complete(r)
 }

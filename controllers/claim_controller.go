@@ -49,6 +49,9 @@ type ClaimReconciler struct {
 	// Custody writes every ownership change of a Device.
 	Custody *custody.Applier
 	Options Options
+
+	// written keeps the Claims' writes until the cache has them.
+	written ownWrites
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch;delete;deletecollection
@@ -61,8 +64,20 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	if err := r.Client.Get(ctx, req.NamespacedName, c); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.written.stale(c) {
+		// The cache has not seen this controller's last write of the
+		// Claim yet (a Device's or Tenant's event queued it meanwhile):
+		// deciding again from the older Claim would only be refused by
+		// the optimistic lock. The write's own event brings it back.
+		return reconcile.Result{}, nil
+	}
 	if c.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(c, custodyv1alpha1.FinalizerName) {
-		return reconcile.Result{}, r.Client.Update(ctx, c, client.FieldOwner(FieldOwner))
+		rv := c.ResourceVersion
+		if err := r.Client.Update(ctx, c, client.FieldOwner(FieldOwner)); err != nil {
+			return reconcile.Result{}, err
+		}
+		r.written.wrote(c, rv)
+		return reconcile.Result{}, nil
 	}
 	if !c.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, c)
@@ -573,6 +588,7 @@ func (r *ClaimReconciler) writeStatus(ctx context.Context, c *custodyv1alpha1.Cl
 	if err := r.Client.Status().Patch(ctx, c, patch, client.FieldOwner(FieldOwner)); err != nil {
 		return false, client.IgnoreNotFound(err)
 	}
+	r.written.wrote(c, before.ResourceVersion)
 	if changed {
 		claimDecisions.WithLabelValues(string(d.Phase), d.Reason).Inc()
 		if d.Event != nil {
@@ -717,7 +733,7 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&custodyv1alpha1.Transfer{}, byTransfer).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, ctrl.WithPredicates(readinessChanged)).
 		WatchesMetadata(&corev1.Secret{}, bySecret).
-		WithOptions(controllerOptions(r.Options.MaxConcurrentClaims)).
+		WithOptions(controllerOptions(r.Options.workers("claim"))).
 		Named("claim").
 		Complete(r)
 }

@@ -490,7 +490,7 @@ func (r *DataAccessReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&cmapi.CertificateRequest{}, byRequest, ctrl.WithPredicates(ours)).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, ctrl.WithPredicates(readinessChanged)).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &custodyv1alpha1.DataAccess{}, handler.OnlyControllerOwner()), ctrl.WithPredicates(ours)).
-		WithOptions(controllerOptions(2)).
+		WithOptions(controllerOptions(r.Options.workers("dataaccess"))).
 		Named("dataaccess").
 		Complete(r)
 }

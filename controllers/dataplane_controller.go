@@ -10,15 +10,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -177,7 +175,7 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
 	}
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}, builder.WithPredicates(stamp)).
-		WithOptions(controllerOptions(4)).
+		WithOptions(controllerOptions(r.Options.workers("dataplane"))).
 		Named("dataplane").
 		Complete(r)
 }
@@ -322,12 +320,21 @@ func (r *DataPlaneClientCAsReconciler) Reconcile(ctx context.Context, _ ctrl.Req
 			}
 		}
 	}
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: DataPlaneClientCAsName, Namespace: r.OperatorNamespace}}
-	_, err := controllerutil.CreateOrUpdate(ctx, r.Client, cm, func() error {
-		cm.Data = map[string]string{contract.TrustBundleKey: union.String()}
-		return nil
-	})
-	return ctrl.Result{}, err
+	// The manager caches only its labelled ConfigMaps: one written by an
+	// earlier version without the label is not in the cache, and the
+	// apply takes it over and labels it.
+	cm := &corev1.ConfigMap{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: r.OperatorNamespace, Name: DataPlaneClientCAsName}, cm)
+	if err == nil && cm.Data[contract.TrustBundleKey] == union.String() && len(cm.Data) == 1 {
+		return ctrl.Result{}, nil
+	}
+	if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, err
+	}
+	apply := corev1ac.ConfigMap(DataPlaneClientCAsName, r.OperatorNamespace).
+		WithLabels(map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}).
+		WithData(map[string]string{contract.TrustBundleKey: union.String()})
+	return ctrl.Result{}, r.Apply(ctx, apply, client.FieldOwner(FieldOwner), client.ForceOwnership)
 }
 
 // SetupWithManager reconciles one key on any Tenant or trust-bundle change.

@@ -51,6 +51,11 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err := r.Client.Get(ctx, req.NamespacedName, device); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.Custody.Applying(device.Name) {
+		// Another controller of this manager is writing a change of this
+		// Device and completes it itself; look after it has.
+		return reconcile.Result{RequeueAfter: applyingRecheck}, nil
+	}
 	if err := r.Custody.Complete(ctx, device); err != nil {
 		return reconcile.Result{}, err
 	}
@@ -95,6 +100,11 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 // records the restore without them (their tenants' new Claims then
 // reattach). Until the restore is recorded no change applies to the device.
 const RestoreGrace = 2 * time.Minute
+
+// applyingRecheck is how soon the Device controller looks again at a
+// Device another controller was changing (its writes' events usually come
+// first).
+const applyingRecheck = 100 * time.Millisecond
 
 // restoreRecheck is how often a restored Device looks for its Claims.
 const restoreRecheck = 2 * time.Second
@@ -292,7 +302,7 @@ var auditLog = ctrl.Log.WithName("audit")
 func (r *DeviceReconciler) SetupWithManager(mgr manager.Manager) error {
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("device"))).
 		Named("device").
 		Complete(r)
 }

@@ -51,6 +51,9 @@ type EnrollmentReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Options   Options
+
+	// written keeps the proofs' status writes until the cache has them.
+	written ownWrites
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs,verbs=get;list;watch;delete
@@ -64,12 +67,19 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	if err := r.Client.Get(ctx, req.NamespacedName, p); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.written.stale(p) {
+		// The cache has not seen this controller's last status write yet
+		// (a CertificateRequest's event queued the proof meanwhile): that
+		// write's own event brings the proof back.
+		return reconcile.Result{}, nil
+	}
 	now := r.Options.Clock.Now()
 	if p.Status.CompletionTime != nil {
 		// Finished: keep it an hour for support staff, then delete it.
 		if left := p.Status.CompletionTime.Add(r.Options.ProofRetention).Sub(now); left > 0 {
 			return reconcile.Result{RequeueAfter: left}, nil
 		}
+		r.written.forget(p.UID)
 		return reconcile.Result{}, client.IgnoreNotFound(r.Client.Delete(ctx, p))
 	}
 
@@ -86,7 +96,9 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		if err := r.Client.Status().Patch(ctx, p, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 			// A conflict is retried with the workqueue's back-off.
 			retErr = errors.Join(retErr, client.IgnoreNotFound(err))
+			return
 		}
+		r.written.wrote(p, before.ResourceVersion)
 	}()
 
 	dev, csr, err := r.verify(ctx, p)
@@ -196,9 +208,11 @@ func (r *EnrollmentReconciler) issue(ctx context.Context, p *custodyv1alpha1.Dev
 	}
 	p.Status.Certificate = string(cr.Status.Certificate)
 	p.Status.CA = caBundle(d.Chain, cr.Status.CA)
+	// No Event: the certificate is on the Device's and the Claim's status,
+	// and the proof says it was issued for as long as an Event would; one
+	// more write per enrollment and renewal would say it a fourth time
+	// (docs/operations.md, "Writes per enrollment").
 	p.Status.Phase, p.Status.Reason, p.Status.Message = custodyv1alpha1.DeviceProofPhaseIssued, custodyv1alpha1.DeviceProofReasonIssued, d.Message
-	r.Recorder.Eventf(dev, p, corev1.EventTypeNormal, "CertificateIssued", "Enroll", "Certificate %s issued to the device under tenant %s, valid until %s (%s).",
-		protocol.CertFingerprint(leaf.Raw), dev.Spec.ClaimRef.Tenant, leaf.NotAfter.UTC().Format(time.RFC3339), p.Spec.Purpose)
 	return reconcile.Result{}, nil
 }
 
@@ -601,7 +615,7 @@ func (r *EnrollmentReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.DeviceProof{}, ctrl.WithPredicates(inOperatorNamespace)).
 		Owns(&cmapi.CertificateRequest{}).
 		Watches(&cmapi.CertificateRequest{}, waiting, ctrl.WithPredicates(inOperatorNamespace)).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("enrollment"))).
 		Named("enrollment").
 		Complete(r)
 }

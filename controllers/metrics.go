@@ -42,6 +42,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimVerifications, notificationsDelivered, notificationsFailed)
+	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimVerifications, notificationsDelivered, notificationsFailed,
+		verifierWait, verifierDuration, verifierInFlight, verifierPoolSize)
 	metrics.Registry.MustRegister(dataplane.Collectors()...)
 }

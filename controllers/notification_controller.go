@@ -300,7 +300,7 @@ func (r *NotificationReconciler) SetupWithManager(mgr manager.Manager) error {
 	}
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Device{}, builder.WithPredicates(historyChanged)).
-		WithOptions(controllerOptions(2)).
+		WithOptions(controllerOptions(r.Options.workers("notification"))).
 		Named("notification").
 		Complete(r)
 }

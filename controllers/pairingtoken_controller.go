@@ -112,7 +112,7 @@ func (r *PairingTokenReconciler) SetupWithManager(mgr manager.Manager) error {
 		return strings.HasPrefix(o.GetName(), claim.PairingTokenSecretPrefix) && o.GetNamespace() != r.Options.OperatorNamespace
 	})
 	return ctrl.NewControllerManagedBy(mgr).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("pairingtoken"))).
 		Named("pairingtoken").
 		WatchesMetadata(&corev1.Secret{}, &handler.EnqueueRequestForObject{}, builder.WithPredicates(isToken)).
 		Complete(r)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -48,7 +49,11 @@ type Options struct {
 	// claim.DefaultPolicy's.
 	ClaimPolicy claim.Policy
 	// Verifier checks claim codes; argon2id unless a test injects another.
+	// Setup runs it in a VerifierPool of ClaimCodeVerifiers slots.
 	Verifier claim.Verifier
+	// ClaimCodeVerifiers is the number of claim codes verified at once,
+	// whatever the claim workers (runtime.GOMAXPROCS when 0).
+	ClaimCodeVerifiers int
 	// ManagerUsernames are the users the manager runs as, to tell the
 	// Claims it creates (a direct sale's) from tenant users' Claims in the
 	// history's actor; the operator fills them from the webhooks' list.
@@ -61,6 +66,11 @@ type Options struct {
 	FailPoint func(point string, claim client.ObjectKey) error
 	// MaxConcurrentClaims is the number of claims verified in parallel.
 	MaxConcurrentClaims int
+	// Workers overrides the number of reconciles a controller runs at
+	// once, by controller name (ControllerNames; "claim" overrides
+	// MaxConcurrentClaims). Unset controllers keep their defaults
+	// (docs/operations.md, "Rate limits and workers").
+	Workers map[string]int
 	// DataPlane, when set, is the data plane the manager answers the auth
 	// callout of and cuts devices off (nil: no data plane).
 	DataPlane *dataplane.Service
@@ -117,8 +127,8 @@ func (o *Options) defaults() {
 	if o.Verifier == nil {
 		o.Verifier = Argon2Verifier{}
 	}
-	if o.MaxConcurrentClaims == 0 {
-		o.MaxConcurrentClaims = 4
+	if _, pooled := o.Verifier.(*VerifierPool); !pooled {
+		o.Verifier = NewVerifierPool(o.Verifier, o.ClaimCodeVerifiers)
 	}
 	if len(o.CertManagerUsernames) == 0 {
 		o.CertManagerUsernames = []string{DefaultCertManagerUsername}
@@ -177,6 +187,9 @@ const (
 // Setup registers the indexes and every controller with mgr.
 func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	opts.defaults()
+	if err := opts.validateWorkers(); err != nil {
+		return err
+	}
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &custodyv1alpha1.Device{}, indexDeviceTenant, func(o client.Object) []string {
 		if ref := o.(*custodyv1alpha1.Device).Spec.ClaimRef; ref != nil {
@@ -244,6 +257,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		setup func(ctrl.Manager) error
 	}{
 		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Options: opts}).SetupWithManager},
+		{"tenant-devices", (&TenantDevicesReconciler{Client: mgr.GetClient(), Options: opts}).SetupWithManager},
 		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
@@ -280,6 +294,46 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {
 			return fmt.Errorf("setting up the %s controller: %w", r.name, err)
+		}
+	}
+	return nil
+}
+
+// ControllerNames are the names of the manager's controllers, as
+// Options.Workers and the manager's --workers flag take them, with their
+// default worker counts ("claim": Options.MaxConcurrentClaims, or at least
+// twice the cores).
+var ControllerNames = map[string]int{
+	"tenant": 1, "tenant-devices": 1, "device": 1, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
+	"enrollment": 4, "dataaccess": 2, "certificaterequest-approver": 4, "dataplane": 4,
+}
+
+// workers is the number of reconciles controller name runs at once:
+// Options.Workers' or its default in ControllerNames.
+func (o *Options) workers(name string) int {
+	if n := o.Workers[name]; n > 0 {
+		return n
+	}
+	if name == "claim" {
+		if o.MaxConcurrentClaims > 0 {
+			return o.MaxConcurrentClaims
+		}
+		// Twice the verifier pool, so that as many claims read and write
+		// as hash: the pool, not the workers, bounds the hashing.
+		return max(ControllerNames[name], 2*runtime.GOMAXPROCS(0))
+	}
+	return ControllerNames[name]
+}
+
+// validateWorkers refuses a worker count for a controller that does not
+// exist, or below one.
+func (o *Options) validateWorkers() error {
+	for name, n := range o.Workers {
+		if _, ok := ControllerNames[name]; !ok {
+			return fmt.Errorf("workers: no controller named %q", name)
+		}
+		if n < 1 {
+			return fmt.Errorf("workers: %s=%d, want at least 1", name, n)
 		}
 	}
 	return nil

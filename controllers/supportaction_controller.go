@@ -139,7 +139,7 @@ func (r *SupportActionReconciler) finish(ctx context.Context, a *custodyv1alpha1
 func (r *SupportActionReconciler) SetupWithManager(mgr manager.Manager) error {
 	return builder.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.SupportAction{}).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("supportaction"))).
 		Named("supportaction").
 		Complete(r)
 }

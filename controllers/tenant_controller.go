@@ -187,11 +187,7 @@ func (r *TenantReconciler) reconcileNormal(ctx context.Context, t *custodyv1alph
 	}
 	r.setCondition(t, custodyv1alpha1.ConditionReady, ready, readyReason, readyMsg)
 
-	var devices custodyv1alpha1.DeviceList
-	if err := r.Client.List(ctx, &devices, client.MatchingFields{indexDeviceTenant: t.Name}); err != nil {
-		return reconcile.Result{}, err
-	}
-	t.Status.BoundDevices = int32(len(devices.Items))
+	// status.boundDevices is the TenantDevicesReconciler's.
 
 	if !ready {
 		// cert-manager's progress is watched; this only bounds the wait.
@@ -474,19 +470,6 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 		}
 		return nil
 	})
-	byBoundTenant := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-		if ref := o.(*custodyv1alpha1.Device).Spec.ClaimRef; ref != nil {
-			return []reconcile.Request{{NamespacedName: client.ObjectKey{Name: ref.Tenant}}}
-		}
-		return nil
-	})
-	// Only binding changes matter to a Tenant (its bound-device count).
-	bindingChanged := predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			o, n := e.ObjectOld.(*custodyv1alpha1.Device).Spec.ClaimRef, e.ObjectNew.(*custodyv1alpha1.Device).Spec.ClaimRef
-			return (o == nil) != (n == nil) || (o != nil && o.Tenant != n.Tenant)
-		},
-	}
 	// The Tenant's status is written on every claim attempt (throttles);
 	// only changes to what the Tenant asks for need a reconcile.
 	specChanged := predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.Funcs{
@@ -499,8 +482,7 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.Tenant{}, ctrl.WithPredicates(specChanged)).
 		Watches(&cmapi.Certificate{}, byTenantLabel).
 		Watches(&cmapi.Issuer{}, byTenantLabel).
-		Watches(&custodyv1alpha1.Device{}, byBoundTenant, ctrl.WithPredicates(bindingChanged)).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("tenant"))).
 		Named("tenant").
 		Complete(r)
 }

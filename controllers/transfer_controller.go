@@ -374,7 +374,7 @@ func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&custodyv1alpha1.Device{}, byDevice).
 		Watches(&custodyv1alpha1.Claim{}, byClaim).
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, builder.WithPredicates(readinessChanged)).
-		WithOptions(controllerOptions(1)).
+		WithOptions(controllerOptions(r.Options.workers("transfer"))).
 		Named("transfer").
 		Complete(r)
 }

@@ -5,8 +5,11 @@ package main
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,6 +51,14 @@ func main() {
 	flag.DurationVar(&transferTTL, "transfer-ttl", controllers.DefaultTransferTTL, "How long a Transfer offer waits for its recipient.")
 	flag.StringVar(&configFile, "config", "", "YAML file with the operator's claim policy (cooling-off, sale-record proofs), per-model policies and notification endpoints; see docs/operations.md.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Enable leader election.")
+	var qps float64
+	var burst int
+	var workers string
+	var verifiers int
+	flag.Float64Var(&qps, "kube-api-qps", operator.DefaultQPS, "Requests per second the manager may make to the API server (client-side limit; negative: none). See docs/operations.md, \"Rate limits and workers\".")
+	flag.IntVar(&burst, "kube-api-burst", operator.DefaultBurst, "Requests the manager may make at once above --kube-api-qps.")
+	flag.IntVar(&verifiers, "claim-code-verifiers", 0, "Claim codes verified (argon2id, one core and 19 MiB each) at once, whatever the claim workers; 0: the cores Go uses (GOMAXPROCS).")
+	flag.StringVar(&workers, "workers", "", "Comma-separated controller=N: reconciles each controller runs at once, for "+strings.Join(slices.Sorted(maps.Keys(controllers.ControllerNames)), ", ")+" (defaults in docs/operations.md).")
 	var dp dataPlaneFlags
 	dp.bind(flag.CommandLine)
 	zapOpts := zap.Options{}
@@ -69,14 +80,20 @@ func main() {
 		log.Error(err, "invalid --claim-max-failed-attempts or --claim-lockout")
 		os.Exit(1)
 	}
+	var err error
 	ctrlOpts := controllers.Options{OperatorNamespace: opNS, RootIssuer: rootIssuer, CertManagerUsernames: strings.Split(certManagerUsers, ","), ClaimPolicy: policy,
-		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL,
+		TrustDomain: trustDomain, CertificateDuration: certDuration, TransferTTL: transferTTL, ClaimCodeVerifiers: verifiers,
 		AuditLog: operator.AuditLogger(os.Stderr)}
 	if configFile != "" {
 		if err := operator.LoadConfig(configFile, &ctrlOpts); err != nil {
 			log.Error(err, "invalid --config")
 			os.Exit(1)
 		}
+	}
+
+	if ctrlOpts.Workers, err = parseWorkers(workers); err != nil {
+		log.Error(err, "invalid --workers")
+		os.Exit(1)
 	}
 
 	dataPlane, err := dp.service()
@@ -86,8 +103,10 @@ func main() {
 	}
 	ctrlOpts.DataPlane = dataPlane
 
+	restConfig := ctrl.GetConfigOrDie()
+	restConfig.QPS, restConfig.Burst = float32(qps), burst
 	mgr, err := operator.New(operator.Config{
-		RESTConfig:     ctrl.GetConfigOrDie(),
+		RESTConfig:     restConfig,
 		WebhookServer:  webhook.NewServer(webhook.Options{Host: webhookHost, Port: webhookPort, CertDir: certDir}),
 		MetricsAddr:    metricsAddr,
 		HealthAddr:     healthAddr,
@@ -123,4 +142,24 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseWorkers parses --workers: comma-separated controller=N.
+func parseWorkers(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, kv := range splitList(s) {
+		name, n, ok := strings.Cut(kv, "=")
+		v, err := strconv.Atoi(n)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("%q: want controller=N", kv)
+		}
+		if _, known := controllers.ControllerNames[name]; !known {
+			return nil, fmt.Errorf("%q: no controller named %s", kv, name)
+		}
+		if v < 1 {
+			return nil, fmt.Errorf("%q: want at least 1", kv)
+		}
+		out[name] = v
+	}
+	return out, nil
 }

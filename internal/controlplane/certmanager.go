@@ -41,6 +41,26 @@ var certManagerControllers = []string{
 	revisionmanager.ControllerName,
 }
 
+// The in-process cert-manager's client-side rate limit and workers
+// (docs/operations.md, "Rate limits and workers", gives a production
+// cert-manager the same reasoning as flags). cert-manager's clients and its
+// event sink share one token bucket; a device certificate costs it four
+// requests (the signed status and three Events: "WaitingForApproval" from
+// each issuer-type controller that sees the request before the approver
+// has decided, and "CertificateIssued"), so its default (20 QPS) or the
+// 100 of earlier versions would cap enrollment at 5 to 25 a second. The
+// request controllers sign with a key in memory and write once: a few
+// workers overlap that write's latency; the Certificate controllers run
+// for tenant CAs only.
+const (
+	certManagerQPS     = 500
+	certManagerBurst   = 1000
+	certManagerWorkers = 2
+	// certManagerRequestWorkers are the workers of the CertificateRequest
+	// controllers (the CA and self-signed issuers).
+	certManagerRequestWorkers = 4
+)
+
 // certManager is a running set of in-process cert-manager controllers.
 type certManager struct {
 	cancel context.CancelFunc
@@ -57,8 +77,8 @@ func startCertManager(ctx context.Context, log logr.Logger, kubeconfig, clusterR
 
 	factory, err := cmcontroller.NewContextFactory(ctx, cmcontroller.ContextOptions{
 		Kubeconfig:         kubeconfig,
-		KubernetesAPIQPS:   100,
-		KubernetesAPIBurst: 200,
+		KubernetesAPIQPS:   certManagerQPS,
+		KubernetesAPIBurst: certManagerBurst,
 		IssuerOptions: cmcontroller.IssuerOptions{
 			ClusterResourceNamespace: clusterResourceNamespace,
 		},
@@ -100,10 +120,14 @@ func startCertManager(ctx context.Context, log logr.Logger, kubeconfig, clusterR
 	shared.SharedInformerFactory.Start(ctx.Done())
 
 	for i, c := range running {
+		workers := certManagerWorkers
+		if name := certManagerControllers[i]; name == crca.CRControllerName || name == crselfsigned.CRControllerName {
+			workers = certManagerRequestWorkers
+		}
 		cm.wg.Add(1)
 		go func() {
 			defer cm.wg.Done()
-			if err := c.Run(2, ctx); err != nil {
+			if err := c.Run(workers, ctx); err != nil {
 				log.Error(err, "cert-manager controller stopped", "controller", certManagerControllers[i])
 			}
 		}()

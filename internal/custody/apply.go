@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -53,6 +54,20 @@ type Applier struct {
 	// FailPoint, when set, is called after each step with the device name;
 	// an error stops Apply there, as a crash would.
 	FailPoint func(step, device string) error
+
+	// applying holds the names of the Devices an Apply of this process is
+	// writing now (Applying).
+	applying sync.Map
+}
+
+// Applying reports whether an Apply of this process is writing the Device
+// name now: it completes its own change, so another controller of the
+// same manager that sees the change land need not race it to the same
+// status append (and lose with a refused write). A crash empties it, and
+// then the Device controller completes the change.
+func (a *Applier) Applying(name string) bool {
+	_, ok := a.applying.Load(name)
+	return ok
 }
 
 // Apply writes ch to the Device d was observed as: first it completes a
@@ -64,6 +79,8 @@ func (a *Applier) Apply(ctx context.Context, d *custodyv1alpha1.Device, ch Chang
 	if RestorePending(d) && ch.Record.Type != custodyv1alpha1.CustodyEventRestored {
 		return ErrRestorePending
 	}
+	a.applying.Store(d.Name, struct{}{})
+	defer a.applying.Delete(d.Name)
 	observed := d.Spec.DeepCopy()
 	if err := a.Complete(ctx, d); err != nil {
 		return err

@@ -8,15 +8,19 @@ import (
 	"context"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/scheme"
 	"github.com/custody-dev/custody/internal/webhooks"
@@ -25,6 +29,20 @@ import (
 // NewScheme returns a scheme with the core Kubernetes, Custody and
 // cert-manager types (scheme.New, which the gateway uses too).
 func NewScheme() *runtime.Scheme { return scheme.New() }
+
+// The manager's client-side rate limit, unless RESTConfig sets one (a
+// negative QPS turns it off). An enrollment costs the manager about seven
+// requests (six writes, docs/operations.md "Writes per enrollment") and a
+// claim about eight, so client-go's default (5 QPS; 20 in
+// controller-runtime's examples) or the 200 QPS of earlier versions would
+// cap the manager at 3 to 30 enrollments a second, far below what the API
+// server accepts (about 2,000 writes a second on two cores). At 1,000 the
+// limit only stops a runaway loop; the API server's priority and fairness
+// decides under load.
+const (
+	DefaultQPS   = 1000
+	DefaultBurst = 2000
+)
 
 // Config configures New.
 type Config struct {
@@ -52,9 +70,10 @@ type Config struct {
 func New(cfg Config) (ctrl.Manager, error) {
 	restConfig := rest.CopyConfig(cfg.RESTConfig)
 	if restConfig.QPS == 0 {
-		// A claim costs about eight requests; the client-side defaults (20
-		// QPS) would cap the manager far below what verification allows.
-		restConfig.QPS, restConfig.Burst = 200, 400
+		restConfig.QPS = DefaultQPS
+	}
+	if restConfig.Burst == 0 {
+		restConfig.Burst = DefaultBurst
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  NewScheme(),
@@ -67,9 +86,24 @@ func New(cfg Config) (ctrl.Manager, error) {
 		LeaderElectionNamespace: cfg.Controllers.OperatorNamespace,
 		Controller:              config.Controller{SkipNameValidation: &cfg.SkipNameValidation},
 		Cache: cache.Options{
-			// Nobody reads managedFields; keep the cache small.
-			DefaultTransform: cache.TransformStripManagedFields(),
+			// Nobody reads managedFields, and Devices shed more.
+			DefaultTransform: cacheTransform,
+			ByObject: map[client.Object]cache.ByObject{
+				// The manager reads only its own ConfigMaps (trust
+				// bundles, the data plane's client CAs, pairing-token
+				// state), all labelled: the cluster's others are not
+				// kept.
+				&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue})},
+			},
 		},
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Secrets are read from the API server, never cached: a
+			// Secret read through the cache would keep every Secret of the
+			// cluster, keys included, in the manager's memory. Claim-code,
+			// pairing-token and DataAccess Secrets are watched by their
+			// metadata only.
+			DisableFor: []client.Object{&corev1.Secret{}},
+		}},
 	})
 	if err != nil {
 		return nil, err

@@ -102,9 +102,12 @@ var epoch = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
 // manager is a running Custody manager.
 type manager struct {
-	Clock  *clocktesting.FakeClock
-	cancel context.CancelFunc
-	done   chan error
+	Clock *clocktesting.FakeClock
+	// Manager is the controller-runtime manager, for tests that look into
+	// its cache.
+	Manager ctrl.Manager
+	cancel  context.CancelFunc
+	done    chan error
 }
 
 // startManager runs a manager as the manager's user, with a fake clock,
@@ -141,6 +144,7 @@ func startManagerOn(t testing.TB, on *controlplane.ControlPlane, mutate ...func(
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Manager = mgr
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	go func() { m.done <- mgr.Start(ctx) }()
