@@ -1,94 +1,70 @@
 #!/usr/bin/env bash
-# Load: N simulated devices go through factory -> sale -> claim -> enrollment
-# against a running custody-dev (make dev), with the device gateway running
-# as its own custody-gateway process so that its memory is measured apart.
+# Load and scale harness against a running custody-dev (make dev): every
+# figure next to the ceiling it is judged against, measured in the same run.
+# The cluster side is hack/loadgen, the devices' side custody-device
+# simulate (its own process); the device gateway runs as its own
+# custody-gateway process, so that its memory is measured apart.
+# docs/performance.md ("Method") says what each phase measures.
 #
-#  1. N devices are made (custody-device init) and applied as the ERP would.
-#  2. N claim-code Secrets and Claims are created; from the API server's
-#     timestamps (1 s resolution): claims bound per second (first creation to
-#     last status.boundAt) and claim-to-bound p50/p99.
-#  3. custody-device simulate enrolls the N bound devices through the
-#     gateway, CONCURRENCY at a time, honouring Retry-After as devices do:
-#     enrollments/s and challenge-to-certificate p50/p99 (ms resolution).
-#     A device that is online when its claim binds gets its certificate
-#     within claim-to-bound + the NotBound retry (15 s) + that latency.
-#  4. With the data plane (custody-dev writes mqtt-url), every enrolled
-#     device connects over MQTT with its certificate (through Custody's auth
-#     callout) and publishes telemetry every LOAD_PUBLISH_INTERVAL (1s) for
-#     LOAD_PUBLISH_DURATION (20s): connections made, messages/s.
-#  5. Peak resident memory (VmHWM) of the custody-dev process (manager and
-#     cert-manager's controllers; its own gateway stays idle) and of the
-#     custody-gateway process. kube-apiserver and etcd are not counted.
+# Usage: hack/load.sh [CLAIMS] [CONCURRENCY] [DATA_DIR]
+#   CLAIMS       claims of each kind (code, sale record, pairing token); the
+#                devices they bind then enroll, renew and send heartbeats
+#   CONCURRENCY  devices enrolling, renewing or claiming with a token at once
+# Environment (defaults in brackets):
+#   LOAD_PHASES            [ceiling,ingest,claims,enroll,renew,heartbeat]
+#                          also: rss,resync (make scale runs them all)
+#   LOAD_DEVICES           Devices the ERP creates in ingest [3 × CLAIMS]
+#   LOAD_WRITERS           writers for ceiling, ingest, claims [32]
+#   LOAD_CEILING_WRITES    ConfigMaps per ceiling measurement [2000]
+#   LOAD_HEARTBEAT_CONCURRENCY [32]  LOAD_HEARTBEAT_DURATION [10s]
+#   LOAD_HEARTBEAT_DEVICES [every bound device]
+#   LOAD_SCALE             Device counts for rss; resync at the largest [10000,100000]
+#   LOAD_MANAGER_METRICS   custody-dev's --metrics-addr [127.0.0.1:8080]
+#   LOAD_MANAGER_HEALTH    custody-dev's --health-addr [127.0.0.1:8081]
+#   LOAD_GATEWAY_PORT      the harness's custody-gateway [8444]
+#   LOAD_OUT               the JSON report [load-report.json]
+#   LOAD_PUBLISH_DURATION  with the data plane (DATA_DIR/mqtt-url) and the
+#                          enroll phase: enrolled devices publish telemetry
+#                          every LOAD_PUBLISH_INTERVAL [1s] for this long [20s];
+#                          0 skips it
 #
 # Every simulated device comes from 127.0.0.1, so the gateway runs with its
-# per-client limit lifted (it would otherwise throttle them as one client).
-# Usage: hack/load.sh [N] [CONCURRENCY] [DATA_DIR]
+# per-client and per-serial limits lifted (they would throttle them as one
+# client).
 set -euo pipefail
-n=${1:-50}; conc=${2:-8}; data=${3:-.custody-dev}
-export KUBECONFIG=$data/kubeconfig
+claims=${1:-50}; conc=${2:-8}; data=${3:-.custody-dev}
+phases=${LOAD_PHASES:-ceiling,ingest,claims,enroll,renew,heartbeat}
 bin=$(mktemp -d); work=$(mktemp -d)
 gw_pid=
 cleanup() { [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null; rm -rf "$bin" "$work"; }
 trap cleanup EXIT
 go build -o "$bin/custody-device" ./cmd/custody-device
 go build -o "$bin/custody-gateway" ./cmd/gateway
-dev_pid=$(pgrep -f 'custody-dev( |$)' | head -1 || true)
-[ -n "$dev_pid" ] || { echo "custody-dev is not running: start it with make dev" >&2; exit 1; }
+go build -o "$bin/loadgen" ./hack/loadgen
+[ -f "$data/kubeconfig" ] || { echo "no $data/kubeconfig: start custody-dev with make dev" >&2; exit 1; }
 
 port=${LOAD_GATEWAY_PORT:-8444}
 KUBECONFIG=$data/gateway/kubeconfig "$bin/custody-gateway" --listen "127.0.0.1:$port" --metrics-bind-address 0 \
   --tls-cert-file "$data/gateway/tls.crt" --tls-key-file "$data/gateway/tls.key" \
   --challenge-key-files "$data/gateway/challenge.key" --operator-namespace custody-system \
-  --rate-per-client 1000000 2>"$work/gateway.log" &
+  --rate-per-client 100000000 --rate-per-serial 1000000 2>"$work/gateway.log" &
 gw_pid=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 
-kubectl apply -f config/samples/tenant.yaml >/dev/null
-kubectl wait tenant/acme --for=condition=Ready --timeout=2m >/dev/null
-run=$(date +%s)
-: > "$work/devices.yaml"; : > "$work/claims.yaml"
-for i in $(seq 1 "$n"); do
-  s="LD-$run-$i"
-  "$bin/custody-device" init --model LOAD --serial "$s" --dir "$work/devices/$s" >/dev/null
-  code=$(awk -F': *' '/Claim code/ {print $2}' "$work/devices/$s/label.txt")
-  { cat "$work/devices/$s/device.yaml"; echo ---; } >> "$work/devices.yaml"
-  lower=$(echo "$s" | tr 'A-Z' 'a-z')
-  cat >> "$work/claims.yaml" <<YAML
-apiVersion: v1
-kind: Secret
-metadata: {name: $lower, namespace: acme, labels: {custody-load: "$run"}}
-stringData: {code: "$code"}
----
-apiVersion: custody.dev/v1alpha1
-kind: Claim
-metadata: {name: $lower, namespace: acme, labels: {custody-load: "$run"}}
-spec: {serialNumber: $s, model: LOAD, claimCode: {secretRef: {name: $lower}}}
----
-YAML
-done
-kubectl apply -f "$work/devices.yaml" >/dev/null
+echo "command: hack/load.sh $* (LOAD_PHASES=$phases${LOAD_SCALE:+ LOAD_SCALE=$LOAD_SCALE}${LOAD_DEVICES:+ LOAD_DEVICES=$LOAD_DEVICES})"
+"$bin/loadgen" --data-dir "$data" --phases "$phases" --claims "$claims" --concurrency "$conc" \
+  --devices "${LOAD_DEVICES:-$((3 * claims))}" --writers "${LOAD_WRITERS:-32}" --ceiling-writes "${LOAD_CEILING_WRITES:-2000}" \
+  --heartbeat-concurrency "${LOAD_HEARTBEAT_CONCURRENCY:-32}" --heartbeat-duration "${LOAD_HEARTBEAT_DURATION:-10s}" \
+  --heartbeat-devices "${LOAD_HEARTBEAT_DEVICES:-0}" --scale "${LOAD_SCALE:-10000,100000}" \
+  --manager-metrics "${LOAD_MANAGER_METRICS:-127.0.0.1:8080}" --manager-health "${LOAD_MANAGER_HEALTH:-127.0.0.1:8081}" \
+  --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" --gateway-pid "$gw_pid" \
+  --custody-device "$bin/custody-device" --work "$work" --out "${LOAD_OUT:-load-report.json}"
 
-kubectl create -f "$work/claims.yaml" >/dev/null
-kubectl -n acme wait claim -l "custody-load=$run" --for=jsonpath='{.status.phase}'=Bound --timeout=10m >/dev/null
-kubectl -n acme get claims -l "custody-load=$run" -o json > "$work/claims.json"
-python3 - "$work/claims.json" <<'PY'
-import json, sys, datetime as dt
-def ts(s): return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
-def pct(xs, p): xs = sorted(xs); return xs[min(len(xs) - 1, int(p * len(xs)))]
-items = json.load(open(sys.argv[1]))["items"]
-created = [ts(c["metadata"]["creationTimestamp"]) for c in items]
-bound = [ts(c["status"]["boundAt"]) for c in items]
-lat = [b - c for b, c in zip(bound, created)]
-span = max(bound) - min(created) + 1
-print("claims=%d created over %.0fs, all bound %.0fs after the first: %.1f claims/s; claim-to-bound p50=%.0fs p99=%.0fs (1 s timestamps)"
-      % (len(items), max(created) - min(created), span, len(items) / span, pct(lat, .5), pct(lat, .99)))
-PY
-dataplane=()
-if [ -f "$data/mqtt-url" ]; then
-  dataplane=(--dataplane "$(cat "$data/mqtt-url")" --dataplane-ca "$data/gateway-ca.crt" \
-    --publish-interval "${LOAD_PUBLISH_INTERVAL:-1s}" --duration "${LOAD_PUBLISH_DURATION:-20s}")
+if [ -f "$data/mqtt-url" ] && [ "${LOAD_PUBLISH_DURATION:-20s}" != 0 ] && [[ ",$phases," == *,enroll,* ]]; then
+  n=$(find "$work/bound" -mindepth 1 -maxdepth 1 -type d | wc -l)
+  "$bin/custody-device" simulate --count "$n" --concurrency "$conc" --dir "$work/bound" \
+    --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" \
+    --dataplane "$(cat "$data/mqtt-url")" --dataplane-ca "$data/gateway-ca.crt" \
+    --publish-interval "${LOAD_PUBLISH_INTERVAL:-1s}" --duration "${LOAD_PUBLISH_DURATION:-20s}" | sed 's/^/data plane: /'
 fi
-"$bin/custody-device" simulate --count "$n" --concurrency "$conc" --dir "$work/devices" \
-  --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" "${dataplane[@]}" > "$work/simulate.out"
-sed 's/^/simulator: /' "$work/simulate.out"
-echo "custody-dev (manager, cert-manager) peak memory: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$dev_pid/status)"
 echo "custody-gateway peak memory: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/$gw_pid/status)"

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -14,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +27,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/internal/label"
+	"github.com/custody-dev/custody/internal/loadtest"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -53,12 +54,16 @@ Commands:
             and publish telemetry on devices/<model>/<serial>/telemetry; reconnect
             with a renewed certificate, and under the new owner after a transfer.
             Ctrl-C stops.
-  simulate  --count N --gateway URL --gateway-ca FILE --dir DIR [--model M] [--prefix P]
-            [--dataplane ssl://HOST:PORT --dataplane-ca FILE --publish-interval 1s --duration 30s]
-            Run N simulated devices made with init (DIR/<serial>) until each holds a
-            certificate; print enrollments/s and latency percentiles. With
-            --dataplane, then connect them all to the data plane and publish
-            telemetry for --duration; print connections and messages/s.
+  simulate  --count N --gateway URL --gateway-ca FILE --dir DIR [--concurrency C] [--json]
+            [--mode enroll|renew|heartbeat] [--keep-alive] [--duration 30s]
+            [--dataplane ssl://HOST:PORT --dataplane-ca FILE --publish-interval 1s]
+            Run N simulated devices made with init (DIR/<serial>), C at a time.
+            enroll (default): until each holds a certificate; renew: each renews
+            once (EST simplereenroll); heartbeat: send mutual-TLS heartbeats as
+            fast as answered for --duration, a new TLS handshake each unless
+            --keep-alive. Print the rate and latency percentiles. With
+            --dataplane (enroll), then connect them all to the data plane and
+            publish telemetry for --duration; print connections and messages/s.
   factory   the former name of init.
 `
 
@@ -278,22 +283,28 @@ func cmdRun(ctx context.Context, args []string) error {
 	return errors.Join(<-errs, <-errs)
 }
 
-// cmdSimulate drives N device directories until each has enrolled, and
-// reports throughput and latency. Claims are made by whoever runs the load
-// (hack/load.sh); latency is from a device's first challenge to its
-// certificate.
+// cmdSimulate drives N device directories made with init. In enroll mode
+// (the default) each enrolls until it holds a certificate; claims are made
+// by whoever runs the load (hack/load.sh); latency is from a device's first
+// challenge to its certificate. In renew mode each enrolled device renews
+// once (EST simplereenroll over mutual TLS); in heartbeat mode the devices
+// send mutual-TLS heartbeats as fast as they are answered for --duration.
+// It prints throughput and latency percentiles, as JSON with --json.
 func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("simulate", flag.ContinueOnError)
 	count := fs.Int("count", 10, "number of devices")
 	dir := fs.String("dir", "", "directory holding one device directory per serial (made with init)")
-	concurrency := fs.Int("concurrency", 8, "devices enrolling at once")
+	concurrency := fs.Int("concurrency", 8, "devices enrolling (renewing, sending heartbeats) at once")
+	mode := fs.String("mode", "enroll", "enroll: until each device holds a certificate; renew: each enrolled device renews once; heartbeat: enrolled devices send heartbeats as fast as they can for --duration")
+	keepAlive := fs.Bool("keep-alive", false, "with --mode heartbeat: each device keeps its mutual-TLS connection open between heartbeats (default: a new connection and TLS handshake per heartbeat, as the device agent does)")
+	asJSON := fs.Bool("json", false, "print the result as one line of JSON")
 	dataPlane := fs.String("dataplane", "", "after enrolling, connect every device to this MQTT listener (ssl://host:port) and publish telemetry")
 	dataPlaneCA := fs.String("dataplane-ca", "", "CA bundle of the data plane's certificate")
 	publish := fs.Duration("publish-interval", time.Second, "with --dataplane: time between a device's messages")
-	duration := fs.Duration("duration", 30*time.Second, "with --dataplane: how long the devices publish")
+	duration := fs.Duration("duration", 30*time.Second, "with --dataplane: how long the devices publish; with --mode heartbeat: how long they send heartbeats")
 	var gf gatewayFlags
 	gf.bind(fs)
-	if err := fs.Parse(args); err != nil || *dir == "" || (*dataPlane != "" && *dataPlaneCA == "") {
+	if err := fs.Parse(args); err != nil || *dir == "" || *concurrency < 1 || (*dataPlane != "" && *dataPlaneCA == "") {
 		return errUsage
 	}
 	c, err := gf.client()
@@ -314,10 +325,107 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("%s holds %d devices, want %d", *dir, len(dirs), *count)
 	}
 	dirs = dirs[:*count]
-	lat := make([]time.Duration, 0, len(dirs))
-	var mu sync.Mutex
-	var failed int
-	sem := make(chan struct{}, *concurrency)
+	var res simResult
+	switch *mode {
+	case "enroll":
+		res = simulateEach(ctx, dirs, c, *concurrency, enrollOnce)
+	case "renew":
+		res = simulateEach(ctx, dirs, c, *concurrency, func(ctx context.Context, a *device.Agent) error { return a.Renew(ctx) })
+	case "heartbeat":
+		res, err = simulateHeartbeats(ctx, dirs, c, *concurrency, *keepAlive, *duration)
+		if err != nil {
+			return err
+		}
+	default:
+		return errUsage
+	}
+	res.Mode, res.Concurrency = *mode, *concurrency
+	if *asJSON {
+		line, err := json.Marshal(res)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, string(line))
+	} else {
+		fmt.Fprintln(stdout, res)
+	}
+	if res.Failed > 0 && *mode != "heartbeat" {
+		return fmt.Errorf("%d devices did not %s", res.Failed, *mode)
+	}
+	if *dataPlane == "" || *mode != "enroll" {
+		return nil
+	}
+	roots, err := readPool(*dataPlaneCA)
+	if err != nil {
+		return err
+	}
+	return simulateTelemetry(ctx, dirs, c, *dataPlane, roots, *publish, *duration, stdout)
+}
+
+// simResult is what simulate reports.
+type simResult struct {
+	Mode        string `json:"mode"`
+	Concurrency int    `json:"concurrency"`
+	KeepAlive   bool   `json:"keepAlive,omitempty"`
+	Devices     int    `json:"devices"`
+	// OK counts devices enrolled or renewed, or heartbeats answered.
+	OK     int `json:"ok"`
+	Failed int `json:"failed"`
+	// Errors counts failures by message (at most 10 kinds).
+	Errors         map[string]int     `json:"errors,omitempty"`
+	ElapsedSeconds float64            `json:"elapsedSeconds"`
+	PerSecond      float64            `json:"perSecond"`
+	Latency        loadtest.Latencies `json:"latency"`
+}
+
+func (r simResult) String() string {
+	what := map[string]string{"enroll": "enrolled", "renew": "renewed", "heartbeat": "heartbeats"}[r.Mode]
+	s := fmt.Sprintf("devices=%d %s=%d failed=%d elapsed=%.3fs %s/s=%.1f %s", r.Devices, what, r.OK, r.Failed, r.ElapsedSeconds,
+		map[string]string{"enroll": "enrollments", "renew": "renewals", "heartbeat": "heartbeats"}[r.Mode], r.PerSecond, r.Latency)
+	if r.Mode == "heartbeat" {
+		s += fmt.Sprintf(" keep-alive=%t", r.KeepAlive)
+	}
+	for msg, n := range r.Errors {
+		s += fmt.Sprintf("\n  %d× %s", n, msg)
+	}
+	return s
+}
+
+// tally collects latencies and failures from concurrent workers.
+type tally struct {
+	mu     sync.Mutex
+	lat    []time.Duration
+	failed int
+	errors map[string]int
+}
+
+func (t *tally) ok(d time.Duration) {
+	t.mu.Lock()
+	t.lat = append(t.lat, d)
+	t.mu.Unlock()
+}
+
+func (t *tally) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.failed++
+	if t.errors == nil {
+		t.errors = map[string]int{}
+	}
+	if _, seen := t.errors[err.Error()]; seen || len(t.errors) < 10 {
+		t.errors[err.Error()]++
+	}
+}
+
+func (t *tally) result(devices int, elapsed time.Duration) simResult {
+	return simResult{Devices: devices, OK: len(t.lat), Failed: t.failed, Errors: t.errors, ElapsedSeconds: elapsed.Seconds(),
+		PerSecond: float64(len(t.lat)) / elapsed.Seconds(), Latency: loadtest.Summarize(t.lat)}
+}
+
+// simulateEach runs do once for every device, concurrency at a time.
+func simulateEach(ctx context.Context, dirs []string, c *device.Client, concurrency int, do func(context.Context, *device.Agent) error) simResult {
+	var t tally
+	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for _, d := range dirs {
@@ -328,50 +436,113 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 			defer func() { <-sem }()
 			a, err := device.LoadAgent(d, c)
 			if err != nil {
-				mu.Lock()
-				failed++
-				mu.Unlock()
+				t.fail(err)
 				return
 			}
 			a.Log = logr.Discard()
 			t0 := time.Now()
-			for i := 0; i < 200 && ctx.Err() == nil; i++ {
-				next, _ := a.Step(ctx)
-				if cert, _ := a.Certificate(); cert != nil {
-					mu.Lock()
-					lat = append(lat, time.Since(t0))
-					mu.Unlock()
-					return
-				}
-				time.Sleep(next) // as the device would: Retry-After, back-off
+			if err := do(ctx, a); err != nil {
+				t.fail(err)
+				return
 			}
-			mu.Lock()
-			failed++
-			mu.Unlock()
+			t.ok(time.Since(t0))
 		}(d)
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
+	return t.result(len(dirs), time.Since(start))
+}
+
+// enrollOnce steps a device as the agent does, honouring Retry-After and
+// back-off, until it holds a certificate.
+func enrollOnce(ctx context.Context, a *device.Agent) error {
+	var last error
+	for i := 0; i < 200 && ctx.Err() == nil; i++ {
+		next, err := a.Step(ctx)
+		if cert, _ := a.Certificate(); cert != nil {
+			return nil
 		}
-		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+		if err != nil {
+			last = err
+		}
+		time.Sleep(next) // as the device would: Retry-After, back-off
 	}
-	fmt.Fprintf(stdout, "devices=%d enrolled=%d failed=%d elapsed=%s enrollments/s=%.1f p50=%s p99=%s\n",
-		len(dirs), len(lat), failed, elapsed.Round(time.Millisecond), float64(len(lat))/elapsed.Seconds(), pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
-	if failed > 0 {
-		return fmt.Errorf("%d devices did not enroll", failed)
+	if last == nil {
+		last = errors.New("no certificate after 200 steps")
 	}
-	if *dataPlane == "" {
-		return nil
+	return last
+}
+
+// simulateHeartbeats has concurrency workers send heartbeats for duration,
+// each cycling through its share of the devices (device i belongs to
+// worker i mod concurrency; with fewer devices than workers, workers share
+// them). With keepAlive each worker keeps one connection per device.
+func simulateHeartbeats(ctx context.Context, dirs []string, c *device.Client, concurrency int, keepAlive bool, duration time.Duration) (simResult, error) {
+	type dev struct {
+		cert tls.Certificate
 	}
-	roots, err := readPool(*dataPlaneCA)
-	if err != nil {
-		return err
+	devs := make([]dev, 0, len(dirs))
+	for _, d := range dirs {
+		a, err := device.LoadAgent(d, c)
+		if err != nil {
+			return simResult{}, err
+		}
+		cert, _ := a.Certificate()
+		if cert == nil {
+			return simResult{}, fmt.Errorf("%s holds no certificate: enroll it first", d)
+		}
+		devs = append(devs, dev{cert: *cert})
 	}
-	return simulateTelemetry(ctx, dirs, c, *dataPlane, roots, *publish, *duration, stdout)
+	ctx, cancel := context.WithTimeout(ctx, duration)
+	defer cancel()
+	hb := protocol.HeartbeatRequest{FirmwareVersion: "load", State: "ok"}
+	var t tally
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < concurrency; w++ {
+		var mine []int
+		for i := w; i < len(devs); i += concurrency {
+			mine = append(mine, i)
+		}
+		if len(mine) == 0 {
+			mine = []int{w % len(devs)}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sessions := map[int]*device.Session{}
+			defer func() {
+				for _, s := range sessions {
+					s.Close()
+				}
+			}()
+			for n := 0; ctx.Err() == nil; n++ {
+				i := mine[n%len(mine)]
+				t0 := time.Now()
+				var err error
+				if keepAlive {
+					s := sessions[i]
+					if s == nil {
+						s = c.KeepAlive(devs[i].cert)
+						sessions[i] = s
+					}
+					err = s.Heartbeat(ctx, hb)
+				} else {
+					err = c.Heartbeat(ctx, devs[i].cert, hb)
+				}
+				switch {
+				case ctx.Err() != nil: // cut off by the end of the run
+				case err != nil:
+					t.fail(err)
+				default:
+					t.ok(time.Since(t0))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res := t.result(len(dirs), time.Since(start))
+	res.KeepAlive = keepAlive
+	return res, nil
 }
 
 // simulateTelemetry connects every enrolled device to the data plane and

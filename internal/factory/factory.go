@@ -34,6 +34,22 @@ type Record struct {
 
 // Manufacture makes a keypair (ECDSA P-256), a claim code and its verifier.
 func Manufacture(model, serial string) (*Record, error) {
+	code, err := claimcode.Generate()
+	if err != nil {
+		return nil, err
+	}
+	verifier, err := claimcode.NewVerifier(code)
+	if err != nil {
+		return nil, err
+	}
+	return ManufactureWithCode(model, serial, code, verifier)
+}
+
+// ManufactureWithCode is Manufacture with a claim code and its verifier
+// made beforehand. The load harness uses it to give many devices codes
+// from a small pool, since one argon2id hash per device would dominate the
+// making of a large fleet; a real line calls Manufacture.
+func ManufactureWithCode(model, serial string, code claimcode.Code, verifier string) (*Record, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -43,14 +59,6 @@ func Manufacture(model, serial string) (*Record, error) {
 		return nil, err
 	}
 	privDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	code, err := claimcode.Generate()
-	if err != nil {
-		return nil, err
-	}
-	verifier, err := claimcode.NewVerifier(code)
 	if err != nil {
 		return nil, err
 	}

@@ -351,7 +351,7 @@ func (c *Client) CACerts(ctx context.Context, cert tls.Certificate) ([]*x509.Cer
 	return est.DecodeCertsOnly(der)
 }
 
-// Heartbeat reports over mutual TLS.
+// Heartbeat reports over mutual TLS, on a connection of its own.
 func (c *Client) Heartbeat(ctx context.Context, cert tls.Certificate, hb protocol.HeartbeatRequest) error {
 	body, err := json.Marshal(hb)
 	if err != nil {
@@ -360,6 +360,35 @@ func (c *Client) Heartbeat(ctx context.Context, cert tls.Certificate, hb protoco
 	_, err = c.doTLS(ctx, cert, http.MethodPost, protocol.PathHeartbeat, "application/json", body)
 	return err
 }
+
+// KeepAlive returns a mutual-TLS session with cert that keeps its
+// connection open between requests (HTTP keep-alive), for a device that
+// talks to the gateway often enough to make one handshake per request
+// wasteful. The Client's own mutual-TLS requests still close theirs. Close
+// the session when done.
+func (c *Client) KeepAlive(cert tls.Certificate) *Session {
+	return &Session{c: c, hc: c.httpClient(&cert)}
+}
+
+// Session is a mutual-TLS connection to the gateway, reused by its
+// requests; see Client.KeepAlive. It is safe for concurrent use.
+type Session struct {
+	c  *Client
+	hc *http.Client
+}
+
+// Heartbeat reports over the session's connection.
+func (s *Session) Heartbeat(ctx context.Context, hb protocol.HeartbeatRequest) error {
+	body, err := json.Marshal(hb)
+	if err != nil {
+		return err
+	}
+	_, _, err = s.c.do(ctx, s.hc, http.MethodPost, protocol.PathHeartbeat, "application/json", body)
+	return err
+}
+
+// Close closes the session's connection.
+func (s *Session) Close() { s.hc.CloseIdleConnections() }
 
 // IdentityFromMismatch returns the identity a gateway told the device to
 // ask for, if err is an IdentityMismatch answer.
