@@ -70,8 +70,13 @@ fuzz: ## Run every fuzz target for FUZZ_EXECS executions (seed corpora run in ma
 	done
 
 .PHONY: load
-load: ## Drive LOAD_DEVICES simulated devices through claim and enrollment against a running `make dev`.
-	./hack/load.sh $(or $(LOAD_DEVICES),50) $(or $(LOAD_CONCURRENCY),8) .custody-dev
+load: ## Against a running `make dev`: write ceiling, ERP ingest, LOAD_CLAIMS claims of each kind, enrollment, renewal, heartbeats (docs/performance.md).
+	./hack/load.sh $(or $(LOAD_CLAIMS),50) $(or $(LOAD_CONCURRENCY),8) .custody-dev
+
+.PHONY: scale
+scale: ## `make load` plus manager and gateway memory at 10k and 100k Devices and the resync after a restart (LOAD_SCALE), against `make dev DEV_FLAGS=--gateway-addr=none`.
+	LOAD_PHASES=$(or $(LOAD_PHASES),ceiling,ingest,claims,enroll,renew,heartbeat,rss,resync) LOAD_SCALE=$(or $(LOAD_SCALE),10000,100000) \
+		./hack/load.sh $(or $(LOAD_CLAIMS),200) $(or $(LOAD_CONCURRENCY),8) .custody-dev
 
 .PHONY: verify
 verify: ## Check that generated code, manifests and docs are current, then vet and lint.

@@ -42,6 +42,10 @@ go build -o "$bin/custody-device" ./cmd/custody-device
 go build -o "$bin/custody-gateway" ./cmd/gateway
 go build -o "$bin/loadgen" ./hack/loadgen
 [ -f "$data/kubeconfig" ] || { echo "no $data/kubeconfig: start custody-dev with make dev" >&2; exit 1; }
+if [[ ",$phases," == *,rss,* ]] && [ -f "$data/gateway-url" ]; then
+  echo "note: custody-dev serves its own gateway, whose cache of every Device counts in custody-dev's memory;" >&2
+  echo "      for the manager's memory alone start it with: make dev DEV_FLAGS=--gateway-addr=none" >&2
+fi
 
 port=${LOAD_GATEWAY_PORT:-8444}
 KUBECONFIG=$data/gateway/kubeconfig "$bin/custody-gateway" --listen "127.0.0.1:$port" --metrics-bind-address 0 \

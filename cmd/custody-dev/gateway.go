@@ -57,25 +57,6 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	if err != nil {
 		return "", err
 	}
-	var g *gateway.Gateway
-	cache, err := gateway.NewCache(cfg, cp.Scheme, cp.OperatorNamespace, func(err error) { g.WatchError(err) })
-	if err != nil {
-		return "", err
-	}
-	g, err = gateway.New(gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log})
-	if err != nil {
-		return "", err
-	}
-	go func() {
-		if err := g.Start(ctx); err != nil && ctx.Err() == nil {
-			done <- fmt.Errorf("the gateway's cache: %w", err)
-		}
-	}()
-	select {
-	case <-g.Ready():
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
 	cert, caPEM, err := devCertificate(ctx, cp, "custody-gateway (development)", x509.ExtKeyUsageServerAuth)
 	if err != nil {
 		return "", fmt.Errorf("issuing the gateway's certificate: %w", err)
@@ -102,6 +83,35 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 			return "", err
 		}
 	}
+	if err := os.WriteFile(filepath.Join(dir, "gateway-ca.crt"), caPEM, 0o600); err != nil {
+		return "", err
+	}
+	if addr == noGateway {
+		// The load harness runs its own custody-gateway with the files
+		// above, and measures the manager's memory without a gateway's
+		// cache beside it.
+		_ = os.Remove(filepath.Join(dir, "gateway-url"))
+		return "(none: started with --gateway-addr=" + noGateway + ")", nil
+	}
+	var g *gateway.Gateway
+	cache, err := gateway.NewCache(cfg, cp.Scheme, cp.OperatorNamespace, func(err error) { g.WatchError(err) })
+	if err != nil {
+		return "", err
+	}
+	g, err = gateway.New(gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log})
+	if err != nil {
+		return "", err
+	}
+	go func() {
+		if err := g.Start(ctx); err != nil && ctx.Err() == nil {
+			done <- fmt.Errorf("the gateway's cache: %w", err)
+		}
+	}()
+	select {
+	case <-g.Ready():
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
 	ln, err := tls.Listen("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		return "", err
@@ -120,11 +130,12 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	if err := os.WriteFile(filepath.Join(dir, "gateway-url"), []byte(url+"\n"), 0o600); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "gateway-ca.crt"), caPEM, 0o600); err != nil {
-		return "", err
-	}
 	return url, nil
 }
+
+// noGateway, as --gateway-addr, writes the gateway's credentials to
+// <data-dir>/gateway/ without serving one in this process.
+const noGateway = "none"
 
 // devCertificate signs a one-week certificate named cn, for 127.0.0.1 and
 // localhost, for usage, with the development root CA, and returns it with

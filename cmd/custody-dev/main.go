@@ -42,7 +42,7 @@ func main() {
 func run() error {
 	dataDir := flag.String("data-dir", ".custody-dev", "Directory for etcd data, certificates, logs and the kubeconfig; kept across restarts.")
 	verbose := flag.Bool("v", false, "Print the manager's logs here too (they always go to <data-dir>/logs/manager.log).")
-	gatewayAddr := flag.String("gateway-addr", "127.0.0.1:8443", "Where the device gateway listens (HTTPS).")
+	gatewayAddr := flag.String("gateway-addr", "127.0.0.1:8443", "Where the device gateway listens (HTTPS); \""+noGateway+"\" serves none here, only writing its credentials to <data-dir>/gateway/ for a custody-gateway of its own (make scale).")
 	configFile := flag.String("config", "", "The manager's --config file (claim policy, per-model policies, notification endpoints).")
 	metricsAddr := flag.String("metrics-addr", "127.0.0.1:8080", "Where the manager serves metrics (HTTP).")
 	healthAddr := flag.String("health-addr", "127.0.0.1:8081", "Where the manager serves health probes (HTTP).")
@@ -70,6 +70,9 @@ func run() error {
 		{*natsAddr, "nats-addr", "the data plane's NATS listener"},
 		{*mqttAddr, "mqtt-addr", "the data plane's MQTT listener"},
 	} {
+		if l.addr == noGateway {
+			continue
+		}
 		if err := checkFree(l.addr); err != nil {
 			return fmt.Errorf("%s (for %s) is in use by another program: stop it (find it with `ss -ltnp 'sport = :%s'`), or start custody-dev with --%s=127.0.0.1:<free port> (DEV_FLAGS='--%s=...' with make dev): %w",
 				l.addr, l.what, port(l.addr), l.flag, l.flag, err)
