@@ -15,8 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -125,6 +129,10 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 		}
 	}()
 
+	webhookPort, err := servingPort()
+	if err != nil {
+		return cp, err
+	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		CRDInstallOptions: envtest.CRDInstallOptions{
@@ -135,6 +143,7 @@ func Start(ctx context.Context, opts Options) (cp *ControlPlane, err error) {
 			MutatingWebhooks:   mutating,
 			ValidatingWebhooks: validating,
 			LocalServingHost:   "127.0.0.1",
+			LocalServingPort:   webhookPort,
 		},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                cp.Scheme,
@@ -416,4 +425,31 @@ func decided(cr *cmapi.CertificateRequest) bool {
 func ptrNow() *metav1.Time {
 	t := metav1.Now()
 	return &t
+}
+
+// servingPort picks a free port for the webhook server below the kernel's
+// ephemeral range. The server is stopped and started again (a manager
+// restart, one manager per test): a port inside the range could meanwhile
+// become the local port of any outgoing connection, and the restarted
+// server would then fail to bind it.
+func servingPort() (int, error) {
+	low := 32768
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(data)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	from := max(1024, low-10000)
+	for range 100 {
+		p := from + rand.IntN(low-from) //nolint:gosec // a port number, not a secret
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		return p, nil
+	}
+	return 0, fmt.Errorf("no free port for the webhook server in %d-%d", from, low-1)
 }
