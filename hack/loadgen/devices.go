@@ -343,7 +343,12 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bin := filepath.Join(h.cfg.dataDir, "custody-dev.restarted")
+	// Named custody-dev, so that the next run finds it too.
+	bin := filepath.Join(h.cfg.dataDir, "restarted", "custody-dev")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o700); err != nil {
+		return err
+	}
+	_ = os.Remove(bin) // it may be the running binary (a second restart)
 	if err := os.WriteFile(bin, exe, 0o700); err != nil { //nolint:gosec // an executable
 		return err
 	}
@@ -388,6 +393,10 @@ func (h *harness) phaseResync(ctx context.Context) error {
 		}
 	}
 	readyAfter := time.Since(t1)
+	// kube-apiserver came back on another port: read the new kubeconfig.
+	if err := h.connect(); err != nil {
+		return err
+	}
 	drained, err := h.settle(ctx)
 	if err != nil {
 		return err

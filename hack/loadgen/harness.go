@@ -79,25 +79,34 @@ type poolCode struct {
 	verifier string
 }
 
-func newHarness(ctx context.Context, c config) (*harness, error) {
-	kubeconfig := filepath.Join(c.dataDir, "kubeconfig")
+// connect builds the admin clients from custody-dev's kubeconfig.
+func (h *harness) connect() error {
+	kubeconfig := filepath.Join(h.cfg.dataDir, "kubeconfig")
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s (is custody-dev running on %s?): %w", kubeconfig, c.dataDir, err)
+		return fmt.Errorf("reading %s (is custody-dev running on %s?): %w", kubeconfig, h.cfg.dataDir, err)
 	}
 	// The harness measures the server, not client-go's rate limiter.
 	cfg.QPS, cfg.Burst = 100000, 100000
-	s := scheme.New()
-	admin, err := client.NewWithWatch(cfg, client.Options{Scheme: s})
+	admin, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
+		return err
+	}
+	h.restCfg, h.admin, h.kube = cfg, admin, kube
+	return nil
+}
+
+func newHarness(ctx context.Context, c config) (*harness, error) {
+	h := &harness{cfg: c, run: time.Now().UTC().Format("0102-150405"), out: os.Stdout, fleet: map[string][]*fleetDevice{}}
+	if err := h.connect(); err != nil {
 		return nil, err
 	}
-	h := &harness{cfg: c, run: time.Now().UTC().Format("0102-150405"), out: os.Stdout, restCfg: cfg, admin: admin, kube: kube,
-		fleet: map[string][]*fleetDevice{}}
+	s := h.admin.Scheme()
+	var err error
 	h.devPID, err = findCustodyDev(c.dataDir)
 	if err != nil {
 		return nil, err
