@@ -70,8 +70,12 @@ fuzz: ## Run every fuzz target for FUZZ_EXECS executions (seed corpora run in ma
 	done
 
 .PHONY: load
-load: ## Drive LOAD_DEVICES simulated devices through claim and enrollment against a running `make dev`.
-	./hack/load.sh $(or $(LOAD_DEVICES),50) $(or $(LOAD_CONCURRENCY),8) .custody-dev
+load: ## Load harness against a running `make dev`: write ceiling, ingest, claims, enrollment, renewal, heartbeats (docs/performance.md).
+	./hack/load.sh $(or $(LOAD_CLAIMS),50) $(or $(LOAD_CONCURRENCY),8) .custody-dev
+
+.PHONY: scale
+scale: ## `make load` plus memory at LOAD_SCALE Devices (10000,100000) and resync after a restart; long.
+	LOAD_PHASES=$(or $(LOAD_PHASES),ceiling,ingest,claims,enroll,renew,heartbeat,rss,resync) ./hack/load.sh $(or $(LOAD_CLAIMS),100) $(or $(LOAD_CONCURRENCY),8) .custody-dev
 
 .PHONY: verify
 verify: ## Check that generated code, manifests and docs are current, then vet and lint.
