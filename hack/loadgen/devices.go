@@ -70,7 +70,7 @@ func (h *harness) simulate(ctx context.Context, url, ca string, args ...string) 
 			return res, nil
 		}
 	}
-	return res, fmt.Errorf("custody-device %s: %v: %s", strings.Join(full, " "), runErr, strings.TrimSpace(stderr.String()))
+	return res, fmt.Errorf("custody-device %s: %w: %s", strings.Join(full, " "), runErr, strings.TrimSpace(stderr.String()))
 }
 
 // phaseHeartbeat measures heartbeats against the gateway and against a
@@ -348,7 +348,7 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(bin), 0o700); err != nil {
 		return err
 	}
-	_ = os.Remove(bin) // it may be the running binary (a second restart)
+	_ = os.Remove(bin)                                    // it may be the running binary (a second restart)
 	if err := os.WriteFile(bin, exe, 0o700); err != nil { //nolint:gosec // an executable
 		return err
 	}
@@ -381,10 +381,7 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	}
 	h.devPID = cmd.Process.Pid
 	go func() { _ = cmd.Wait() }()
-	for {
-		if ready(ctx, "http://"+h.cfg.managerHealth+"/readyz") {
-			break
-		}
+	for !ready(ctx, "http://"+h.cfg.managerHealth+"/readyz") {
 		if time.Since(t1) > h.cfg.timeout {
 			return fmt.Errorf("the restarted custody-dev was not ready within %s (log: %s)", h.cfg.timeout, logFile.Name())
 		}
@@ -440,6 +437,6 @@ func ready(ctx context.Context, url string) bool {
 	if err != nil {
 		return false
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
 }

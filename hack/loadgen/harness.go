@@ -105,7 +105,6 @@ func newHarness(ctx context.Context, c config) (*harness, error) {
 	if err := h.connect(); err != nil {
 		return nil, err
 	}
-	s := h.admin.Scheme()
 	var err error
 	h.devPID, err = findCustodyDev(c.dataDir)
 	if err != nil {
@@ -121,7 +120,7 @@ func newHarness(ctx context.Context, c config) (*harness, error) {
 	if err := os.MkdirAll(h.boundDir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := h.setupERP(ctx, s); err != nil {
+	if err := h.setupERP(ctx); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -141,7 +140,7 @@ func (h *harness) printf(format string, args ...any) { fmt.Fprintf(h.out, format
 // setupERP binds erpUser to the custody-erp ClusterRole and makes a client
 // that impersonates it; without that role (an older install) the admin
 // creates the Devices, and the report says so.
-func (h *harness) setupERP(ctx context.Context, s any) error {
+func (h *harness) setupERP(ctx context.Context) error {
 	var role rbacv1.ClusterRole
 	if err := h.admin.Get(ctx, client.ObjectKey{Name: "custody-erp"}, &role); err != nil {
 		h.erp = h.admin

@@ -55,7 +55,7 @@ func (h *harness) phaseCeiling(ctx context.Context) error {
 }
 
 // deleteNamespace deletes the scratch namespace's ConfigMaps, then the
-// namespace, finalizing it as kube-controller-manager's namespace
+// namespace, finalising it as kube-controller-manager's namespace
 // controller would (custody-dev runs none).
 func (h *harness) deleteNamespace(ctx context.Context, ns string) error {
 	if err := h.admin.DeleteAllOf(ctx, &corev1.ConfigMap{}, client.InNamespace(ns)); err != nil {
@@ -66,7 +66,7 @@ func (h *harness) deleteNamespace(ctx context.Context, ns string) error {
 	}
 	if n, err := h.kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil && len(n.Spec.Finalizers) > 0 {
 		n.Spec.Finalizers = nil
-		if _, err := h.kube.CoreV1().Namespaces().Finalize(ctx, n, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if _, err := h.kube.CoreV1().Namespaces().Finalize(ctx, n, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) { //nolint:misspell // client-go's name
 			return err
 		}
 	}
@@ -192,7 +192,7 @@ func (h *harness) phaseClaims(ctx context.Context) error {
 			}
 		}
 		r := newRate(n, len(devs)-n, last.Sub(first).Seconds())
-		l := loadtest.Summarize(lat)
+		l := loadtest.Summarise(lat)
 		r.Latency = &l
 		if len(errs) > 0 {
 			r.Note = firstError(errs).Error()

@@ -26,10 +26,10 @@ type Latencies struct {
 	MaxMs float64 `json:"maxMs"`
 }
 
-// Summarize sorts d in place and returns its count, p50, p99 and maximum.
+// Summarise sorts d in place and returns its count, p50, p99 and maximum.
 // The p-th percentile is the smallest value with at least p of the values
 // at or below it (nearest rank).
-func Summarize(d []time.Duration) Latencies {
+func Summarise(d []time.Duration) Latencies {
 	if len(d) == 0 {
 		return Latencies{}
 	}
