@@ -228,7 +228,7 @@ func (h *harness) makeDevices(kind string, n int) ([]*fleetDevice, error) {
 	var firstErr error
 	var mu sync.Mutex
 	parallel(n, 4, func(i int) error {
-		serial := fmt.Sprintf("L%s-%s-%d", strings.ReplaceAll(h.run, "-", ""), strings.ToUpper(kind[:1]), start+i)
+		serial := fmt.Sprintf("L%s-%s-%d", strings.ReplaceAll(h.run, "-", ""), strings.ToUpper(kind), start+i)
 		p := h.pool[(start+i)%len(h.pool)]
 		rec, err := factory.ManufactureWithCode("LOAD", serial, p.code, p.verifier)
 		if err != nil {
