@@ -403,7 +403,13 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	h.report.Resync = r
 	h.printf("  %d Devices: SIGTERM to exit %.1fs; start to ready (/readyz) %.1fs; start to drained workqueues %.1fs\n", devices, r.StopSeconds, r.ReadySeconds, r.DrainSeconds)
 	h.printf("  custody-dev runs again as pid %d (detached, log %s); stop it as you would make dev\n", h.devPID, logFile.Name())
-	if _, err := h.sampleMemory(ctx, "after restart", 0, nil); err != nil {
+	bound := 0
+	if h.watcher != nil {
+		h.watcher.mu.Lock()
+		bound = len(h.watcher.bound)
+		h.watcher.mu.Unlock()
+	}
+	if _, err := h.sampleMemory(ctx, "after restart", bound, nil); err != nil {
 		return err
 	}
 	return nil
