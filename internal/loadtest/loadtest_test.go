@@ -51,6 +51,13 @@ func TestWritesFromAPIServerMetrics(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Writes = %v, want %v", got, want)
 	}
+	review, err := ParseMetrics(`apiserver_request_total{code="201",component="apiserver",dry_run="",group="authorization.k8s.io",resource="subjectaccessreviews",scope="resource",subresource="",verb="POST",version="v1"} 60`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := Writes(review); len(w) != 0 {
+		t.Fatalf("a SubjectAccessReview counted as a write: %v", w)
+	}
 	if n := Sum(samples, "apiserver_request_total", map[string]string{"verb": "GET", "subresource": "/healthz"}); n != 1 {
 		t.Fatalf("GET /healthz = %v, want 1", n)
 	}
