@@ -30,7 +30,7 @@
 #
 # Every simulated device comes from 127.0.0.1, so the gateway runs with its
 # per-client and per-serial limits lifted (they would throttle them as one
-# client).
+# client). The gateway's log goes to DATA_DIR/logs/load-gateway.log.
 set -euo pipefail
 claims=${1:-50}; conc=${2:-8}; data=${3:-.custody-dev}
 phases=${LOAD_PHASES:-ceiling,ingest,claims,enroll,renew,heartbeat}
@@ -51,7 +51,7 @@ port=${LOAD_GATEWAY_PORT:-8444}
 KUBECONFIG=$data/gateway/kubeconfig "$bin/custody-gateway" --listen "127.0.0.1:$port" --metrics-bind-address 0 \
   --tls-cert-file "$data/gateway/tls.crt" --tls-key-file "$data/gateway/tls.key" \
   --challenge-key-files "$data/gateway/challenge.key" --operator-namespace custody-system \
-  --rate-per-client 100000000 --rate-per-serial 1000000 2>"$work/gateway.log" &
+  --rate-per-client 100000000 --rate-per-serial 1000000 2>"$data/logs/load-gateway.log" &
 gw_pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 

@@ -284,7 +284,7 @@ func cmdRun(ctx context.Context, args []string) error {
 }
 
 // cmdSimulate drives N device directories made with init. In enroll mode
-// (the default) each enrolls until it holds a certificate; claims are made
+// (the default) each enrols until it holds a certificate; claims are made
 // by whoever runs the load (hack/load.sh); latency is from a device's first
 // challenge to its certificate. In renew mode each enrolled device renews
 // once (EST simplereenroll over mutual TLS); in heartbeat mode the devices
@@ -419,7 +419,7 @@ func (t *tally) fail(err error) {
 
 func (t *tally) result(devices int, elapsed time.Duration) simResult {
 	return simResult{Devices: devices, OK: len(t.lat), Failed: t.failed, Errors: t.errors, ElapsedSeconds: elapsed.Seconds(),
-		PerSecond: float64(len(t.lat)) / elapsed.Seconds(), Latency: loadtest.Summarize(t.lat)}
+		PerSecond: float64(len(t.lat)) / elapsed.Seconds(), Latency: loadtest.Summarise(t.lat)}
 }
 
 // simulateEach runs do once for every device, concurrency at a time.

@@ -16,6 +16,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -68,7 +70,7 @@ func (h *harness) simulate(ctx context.Context, url, ca string, args ...string) 
 			return res, nil
 		}
 	}
-	return res, fmt.Errorf("custody-device %s: %v: %s", strings.Join(full, " "), runErr, strings.TrimSpace(stderr.String()))
+	return res, fmt.Errorf("custody-device %s: %w: %s", strings.Join(full, " "), runErr, strings.TrimSpace(stderr.String()))
 }
 
 // phaseHeartbeat measures heartbeats against the gateway and against a
@@ -178,6 +180,7 @@ func (h *harness) trivialServer() (string, string, func(), string, error) {
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER, caDER}, PrivateKey: key}}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0), // clients cut off at the end of a run
 	}
 	go func() { _ = srv.ServeTLS(l, "", "") }()
 	return "https://" + l.Addr().String(), caFile, func() { _ = srv.Close() }, keyType, nil
@@ -340,7 +343,12 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bin := filepath.Join(h.cfg.dataDir, "custody-dev.restarted")
+	// Named custody-dev, so that the next run finds it too.
+	bin := filepath.Join(h.cfg.dataDir, "restarted", "custody-dev")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o700); err != nil {
+		return err
+	}
+	_ = os.Remove(bin)                                    // it may be the running binary (a second restart)
 	if err := os.WriteFile(bin, exe, 0o700); err != nil { //nolint:gosec // an executable
 		return err
 	}
@@ -373,10 +381,7 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	}
 	h.devPID = cmd.Process.Pid
 	go func() { _ = cmd.Wait() }()
-	for {
-		if ready(ctx, "http://"+h.cfg.managerHealth+"/readyz") {
-			break
-		}
+	for !ready(ctx, "http://"+h.cfg.managerHealth+"/readyz") {
 		if time.Since(t1) > h.cfg.timeout {
 			return fmt.Errorf("the restarted custody-dev was not ready within %s (log: %s)", h.cfg.timeout, logFile.Name())
 		}
@@ -385,6 +390,10 @@ func (h *harness) phaseResync(ctx context.Context) error {
 		}
 	}
 	readyAfter := time.Since(t1)
+	// kube-apiserver came back on another port: read the new kubeconfig.
+	if err := h.connect(); err != nil {
+		return err
+	}
 	drained, err := h.settle(ctx)
 	if err != nil {
 		return err
@@ -394,7 +403,13 @@ func (h *harness) phaseResync(ctx context.Context) error {
 	h.report.Resync = r
 	h.printf("  %d Devices: SIGTERM to exit %.1fs; start to ready (/readyz) %.1fs; start to drained workqueues %.1fs\n", devices, r.StopSeconds, r.ReadySeconds, r.DrainSeconds)
 	h.printf("  custody-dev runs again as pid %d (detached, log %s); stop it as you would make dev\n", h.devPID, logFile.Name())
-	if _, err := h.sampleMemory(ctx, "after restart", 0, nil); err != nil {
+	bound := 0
+	if h.watcher != nil {
+		h.watcher.mu.Lock()
+		bound = len(h.watcher.bound)
+		h.watcher.mu.Unlock()
+	}
+	if _, err := h.sampleMemory(ctx, "after restart", bound, nil); err != nil {
 		return err
 	}
 	return nil
@@ -428,6 +443,6 @@ func ready(ctx context.Context, url string) bool {
 	if err != nil {
 		return false
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
 }

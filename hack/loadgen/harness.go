@@ -79,25 +79,33 @@ type poolCode struct {
 	verifier string
 }
 
-func newHarness(ctx context.Context, c config) (*harness, error) {
-	kubeconfig := filepath.Join(c.dataDir, "kubeconfig")
+// connect builds the admin clients from custody-dev's kubeconfig.
+func (h *harness) connect() error {
+	kubeconfig := filepath.Join(h.cfg.dataDir, "kubeconfig")
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s (is custody-dev running on %s?): %w", kubeconfig, c.dataDir, err)
+		return fmt.Errorf("reading %s (is custody-dev running on %s?): %w", kubeconfig, h.cfg.dataDir, err)
 	}
 	// The harness measures the server, not client-go's rate limiter.
 	cfg.QPS, cfg.Burst = 100000, 100000
-	s := scheme.New()
-	admin, err := client.NewWithWatch(cfg, client.Options{Scheme: s})
+	admin, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
+		return err
+	}
+	h.restCfg, h.admin, h.kube = cfg, admin, kube
+	return nil
+}
+
+func newHarness(ctx context.Context, c config) (*harness, error) {
+	h := &harness{cfg: c, run: time.Now().UTC().Format("0102-150405"), out: os.Stdout, fleet: map[string][]*fleetDevice{}}
+	if err := h.connect(); err != nil {
 		return nil, err
 	}
-	h := &harness{cfg: c, run: time.Now().UTC().Format("0102-150405"), out: os.Stdout, restCfg: cfg, admin: admin, kube: kube,
-		fleet: map[string][]*fleetDevice{}}
+	var err error
 	h.devPID, err = findCustodyDev(c.dataDir)
 	if err != nil {
 		return nil, err
@@ -112,7 +120,7 @@ func newHarness(ctx context.Context, c config) (*harness, error) {
 	if err := os.MkdirAll(h.boundDir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := h.setupERP(ctx, s); err != nil {
+	if err := h.setupERP(ctx); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -132,7 +140,7 @@ func (h *harness) printf(format string, args ...any) { fmt.Fprintf(h.out, format
 // setupERP binds erpUser to the custody-erp ClusterRole and makes a client
 // that impersonates it; without that role (an older install) the admin
 // creates the Devices, and the report says so.
-func (h *harness) setupERP(ctx context.Context, s any) error {
+func (h *harness) setupERP(ctx context.Context) error {
 	var role rbacv1.ClusterRole
 	if err := h.admin.Get(ctx, client.ObjectKey{Name: "custody-erp"}, &role); err != nil {
 		h.erp = h.admin
@@ -220,7 +228,7 @@ func (h *harness) makeDevices(kind string, n int) ([]*fleetDevice, error) {
 	var firstErr error
 	var mu sync.Mutex
 	parallel(n, 4, func(i int) error {
-		serial := fmt.Sprintf("L%s-%s-%d", strings.ReplaceAll(h.run, "-", ""), strings.ToUpper(kind[:1]), start+i)
+		serial := fmt.Sprintf("L%s-%s-%d", strings.ReplaceAll(h.run, "-", ""), strings.ToUpper(kind), start+i)
 		p := h.pool[(start+i)%len(h.pool)]
 		rec, err := factory.ManufactureWithCode("LOAD", serial, p.code, p.verifier)
 		if err != nil {

@@ -54,9 +54,21 @@ func (h *harness) phaseCeiling(ctx context.Context) error {
 	return nil
 }
 
+// deleteNamespace deletes the scratch namespace's ConfigMaps, then the
+// namespace, finalising it as kube-controller-manager's namespace
+// controller would (custody-dev runs none).
 func (h *harness) deleteNamespace(ctx context.Context, ns string) error {
+	if err := h.admin.DeleteAllOf(ctx, &corev1.ConfigMap{}, client.InNamespace(ns)); err != nil {
+		return err
+	}
 	if err := h.admin.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil && !apierrors.IsNotFound(err) {
 		return err
+	}
+	if n, err := h.kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil && len(n.Spec.Finalizers) > 0 {
+		n.Spec.Finalizers = nil
+		if _, err := h.kube.CoreV1().Namespaces().Finalize(ctx, n, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) { //nolint:misspell // client-go's name
+			return err
+		}
 	}
 	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
@@ -180,7 +192,7 @@ func (h *harness) phaseClaims(ctx context.Context) error {
 			}
 		}
 		r := newRate(n, len(devs)-n, last.Sub(first).Seconds())
-		l := loadtest.Summarize(lat)
+		l := loadtest.Summarise(lat)
 		r.Latency = &l
 		if len(errs) > 0 {
 			r.Note = firstError(errs).Error()

@@ -26,10 +26,10 @@ type Latencies struct {
 	MaxMs float64 `json:"maxMs"`
 }
 
-// Summarize sorts d in place and returns its count, p50, p99 and maximum.
+// Summarise sorts d in place and returns its count, p50, p99 and maximum.
 // The p-th percentile is the smallest value with at least p of the values
 // at or below it (nearest rank).
-func Summarize(d []time.Duration) Latencies {
+func Summarise(d []time.Duration) Latencies {
 	if len(d) == 0 {
 		return Latencies{}
 	}
@@ -176,11 +176,13 @@ var WriteVerbs = []string{"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLL
 
 // Writes counts kube-apiserver's write requests (apiserver_request_total
 // with a WriteVerbs verb, whatever their answer, conflicts included) by
-// resource: "group/resource[/subresource]", the core group as "".
+// resource: "group/resource[/subresource]", the core group as "". Reviews
+// (authorization.k8s.io, authentication.k8s.io) are POSTs that store
+// nothing and are left out.
 func Writes(samples []Sample) map[string]float64 {
 	out := map[string]float64{}
 	for _, s := range samples {
-		if s.Name != "apiserver_request_total" || !isWrite(s.Labels["verb"]) || s.Labels["dry_run"] != "" {
+		if s.Name != "apiserver_request_total" || !isWrite(s.Labels["verb"]) || s.Labels["dry_run"] != "" || virtualGroups[s.Labels["group"]] {
 			continue
 		}
 		key := s.Labels["group"] + "/" + s.Labels["resource"]
@@ -191,6 +193,10 @@ func Writes(samples []Sample) map[string]float64 {
 	}
 	return out
 }
+
+// virtualGroups hold resources whose creation is a question, never stored
+// in etcd (SubjectAccessReviews, TokenReviews): not writes.
+var virtualGroups = map[string]bool{"authorization.k8s.io": true, "authentication.k8s.io": true}
 
 func isWrite(verb string) bool {
 	for _, v := range WriteVerbs {

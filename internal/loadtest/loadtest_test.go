@@ -7,24 +7,24 @@ import (
 	"time"
 )
 
-func TestSummarizeNearestRank(t *testing.T) {
+func TestSummariseNearestRank(t *testing.T) {
 	var d []time.Duration
 	for i := 100; i >= 1; i-- { // 1..100 ms, given out of order
 		d = append(d, time.Duration(i)*time.Millisecond)
 	}
-	got := Summarize(d)
+	got := Summarise(d)
 	want := Latencies{Count: 100, P50Ms: 50, P99Ms: 99, MaxMs: 100}
 	if got != want {
-		t.Fatalf("Summarize = %+v, want %+v", got, want)
+		t.Fatalf("Summarise = %+v, want %+v", got, want)
 	}
-	if one := Summarize([]time.Duration{7 * time.Millisecond}); one != (Latencies{Count: 1, P50Ms: 7, P99Ms: 7, MaxMs: 7}) {
+	if one := Summarise([]time.Duration{7 * time.Millisecond}); one != (Latencies{Count: 1, P50Ms: 7, P99Ms: 7, MaxMs: 7}) {
 		t.Fatalf("one value: %+v", one)
 	}
-	if none := Summarize(nil); none != (Latencies{}) {
+	if none := Summarise(nil); none != (Latencies{}) {
 		t.Fatalf("no value: %+v", none)
 	}
 	// Three values: p50 is the second, p99 the third.
-	if got := Summarize([]time.Duration{3 * time.Millisecond, time.Millisecond, 2 * time.Millisecond}); got.P50Ms != 2 || got.P99Ms != 3 {
+	if got := Summarise([]time.Duration{3 * time.Millisecond, time.Millisecond, 2 * time.Millisecond}); got.P50Ms != 2 || got.P99Ms != 3 {
 		t.Fatalf("three values: %+v", got)
 	}
 }
@@ -50,6 +50,13 @@ func TestWritesFromAPIServerMetrics(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Writes = %v, want %v", got, want)
+	}
+	review, err := ParseMetrics(`apiserver_request_total{code="201",component="apiserver",dry_run="",group="authorization.k8s.io",resource="subjectaccessreviews",scope="resource",subresource="",verb="POST",version="v1"} 60`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := Writes(review); len(w) != 0 {
+		t.Fatalf("a SubjectAccessReview counted as a write: %v", w)
 	}
 	if n := Sum(samples, "apiserver_request_total", map[string]string{"verb": "GET", "subresource": "/healthz"}); n != 1 {
 		t.Fatalf("GET /healthz = %v, want 1", n)

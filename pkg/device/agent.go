@@ -249,7 +249,7 @@ func (a *Agent) Renew(ctx context.Context) error {
 		return err
 	}
 	if _, now := a.Certificate(); now == nil || now.SerialNumber.Cmp(before) == 0 {
-		return errors.New("the gateway refused the certificate; the device enrolls again")
+		return errors.New("the gateway refused the certificate; the device enrols again")
 	}
 	return nil
 }
