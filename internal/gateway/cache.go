@@ -241,13 +241,41 @@ func (f *freshness) oldestOf() (time.Duration, string, string) {
 }
 
 // stale reports whether the cache trails the API server by more than
-// maxStale, counting the refusal it causes.
-func (f *freshness) stale() bool {
+// maxStale, counting the refusal it causes. Before it says so, it looks in
+// the cache (cached returns a Device's version there) for the versions
+// overdue: one the watch delivered before it was expected is met there,
+// so that no missed event can refuse requests for good.
+func (f *freshness) stale(cached func(name string) (string, bool)) bool {
+	if f.oldest() <= f.maxStale {
+		return false
+	}
+	for _, name := range f.overdue() {
+		if version, ok := cached(name); ok {
+			f.observed(name, version, false)
+		}
+	}
 	if f.oldest() <= f.maxStale {
 		return false
 	}
 	f.refusals.Inc()
 	return true
+}
+
+// overdue lists the Devices with an expectation older than maxStale.
+func (f *freshness) overdue() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.clock.Now()
+	var names []string
+	for name, exps := range f.pending {
+		for _, e := range exps {
+			if now.Sub(e.since) > f.maxStale {
+				names = append(names, name)
+				break
+			}
+		}
+	}
+	return names
 }
 
 // handler feeds the Device informer's events to observed.

@@ -26,7 +26,9 @@ func TestFreshnessMeasuresTheWatch(t *testing.T) {
 	f := newFreshness(clk, time.Second, reg)
 	h := f.handler()
 
-	if f.stale() || f.oldest() != 0 {
+	cache := map[string]string{}
+	cached := func(name string) (string, bool) { v, ok := cache[name]; return v, ok }
+	if f.stale(cached) || f.oldest() != 0 {
 		t.Fatal("stale with nothing expected")
 	}
 	f.expect("d1", "100", &custodyv1alpha1.DeviceReport{FirmwareVersion: "1"}, clk.Now())
@@ -37,11 +39,12 @@ func TestFreshnessMeasuresTheWatch(t *testing.T) {
 	if got := f.oldest(); got != 400*time.Millisecond {
 		t.Fatalf("oldest %v, want 400ms", got)
 	}
-	if f.stale() {
+	if f.stale(cached) {
 		t.Fatal("stale within the bound")
 	}
 	clk.SetTime(clk.Now().Add(601 * time.Millisecond))
-	if !f.stale() {
+	cache["d1"] = "99" // the cache holds an older version only
+	if !f.stale(cached) {
 		t.Fatal("not stale 1.001s after the API server held a version the cache lacks")
 	}
 	if got := testutil.ToFloat64(f.refusals); got != 1 {
@@ -52,7 +55,7 @@ func TestFreshnessMeasuresTheWatch(t *testing.T) {
 	}
 	// A later version meets it (a watch may skip versions after a relist).
 	h.OnUpdate(nil, device("d1", "105"))
-	if f.stale() || f.oldest() != 0 {
+	if f.stale(cached) || f.oldest() != 0 {
 		t.Fatal("still stale after the watch delivered a newer version")
 	}
 	if n := testutil.CollectAndCount(f.lag); n != 1 {
@@ -72,6 +75,26 @@ func TestFreshnessMeasuresTheWatch(t *testing.T) {
 		t.Fatal("an unparsable different version met the expectation")
 	}
 	h.OnUpdate(nil, device("d4", "abc"))
+	if len(f.pending) != 0 {
+		t.Fatalf("pending %v", f.pending)
+	}
+}
+
+// A version the watch delivered before it was expected (no event will come
+// again) is found in the cache once overdue: the gateway is not stale, and
+// does not stay refusing requests.
+func TestFreshnessFindsMissedEventsInTheCache(t *testing.T) {
+	clk := testingclock.NewFakePassiveClock(time.Unix(1_800_000_000, 0))
+	f := newFreshness(clk, time.Second, nil)
+	f.handler().OnUpdate(nil, device("d1", "12")) // delivered first
+	f.expect("d1", "12", &custodyv1alpha1.DeviceReport{}, clk.Now())
+	clk.SetTime(clk.Now().Add(2 * time.Second))
+	if !f.stale(func(string) (string, bool) { return "", false }) {
+		t.Fatal("not stale while the cache cannot be read")
+	}
+	if f.stale(func(name string) (string, bool) { return "12", name == "d1" }) {
+		t.Fatal("stale although the cache holds the expected version")
+	}
 	if len(f.pending) != 0 {
 		t.Fatalf("pending %v", f.pending)
 	}

@@ -251,6 +251,15 @@ func (g *Gateway) isReady() bool {
 	}
 }
 
+// cachedVersion is the resourceVersion of Device name in the cache.
+func (g *Gateway) cachedVersion(name string) (string, bool) {
+	d := &custodyv1alpha1.Device{}
+	if err := g.opts.Cache.Get(context.Background(), client.ObjectKey{Name: name}, d); err != nil {
+		return "", false
+	}
+	return d.ResourceVersion, true
+}
+
 // WatchError is the cache's watch error handler (NewCache's watchErrors):
 // it counts the error. The informer re-establishes the watch; the cache's
 // measured staleness tells whether it fell behind meanwhile.
@@ -638,7 +647,7 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 	if !ok {
 		return nil, nil, nil, refused, false
 	}
-	if g.fresh.stale() {
+	if g.fresh.stale(g.cachedVersion) {
 		g.opts.Log.Info("refusing a mutual-TLS request: " + g.fresh.describeStale())
 		return nil, nil, nil, unavailable(), false
 	}
