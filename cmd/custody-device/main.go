@@ -325,7 +325,7 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("%s holds %d devices, want %d", *dir, len(dirs), *count)
 	}
 	dirs = dirs[:*count]
-	var res simResult
+	var res loadtest.SimResult
 	switch *mode {
 	case "enroll":
 		res = simulateEach(ctx, dirs, c, *concurrency, enrollOnce)
@@ -362,35 +362,6 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 	return simulateTelemetry(ctx, dirs, c, *dataPlane, roots, *publish, *duration, stdout)
 }
 
-// simResult is what simulate reports.
-type simResult struct {
-	Mode        string `json:"mode"`
-	Concurrency int    `json:"concurrency"`
-	KeepAlive   bool   `json:"keepAlive,omitempty"`
-	Devices     int    `json:"devices"`
-	// OK counts devices enrolled or renewed, or heartbeats answered.
-	OK     int `json:"ok"`
-	Failed int `json:"failed"`
-	// Errors counts failures by message (at most 10 kinds).
-	Errors         map[string]int     `json:"errors,omitempty"`
-	ElapsedSeconds float64            `json:"elapsedSeconds"`
-	PerSecond      float64            `json:"perSecond"`
-	Latency        loadtest.Latencies `json:"latency"`
-}
-
-func (r simResult) String() string {
-	what := map[string]string{"enroll": "enrolled", "renew": "renewed", "heartbeat": "heartbeats"}[r.Mode]
-	s := fmt.Sprintf("devices=%d %s=%d failed=%d elapsed=%.3fs %s/s=%.1f %s", r.Devices, what, r.OK, r.Failed, r.ElapsedSeconds,
-		map[string]string{"enroll": "enrollments", "renew": "renewals", "heartbeat": "heartbeats"}[r.Mode], r.PerSecond, r.Latency)
-	if r.Mode == "heartbeat" {
-		s += fmt.Sprintf(" keep-alive=%t", r.KeepAlive)
-	}
-	for msg, n := range r.Errors {
-		s += fmt.Sprintf("\n  %d× %s", n, msg)
-	}
-	return s
-}
-
 // tally collects latencies and failures from concurrent workers.
 type tally struct {
 	mu     sync.Mutex
@@ -417,13 +388,13 @@ func (t *tally) fail(err error) {
 	}
 }
 
-func (t *tally) result(devices int, elapsed time.Duration) simResult {
-	return simResult{Devices: devices, OK: len(t.lat), Failed: t.failed, Errors: t.errors, ElapsedSeconds: elapsed.Seconds(),
+func (t *tally) result(devices int, elapsed time.Duration) loadtest.SimResult {
+	return loadtest.SimResult{Devices: devices, OK: len(t.lat), Failed: t.failed, Errors: t.errors, ElapsedSeconds: elapsed.Seconds(),
 		PerSecond: float64(len(t.lat)) / elapsed.Seconds(), Latency: loadtest.Summarise(t.lat)}
 }
 
 // simulateEach runs do once for every device, concurrency at a time.
-func simulateEach(ctx context.Context, dirs []string, c *device.Client, concurrency int, do func(context.Context, *device.Agent) error) simResult {
+func simulateEach(ctx context.Context, dirs []string, c *device.Client, concurrency int, do func(context.Context, *device.Agent) error) loadtest.SimResult {
 	var t tally
 	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
@@ -476,7 +447,7 @@ func enrollOnce(ctx context.Context, a *device.Agent) error {
 // each cycling through its share of the devices (device i belongs to
 // worker i mod concurrency; with fewer devices than workers, workers share
 // them). With keepAlive each worker keeps one connection per device.
-func simulateHeartbeats(ctx context.Context, dirs []string, c *device.Client, concurrency int, keepAlive bool, duration time.Duration) (simResult, error) {
+func simulateHeartbeats(ctx context.Context, dirs []string, c *device.Client, concurrency int, keepAlive bool, duration time.Duration) (loadtest.SimResult, error) {
 	type dev struct {
 		cert tls.Certificate
 	}
@@ -484,11 +455,11 @@ func simulateHeartbeats(ctx context.Context, dirs []string, c *device.Client, co
 	for _, d := range dirs {
 		a, err := device.LoadAgent(d, c)
 		if err != nil {
-			return simResult{}, err
+			return loadtest.SimResult{}, err
 		}
 		cert, _ := a.Certificate()
 		if cert == nil {
-			return simResult{}, fmt.Errorf("%s holds no certificate: enroll it first", d)
+			return loadtest.SimResult{}, fmt.Errorf("%s holds no certificate: enroll it first", d)
 		}
 		devs = append(devs, dev{cert: *cert})
 	}

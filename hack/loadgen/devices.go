@@ -55,13 +55,13 @@ func parseKey(pemBytes []byte) (crypto.Signer, error) {
 // simulate runs custody-device simulate on the bound devices' directories
 // and reads its JSON result. A non-zero exit with a result (some devices
 // failed) is reported in the result, not as an error.
-func (h *harness) simulate(ctx context.Context, url, ca string, args ...string) (simResult, error) {
+func (h *harness) simulate(ctx context.Context, url, ca string, args ...string) (loadtest.SimResult, error) {
 	full := append([]string{"simulate", "--json", "--dir", h.boundDir, "--gateway", url, "--gateway-ca", ca}, args...)
 	cmd := exec.CommandContext(ctx, h.cfg.deviceBin, full...) //nolint:gosec // the harness's own simulator
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	runErr := cmd.Run()
-	var res simResult
+	var res loadtest.SimResult
 	for _, line := range strings.Split(stdout.String(), "\n") {
 		if strings.HasPrefix(line, "{") {
 			if err := json.Unmarshal([]byte(line), &res); err != nil {

@@ -76,7 +76,7 @@ type hashReport struct {
 }
 
 type deviceOpReport struct {
-	Sim             simResult          `json:"simulator"`
+	Sim             loadtest.SimResult `json:"simulator"`
 	Writes          map[string]float64 `json:"writesByResource"`
 	WritesPerOp     float64            `json:"writesPerOp"`
 	WritesPerOpNoLs float64            `json:"writesPerOpExcludingLeases"`
@@ -85,8 +85,8 @@ type deviceOpReport struct {
 }
 
 type heartbeatReport struct {
-	Target string    `json:"target"`
-	Sim    simResult `json:"simulator"`
+	Target string             `json:"target"`
+	Sim    loadtest.SimResult `json:"simulator"`
 }
 
 type memoryRow struct {
@@ -112,20 +112,6 @@ type resyncReport struct {
 	ReadySeconds float64 `json:"readySeconds"`
 	DrainSeconds float64 `json:"drainedSeconds"`
 	Note         string  `json:"note"`
-}
-
-// simResult is what custody-device simulate --json prints.
-type simResult struct {
-	Mode           string             `json:"mode"`
-	Concurrency    int                `json:"concurrency"`
-	KeepAlive      bool               `json:"keepAlive,omitempty"`
-	Devices        int                `json:"devices"`
-	OK             int                `json:"ok"`
-	Failed         int                `json:"failed"`
-	Errors         map[string]int     `json:"errors,omitempty"`
-	ElapsedSeconds float64            `json:"elapsedSeconds"`
-	PerSecond      float64            `json:"perSecond"`
-	Latency        loadtest.Latencies `json:"latency"`
 }
 
 // writesTable prints writes by resource, largest first, per op.

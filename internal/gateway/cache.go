@@ -304,7 +304,7 @@ func (f *freshness) spotCheck(ctx context.Context, api client.Reader, cached cli
 		return client.IgnoreNotFound(err)
 	}
 	have := &custodyv1alpha1.Device{}
-	if err := cached.Get(ctx, client.ObjectKey{Name: name}, have); err != nil && !isNotFound(err) {
+	if err := cached.Get(ctx, client.ObjectKey{Name: name}, have); err != nil && !apierrors.IsNotFound(err) {
 		f.checks.WithLabelValues("error").Inc()
 		return err
 	}
@@ -427,5 +427,3 @@ func (a *anchorCache) get(ctx context.Context, r client.Reader, namespace string
 	a.m[namespace] = parsedAnchors{version: cm.ResourceVersion, certs: certs}
 	return certs, nil
 }
-
-func isNotFound(err error) bool { return apierrors.IsNotFound(err) }

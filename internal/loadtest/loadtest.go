@@ -311,3 +311,33 @@ func LoadAverage() string {
 func (m Machine) String() string {
 	return fmt.Sprintf("nproc %d, %s, %d GiB, %s %s, load average %s", m.CPUs, m.CPUModel, m.MemoryGiB, m.Go, m.Platform, m.LoadAvg)
 }
+
+// SimResult is what custody-device simulate reports (--json prints it;
+// the load harness reads it).
+type SimResult struct {
+	Mode        string `json:"mode"`
+	Concurrency int    `json:"concurrency"`
+	KeepAlive   bool   `json:"keepAlive,omitempty"`
+	Devices     int    `json:"devices"`
+	// OK counts devices enrolled or renewed, or heartbeats answered.
+	OK     int `json:"ok"`
+	Failed int `json:"failed"`
+	// Errors counts failures by message (at most 10 kinds).
+	Errors         map[string]int `json:"errors,omitempty"`
+	ElapsedSeconds float64        `json:"elapsedSeconds"`
+	PerSecond      float64        `json:"perSecond"`
+	Latency        Latencies      `json:"latency"`
+}
+
+func (r SimResult) String() string {
+	what := map[string]string{"enroll": "enrolled", "renew": "renewed", "heartbeat": "heartbeats"}[r.Mode]
+	s := fmt.Sprintf("devices=%d %s=%d failed=%d elapsed=%.3fs %s/s=%.1f %s", r.Devices, what, r.OK, r.Failed, r.ElapsedSeconds,
+		map[string]string{"enroll": "enrollments", "renew": "renewals", "heartbeat": "heartbeats"}[r.Mode], r.PerSecond, r.Latency)
+	if r.Mode == "heartbeat" {
+		s += fmt.Sprintf(" keep-alive=%t", r.KeepAlive)
+	}
+	for msg, n := range r.Errors {
+		s += fmt.Sprintf("\n  %d× %s", n, msg)
+	}
+	return s
+}
