@@ -74,18 +74,9 @@ func (r *DeviceReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		return reconcile.Result{}, err
 	}
 	before := device.DeepCopy()
-
-	var tenant *custodyv1alpha1.Tenant
-	if ref := device.Spec.ClaimRef; ref != nil {
-		tenant = &custodyv1alpha1.Tenant{}
-		if err := r.Client.Get(ctx, client.ObjectKey{Name: ref.Tenant}, tenant); apierrors.IsNotFound(err) {
-			tenant = nil
-		} else if err != nil {
-			return reconcile.Result{}, err
-		}
+	if err := DeriveDeviceStatus(r.Client)(ctx, device); err != nil {
+		return reconcile.Result{}, err
 	}
-	DeviceStatus(device, tenant)
-	device.Status.ObservedGeneration = device.Generation
 	if equality.Semantic.DeepEqual(before.Status, device.Status) {
 		return reconcile.Result{}, nil
 	}
@@ -236,6 +227,29 @@ func (r *DeviceReconciler) openDirectSale(ctx context.Context, d *custodyv1alpha
 		return err
 	}
 	return nil
+}
+
+// DeriveDeviceStatus returns the function that sets a Device's phase,
+// conditions and observed generation from its spec, its history and
+// whether its bound Tenant exists (read through c). The device controller
+// writes them when they differ; the custody core writes them with each
+// history entry (custody.Applier.DeriveStatus), so that an ownership
+// change costs one status write, not two.
+func DeriveDeviceStatus(c client.Reader) func(context.Context, *custodyv1alpha1.Device) error {
+	return func(ctx context.Context, d *custodyv1alpha1.Device) error {
+		var tenant *custodyv1alpha1.Tenant
+		if ref := d.Spec.ClaimRef; ref != nil {
+			tenant = &custodyv1alpha1.Tenant{}
+			if err := c.Get(ctx, client.ObjectKey{Name: ref.Tenant}, tenant); apierrors.IsNotFound(err) {
+				tenant = nil
+			} else if err != nil {
+				return err
+			}
+		}
+		DeviceStatus(d, tenant)
+		d.Status.ObservedGeneration = d.Generation
+		return nil
+	}
 }
 
 // DeviceStatus sets a Device's phase and conditions from its spec and

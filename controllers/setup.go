@@ -248,7 +248,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 	if audit.GetSink() == nil {
 		audit = auditLog
 	}
-	applier := &custody.Applier{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, FieldOwner: FieldOwner, Audit: audit}
+	applier := &custody.Applier{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, FieldOwner: FieldOwner, Audit: audit,
+		DeriveStatus: DeriveDeviceStatus(mgr.GetClient())}
 	if fp := opts.FailPoint; fp != nil {
 		applier.FailPoint = func(step, device string) error { return fp(step, client.ObjectKey{Name: device}) }
 	}

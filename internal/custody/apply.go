@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +55,14 @@ type Applier struct {
 	// FailPoint, when set, is called after each step with the device name;
 	// an error stops Apply there, as a crash would.
 	FailPoint func(step, device string) error
+	// DeriveStatus, when set, computes the status fields that follow from
+	// a Device's spec and history (its phase, conditions and observed
+	// generation) on the Device as it will be once its head is appended,
+	// so that the append writes them too: one status write per change
+	// instead of an append and then the device controller's own write.
+	// It must change nothing but status.phase, status.conditions and
+	// status.observedGeneration.
+	DeriveStatus func(ctx context.Context, d *custodyv1alpha1.Device) error
 
 	// applying holds the names of the Devices an Apply of this process is
 	// writing now (Applying).
@@ -172,12 +181,28 @@ func complete(d *custodyv1alpha1.Device) bool {
 // whose earlier entries are only in the audit log after a restore) the
 // history becomes a window starting at the head, written with the Device's
 // resourceVersion.
+//
+// With DeriveStatus, the same write sets the phase, conditions and
+// observed generation of the Device as appended, on the condition that
+// its generation is still the one they were derived from.
 func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) error {
 	head := d.Spec.Custody.Head
 	hist := d.Status.History
 	n := len(hist)
+	appends := n > 0 && hist[n-1].Sequence == head.Sequence-1 && hist[n-1].Hash == head.PreviousHash
+	next := []custodyv1alpha1.CustodyRecord{head}
+	if appends {
+		next = append(slices.Clone(hist), head)
+		if len(next) > MaxHistory {
+			next = next[len(next)-MaxHistory:]
+		}
+	}
+	derived, err := a.derive(ctx, d, next)
+	if err != nil {
+		return err
+	}
 	var patch client.Patch
-	if n > 0 && hist[n-1].Sequence == head.Sequence-1 && hist[n-1].Hash == head.PreviousHash {
+	if appends {
 		// The test is of the whole list: an entry's index alone would
 		// also match after another append.
 		ops := []map[string]any{
@@ -187,15 +212,27 @@ func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) err
 		if n+1 > MaxHistory {
 			ops = append(ops, map[string]any{"op": "remove", "path": "/status/history/0"})
 		}
+		if derived != nil {
+			ops = append(ops,
+				map[string]any{"op": "test", "path": "/metadata/generation", "value": d.Generation},
+				map[string]any{"op": "add", "path": "/status/phase", "value": derived.Phase},
+				map[string]any{"op": "add", "path": "/status/conditions", "value": derived.Conditions},
+				map[string]any{"op": "add", "path": "/status/observedGeneration", "value": derived.ObservedGeneration})
+		}
 		raw, err := json.Marshal(ops)
 		if err != nil {
 			return err
 		}
 		patch = client.RawPatch(types.JSONPatchType, raw)
 	} else {
+		status := map[string]any{"history": []custodyv1alpha1.CustodyRecord{head}}
+		if derived != nil {
+			// The resourceVersion already pins the generation.
+			status["phase"], status["conditions"], status["observedGeneration"] = derived.Phase, derived.Conditions, derived.ObservedGeneration
+		}
 		raw, err := json.Marshal(map[string]any{
 			"metadata": map[string]any{"resourceVersion": d.ResourceVersion},
-			"status":   map[string]any{"history": []custodyv1alpha1.CustodyRecord{head}},
+			"status":   status,
 		})
 		if err != nil {
 			return err
@@ -203,6 +240,20 @@ func (a *Applier) appendHead(ctx context.Context, d *custodyv1alpha1.Device) err
 		patch = client.RawPatch(types.MergePatchType, raw)
 	}
 	return client.IgnoreNotFound(a.Client.Status().Patch(ctx, d, patch, client.FieldOwner(a.FieldOwner)))
+}
+
+// derive returns the status DeriveStatus computes for d with the history
+// hist, nil without DeriveStatus.
+func (a *Applier) derive(ctx context.Context, d *custodyv1alpha1.Device, hist []custodyv1alpha1.CustodyRecord) (*custodyv1alpha1.DeviceStatus, error) {
+	if a.DeriveStatus == nil {
+		return nil, nil
+	}
+	next := d.DeepCopy()
+	next.Status.History = hist
+	if err := a.DeriveStatus(ctx, next); err != nil {
+		return nil, err
+	}
+	return &next.Status, nil
 }
 
 // IsStale reports whether a write was refused because the object changed

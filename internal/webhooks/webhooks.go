@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -85,7 +86,8 @@ func requester(ctx context.Context) (string, error) {
 // ClaimDefaulter records who created a Claim in spec.requestedBy,
 // overwriting whatever the request said, as cert-manager does for a
 // CertificateRequest's spec.username. The CRD keeps it immutable. Only the
-// restore identity re-creates a Claim with the requester it had.
+// restore identity re-creates a Claim with the requester it had. It also
+// adds the manager's finalizer.
 type ClaimDefaulter struct {
 	Options Options
 }
@@ -99,6 +101,9 @@ func (d ClaimDefaulter) Default(ctx context.Context, c *custodyv1alpha1.Claim) e
 	if c.Spec.RequestedBy == "" || !d.Options.isRestore(ctx) {
 		c.Spec.RequestedBy = user
 	}
+	// The manager's finalizer comes with the Claim, saving the claim
+	// controller a write per Claim (it still adds one that is missing).
+	controllerutil.AddFinalizer(c, custodyv1alpha1.FinalizerName)
 	return nil
 }
 

@@ -199,3 +199,40 @@ func quietRequests(t testing.TB) map[requestKey]int {
 	}
 	return last
 }
+
+// maxWritesPerDirectSale bounds the API-server writes one direct sale
+// costs from the ERP's Device (the create itself is counted) to the
+// device bound to its owner: see docs/operations.md.
+const maxWritesPerDirectSale = 99
+
+// TestDirectSaleWrites counts, from the API server's own counters, what a
+// direct sale costs until the Device is bound: the ERP's create, the
+// manager's Sold and Bound changes, the Claim it opens, their statuses and
+// Events.
+func TestDirectSaleWrites(t *testing.T) {
+	startManager(t)
+	tn := newTenant(t)
+	start := quietRequests(t)
+	const n = 4
+	var recs []*factory.Record
+	for range n {
+		recs = append(recs, soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant = tn.Name }))
+	}
+	for _, rec := range recs {
+		cl := &custodyv1alpha1.Claim{}
+		cl.Namespace, cl.Name = tn.Status.Namespace, rec.Device.Name
+		waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	}
+	bound := quietRequests(t)
+	for _, rec := range recs {
+		d := getDevice(t, rec.Device.Name)
+		if d.Status.Phase != custodyv1alpha1.DevicePhaseBound || d.Status.ObservedGeneration != d.Generation {
+			t.Fatalf("device %s: phase %s, observed generation %d of %d", d.Name, d.Status.Phase, d.Status.ObservedGeneration, d.Generation)
+		}
+		assertChain(t, d.Name)
+	}
+	writes := tally(t, "direct sale", start, bound, n)
+	if writes > maxWritesPerDirectSale*n {
+		t.Fatalf("%d writes for %d direct sales: more than %d each", writes, n, maxWritesPerDirectSale)
+	}
+}
