@@ -305,7 +305,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 // default worker counts ("claim": Options.MaxConcurrentClaims, or at least
 // twice the cores).
 var ControllerNames = map[string]int{
-	"tenant": 1, "tenant-devices": 1, "device": 1, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
+	"tenant": 1, "tenant-devices": 1, "device": 4, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
 	"enrollment": 4, "dataaccess": 2, "certificaterequest-approver": 4, "dataplane": 4,
 }
 

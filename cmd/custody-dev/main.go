@@ -46,6 +46,7 @@ func run() error {
 	configFile := flag.String("config", "", "The manager's --config file (claim policy, per-model policies, notification endpoints).")
 	metricsAddr := flag.String("metrics-addr", "127.0.0.1:8080", "Where the manager serves metrics (HTTP).")
 	healthAddr := flag.String("health-addr", "127.0.0.1:8081", "Where the manager serves health probes (HTTP).")
+	pprofAddr := flag.String("pprof-addr", "", "Where the manager serves Go's profiles (/debug/pprof/, HTTP); empty serves none. The API server's are at its own /debug/pprof/.")
 	natsAddr := flag.String("nats-addr", "127.0.0.1:4222", "Where the data plane's NATS listener listens (TLS, client certificates).")
 	mqttAddr := flag.String("mqtt-addr", "127.0.0.1:8883", "Where the data plane's MQTT 3.1.1 listener listens (TLS, client certificates).")
 	flag.Parse()
@@ -162,6 +163,7 @@ func run() error {
 		WebhookServer: cp.WebhookServer(),
 		MetricsAddr:   *metricsAddr,
 		HealthAddr:    *healthAddr,
+		PprofAddr:     *pprofAddr,
 		Controllers:   ctrlOpts,
 		Webhooks:      webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}},
 		Logger:        logger,

@@ -27,10 +27,10 @@ import (
 
 func main() {
 	var (
-		opNS, rootIssuer, managerUsers, gatewayUsers, restoreGroups, metricsAddr, healthAddr, certDir, trustDomain, webhookHost, configFile string
-		webhookPort, maxAttempts                                                                                                            int
-		leaderElect                                                                                                                         bool
-		lockoutBase, certDuration, transferTTL                                                                                              time.Duration
+		opNS, rootIssuer, managerUsers, gatewayUsers, restoreGroups, metricsAddr, healthAddr, pprofAddr, certDir, trustDomain, webhookHost, configFile string
+		webhookPort, maxAttempts                                                                                                                       int
+		leaderElect                                                                                                                                    bool
+		lockoutBase, certDuration, transferTTL                                                                                                         time.Duration
 	)
 	var certManagerUsers string
 	flag.StringVar(&opNS, "operator-namespace", envOr("POD_NAMESPACE", "custody-system"), "Namespace holding CA material and CertificateRequests.")
@@ -44,6 +44,7 @@ func main() {
 	flag.StringVar(&webhookHost, "webhook-host", "", "Address the webhook server binds to (all interfaces when empty).")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Metrics address; 0 disables.")
 	flag.StringVar(&healthAddr, "health-probe-bind-address", ":8081", "Health probe address.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address serving Go's profiles (/debug/pprof/) for profiling under load; 0 disables. Bind it to localhost only: profiles show memory contents' shapes and timings.")
 	flag.StringVar(&certDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Directory with the webhook serving certificate (tls.crt, tls.key).")
 	flag.IntVar(&webhookPort, "webhook-port", 9443, "Webhook server port.")
 	flag.IntVar(&maxAttempts, "claim-max-failed-attempts", int(claim.DefaultPolicy.MaxFailedAttempts), fmt.Sprintf("Failed claim attempts a tenant may make on one serial number before it is locked out (%d to %d).", custodyv1alpha1.MaxFailedAttemptsLowest, custodyv1alpha1.MaxFailedAttemptsHighest))
@@ -110,6 +111,7 @@ func main() {
 		WebhookServer:  webhook.NewServer(webhook.Options{Host: webhookHost, Port: webhookPort, CertDir: certDir}),
 		MetricsAddr:    metricsAddr,
 		HealthAddr:     healthAddr,
+		PprofAddr:      pprofAddr,
 		LeaderElection: leaderElect,
 		Controllers:    ctrlOpts,
 		Webhooks:       webhooks.Options{ManagerUsernames: strings.Split(managerUsers, ","), GatewayUsernames: strings.Split(gatewayUsers, ","), RestoreGroups: splitList(restoreGroups)},

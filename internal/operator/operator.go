@@ -54,6 +54,9 @@ type Config struct {
 	MetricsAddr string
 	// HealthAddr is the health-probe listen address; "0" disables it.
 	HealthAddr string
+	// PprofAddr serves Go's profiles (net/http/pprof) for profiling
+	// under load; empty or "0" serves none.
+	PprofAddr string
 	// LeaderElection enables leader election in OperatorNamespace.
 	LeaderElection bool
 	// Controllers and Webhooks configure what runs.
@@ -81,6 +84,7 @@ func New(cfg Config) (ctrl.Manager, error) {
 		WebhookServer:           cfg.WebhookServer,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:  cfg.HealthAddr,
+		PprofBindAddress:        cfg.PprofAddr,
 		LeaderElection:          cfg.LeaderElection,
 		LeaderElectionID:        "custody-manager.custody.dev",
 		LeaderElectionNamespace: cfg.Controllers.OperatorNamespace,
