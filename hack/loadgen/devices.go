@@ -276,13 +276,21 @@ func (h *harness) phaseRSS(ctx context.Context) error {
 		if _, err := h.settle(ctx); err != nil {
 			return err
 		}
-		row, err := h.sampleMemory(ctx, fmt.Sprintf("%d unbound", size), boundNow(), &idle)
+		row, err := h.sampleMemory(ctx, fmt.Sprintf("%d, %d bound", size, boundNow()), boundNow(), &idle)
 		if err != nil {
 			return err
 		}
 		row.SettleSecs = time.Since(start).Seconds()
 		mr.Rows = append(mr.Rows, row)
 
+		if c := h.cfg.scaleBound; c > 0 && boundNow()+len(unsold) > c {
+			keep := max(0, c-boundNow())
+			h.printf("  --scale-bound %d: selling %d of the %d unsold Devices; %d stay unbound\n", c, keep, len(unsold), len(unsold)-keep)
+			unsold = unsold[:keep]
+		}
+		if len(unsold) == 0 {
+			continue
+		}
 		start = time.Now()
 		serials := make([]string, len(unsold))
 		sale := func(serial string) []byte {
@@ -305,7 +313,7 @@ func (h *harness) phaseRSS(ctx context.Context) error {
 			return err
 		}
 		h.printf("  sold %d Devices in %.1fs; %d bound after %.1fs (%.0f bindings/s)\n", len(unsold), sold.Seconds(), n, boundIn.Seconds(), float64(n)/boundIn.Seconds())
-		row, err = h.sampleMemory(ctx, fmt.Sprintf("%d bound", size), boundNow(), &idle)
+		row, err = h.sampleMemory(ctx, fmt.Sprintf("%d, %d bound", size, boundNow()), boundNow(), &idle)
 		if err != nil {
 			return err
 		}

@@ -53,6 +53,7 @@ type config struct {
 	hbConcurrency  int
 	hbDuration     time.Duration
 	scales         []int
+	scaleBound     int
 	tenant         string
 	gatewayURL     string
 	gatewayCA      string
@@ -89,6 +90,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&c.hbConcurrency, "heartbeat-concurrency", 32, "heartbeats in flight at once")
 	fs.DurationVar(&c.hbDuration, "heartbeat-duration", 10*time.Second, "how long each heartbeat measurement runs")
 	scales := fs.String("scale", "10000,100000", "comma-separated Device counts for the rss phase; resync runs at the largest")
+	fs.IntVar(&c.scaleBound, "scale-bound", 0, "in the rss phase, bind at most this many Devices in all (0: every one at each scale); the rest stay unbound, and the report says so")
 	fs.StringVar(&c.tenant, "tenant", "load", "the Tenant that claims the devices (created if missing)")
 	fs.StringVar(&c.gatewayURL, "gateway", "", "the custody-gateway the devices use (hack/load.sh starts one)")
 	fs.StringVar(&c.gatewayCA, "gateway-ca", "", "the gateway's CA bundle (default DATA_DIR/gateway-ca.crt)")

@@ -23,7 +23,8 @@ import (
 )
 
 // phaseCeiling measures plain ConfigMap creates in a scratch namespace,
-// with one writer and with --writers, and deletes the namespace.
+// with one writer and with --writers, then creates and status patches of
+// a scratch custom resource, and deletes them.
 func (h *harness) phaseCeiling(ctx context.Context) error {
 	ns := "custody-load-scratch-" + h.run
 	if err := h.admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
@@ -51,6 +52,11 @@ func (h *harness) phaseCeiling(ctx context.Context) error {
 	h.report.Ceiling.OneWriter = measure("one", 1)
 	h.report.Ceiling.ManyWriter = measure("many", h.cfg.writers)
 	h.printf("  write ceiling (%d writers): %.0f writes/s\n", h.cfg.writers, h.report.writeCeiling())
+	creates, patches, err := h.measureCustomResources(ctx, ns)
+	if err != nil {
+		return err
+	}
+	h.report.Ceiling.CustomResourceCreates, h.report.Ceiling.CustomResourceStatusPatches = creates, patches
 	return nil
 }
 
@@ -377,6 +383,11 @@ func (h *harness) deviceOp(ctx context.Context, mode, what string) (*deviceOpRep
 		possible := c / r.WritesPerOpNoLs
 		r.Ratio = sim.PerSecond / possible
 		h.printf("  %s/s ÷ (write ceiling %.0f/s ÷ %.1f writes per %s = %.0f/s) = %s\n", what, c, r.WritesPerOpNoLs, mode, possible, pct(r.Ratio))
+	}
+	if c := h.report.Ceiling; c != nil && c.CustomResourceStatusPatches != nil && c.CustomResourceStatusPatches.PerSecond > 0 && r.WritesPerOpNoLs > 0 {
+		possible := c.CustomResourceStatusPatches.PerSecond / r.WritesPerOpNoLs
+		r.RatioCustomResource = sim.PerSecond / possible
+		h.printf("  %s/s ÷ (custom-resource status patches %.0f/s ÷ %.1f writes per %s = %.0f/s) = %s\n", what, c.CustomResourceStatusPatches.PerSecond, r.WritesPerOpNoLs, mode, possible, pct(r.RatioCustomResource))
 	}
 	for msg, n := range sim.Errors {
 		h.printf("    %d× %s\n", n, msg)

@@ -51,6 +51,10 @@ type ceilingReport struct {
 	OneWriter  *rate `json:"oneWriter"`
 	Writers    int   `json:"writers"`
 	ManyWriter *rate `json:"manyWriters"`
+	// A scratch custom resource of a bound Device's size, without webhooks
+	// or controllers: creates, then merge-patches of its status.
+	CustomResourceCreates       *rate `json:"customResourceCreates,omitempty"`
+	CustomResourceStatusPatches *rate `json:"customResourceStatusPatches,omitempty"`
 }
 
 // writeCeiling is the many-writer ConfigMap rate, or 0 before the phase.
@@ -82,6 +86,9 @@ type deviceOpReport struct {
 	WritesPerOpNoLs float64            `json:"writesPerOpExcludingLeases"`
 	// Ratio is ops/s ÷ (write ceiling ÷ writes per op).
 	Ratio float64 `json:"ofCeilingAtThisWriteCost,omitempty"`
+	// RatioCustomResource is ops/s ÷ (custom-resource status patches/s ÷
+	// writes per op): against the kind of write most of its writes are.
+	RatioCustomResource float64 `json:"ofCustomResourceCeilingAtThisWriteCost,omitempty"`
 }
 
 type heartbeatReport struct {

@@ -202,8 +202,11 @@ func quietRequests(t testing.TB) map[requestKey]int {
 
 // maxWritesPerDirectSale bounds the API-server writes one direct sale
 // costs from the ERP's Device (the create itself is counted) to the
-// device bound to its owner: see docs/operations.md.
-const maxWritesPerDirectSale = 99
+// device bound to its owner. It was 12.25 with 0.5 refused writes before
+// the custody core wrote a Device's phase and conditions with its history
+// entry and the Claim webhook added the finalizer; it is 9.25 now, the
+// Tenant's coalesced device count varying (docs/operations.md).
+const maxWritesPerDirectSale = 10
 
 // TestDirectSaleWrites counts, from the API server's own counters, what a
 // direct sale costs until the Device is bound: the ERP's create, the
