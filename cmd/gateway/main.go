@@ -25,6 +25,7 @@ import (
 	"github.com/custody-dev/custody/internal/challenge"
 	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/gateway"
+	"github.com/custody-dev/custody/internal/memlimit"
 	"github.com/custody-dev/custody/internal/scheme"
 )
 
@@ -60,6 +61,11 @@ func run() error {
 	flag.Parse()
 	logger := zap.New(zap.UseFlagOptions(&zapOpts))
 	ctrl.SetLogger(logger)
+	if limit, err := memlimit.Set(); err != nil {
+		logger.Error(err, "reading the container's memory limit; GOMEMLIMIT not set")
+	} else if limit > 0 {
+		logger.Info("Go's soft memory limit set from the container's", "GOMEMLIMIT", limit)
+	}
 
 	var keys [][]byte
 	for _, f := range strings.Split(keyFiles, ",") {

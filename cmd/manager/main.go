@@ -21,6 +21,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
+	"github.com/custody-dev/custody/internal/memlimit"
 	"github.com/custody-dev/custody/internal/operator"
 	"github.com/custody-dev/custody/internal/webhooks"
 )
@@ -70,6 +71,11 @@ func main() {
 	ctrl.SetLogger(logger)
 	klog.SetLogger(logger)
 	log := logger.WithName("setup")
+	if limit, err := memlimit.Set(); err != nil {
+		log.Error(err, "reading the container's memory limit; GOMEMLIMIT not set")
+	} else if limit > 0 {
+		log.Info("Go's soft memory limit set from the container's", "GOMEMLIMIT", limit)
+	}
 
 	// The flags set these two fields, every time (their defaults are
 	// DefaultPolicy's); a value out of int32 is clamped, out of bounds
