@@ -9,20 +9,18 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 )
 
-// annotationLastApplied is kubectl's copy of what was last applied with
-// client-side apply: a second copy of the spec that no controller reads.
-const annotationLastApplied = "kubectl.kubernetes.io/last-applied-configuration"
-
 // cacheTransform trims every object the manager caches before it is
 // stored: nobody reads managedFields. A Device, the one kind cached by the
 // hundred thousand, loses more (docs/operations.md, "Memory"):
-//   - kubectl's last-applied annotation, a second copy of its spec (safe:
-//     the manager only ever patches Devices, computing each patch from two
-//     trimmed copies, so the annotation is never written back without it);
+//   - its labels and annotations (kubectl's last-applied annotation is a
+//     second copy of its spec; an ERP's labels cost a map per Device): no
+//     controller, webhook or data-plane rule reads a Device's labels or
+//     annotations (a DataAccess selects by its Claims' labels), and the
+//     manager only ever patches Devices, computing each patch from two
+//     trimmed copies, so neither is ever written back without them;
 //   - its own copies of the strings many Devices repeat (model, buyer,
-//     tenant, phase, condition types, reasons and messages, label keys and
-//     values): they are interned, so 100,000 Devices share one copy of
-//     each.
+//     tenant, phase, condition types, reasons and messages): they are
+//     interned, so 100,000 Devices share one copy of each.
 func cacheTransform(obj any) (any, error) {
 	o, ok := obj.(client.Object)
 	if !ok {
@@ -33,19 +31,7 @@ func cacheTransform(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	if _, ok := d.Annotations[annotationLastApplied]; ok {
-		delete(d.Annotations, annotationLastApplied)
-		if len(d.Annotations) == 0 {
-			d.Annotations = nil
-		}
-	}
-	if len(d.Labels) > 0 {
-		labels := make(map[string]string, len(d.Labels))
-		for k, v := range d.Labels {
-			labels[intern(k)] = intern(v)
-		}
-		d.Labels = labels
-	}
+	d.Labels, d.Annotations = nil, nil
 	d.Spec.Model = intern(d.Spec.Model)
 	if s := d.Spec.Sale; s != nil {
 		s.Buyer.Name, s.Buyer.Contact = intern(s.Buyer.Name), intern(s.Buyer.Contact)

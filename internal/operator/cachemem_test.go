@@ -20,8 +20,8 @@ import (
 
 // wireDevices returns n Devices as the API server sends them to the
 // manager's informer: an unbound device the ERP applied (server-side apply,
-// with kubectl's last-applied annotation when lastApplied), its status
-// computed by the manager, managedFields for both.
+// with kubectl's last-applied annotation when lastApplied) with two labels
+// of its own, its status computed by the manager, managedFields for both.
 func wireDevices(t testing.TB, n int, lastApplied bool) [][]byte {
 	t.Helper()
 	rec, err := factory.Manufacture("XR200", "SN-TEMPLATE")
@@ -39,6 +39,7 @@ func wireDevices(t testing.TB, n int, lastApplied bool) [][]byte {
 		d.Generation = 1
 		d.CreationTimestamp = now
 		d.Spec.Sale = &custodyv1alpha1.SaleRecord{OrderReference: fmt.Sprintf("SO-%08d", i), Buyer: custodyv1alpha1.Buyer{Name: "Wholesale Ltd", Contact: "orders@wholesale.example"}}
+		d.Labels = map[string]string{"erp.example.com/region": "emea", "erp.example.com/order": d.Spec.Sale.OrderReference}
 		d.ManagedFields = []metav1.ManagedFieldsEntry{
 			{Manager: "erp", Operation: metav1.ManagedFieldsOperationApply, APIVersion: "custody.dev/v1alpha1", Time: &now, FieldsType: "FieldsV1",
 				FieldsV1: metav1.NewFieldsV1(`{"f:spec":{"f:claimCode":{"f:verifier":{}},"f:identity":{"f:publicKey":{}},"f:model":{},"f:sale":{"f:buyer":{"f:contact":{},"f:name":{}},"f:orderReference":{}},"f:serialNumber":{}}}`)},
@@ -125,9 +126,9 @@ func TestCachedDeviceSize(t *testing.T) {
 }
 
 // TestCacheTransformKeepsWhatControllersRead: the manager's transform
-// takes from a Device only managedFields and kubectl's last-applied
-// annotation; everything else (other annotations included) is as the API
-// server sent it.
+// takes from a Device only its managedFields, labels and annotations
+// (kubectl's last-applied copy of the spec among them); everything else is
+// as the API server sent it.
 func TestCacheTransformKeepsWhatControllersRead(t *testing.T) {
 	raw := wireDevices(t, 1, true)[0]
 	want, got := &custodyv1alpha1.Device{}, &custodyv1alpha1.Device{}
@@ -135,21 +136,33 @@ func TestCacheTransformKeepsWhatControllersRead(t *testing.T) {
 		if err := json.Unmarshal(raw, d); err != nil {
 			t.Fatal(err)
 		}
-		d.Annotations["custody.dev/other"] = "kept"
-		d.Labels = map[string]string{custodyv1alpha1.LabelTenant: "acme"}
+		d.Annotations["erp.example.com/order"] = "SO-1"
+		d.Labels = map[string]string{"erp.example.com/region": "emea"}
 	}
 	if _, err := cacheTransform(got); err != nil {
 		t.Fatal(err)
 	}
-	if got.ManagedFields != nil {
-		t.Error("managedFields kept")
+	if got.ManagedFields != nil || got.Labels != nil || got.Annotations != nil {
+		t.Errorf("managedFields, labels or annotations kept: %v %v %v", got.ManagedFields, got.Labels, got.Annotations)
 	}
-	if _, ok := got.Annotations[annotationLastApplied]; ok {
-		t.Error("the last-applied annotation kept")
-	}
-	want.ManagedFields = nil
-	delete(want.Annotations, annotationLastApplied)
+	want.ManagedFields, want.Labels, want.Annotations = nil, nil, nil
 	if !equality.Semantic.DeepEqual(want, got) {
 		t.Errorf("the transform changed more than it should:\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// TestCacheTransformKeepsOtherKindsMetadata: only Devices lose labels and
+// annotations; the manager reads those of Claims, CertificateRequests,
+// Secrets and ConfigMaps.
+func TestCacheTransformKeepsOtherKindsMetadata(t *testing.T) {
+	c := &custodyv1alpha1.Claim{}
+	c.Labels = map[string]string{custodyv1alpha1.LabelManagedBy: custodyv1alpha1.ManagedByValue}
+	c.Annotations = map[string]string{"a": "b"}
+	c.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	if _, err := cacheTransform(c); err != nil {
+		t.Fatal(err)
+	}
+	if c.ManagedFields != nil || c.Labels[custodyv1alpha1.LabelManagedBy] != custodyv1alpha1.ManagedByValue || c.Annotations["a"] != "b" {
+		t.Fatalf("a Claim's metadata was trimmed: %+v", c.ObjectMeta)
 	}
 }

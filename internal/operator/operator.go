@@ -6,6 +6,8 @@ package operator
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -128,6 +130,30 @@ func New(cfg Config) (ctrl.Manager, error) {
 		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 			return nil, err
 		}
+		// Not ready before the caches of the kinds held by the hundred
+		// thousand are filled: /readyz said ready 5 s after a restart at
+		// 100,000 Devices while the Device cache was still listing.
+		if err := mgr.AddReadyzCheck("caches", CachesSynced(mgr.GetCache(), &custodyv1alpha1.Device{}, &custodyv1alpha1.Claim{}, &custodyv1alpha1.Tenant{})); err != nil {
+			return nil, err
+		}
 	}
 	return mgr, nil
+}
+
+// CachesSynced is a readiness check that passes once the cache of each
+// kind of objs has synced (its informer is started by the check if no
+// controller has asked for it yet).
+func CachesSynced(c cache.Cache, objs ...client.Object) healthz.Checker {
+	return func(req *http.Request) error {
+		for _, o := range objs {
+			inf, err := c.GetInformer(req.Context(), o, cache.BlockUntilSynced(false))
+			if err != nil {
+				return err
+			}
+			if !inf.HasSynced() {
+				return fmt.Errorf("the cache of %T has not synced yet", o)
+			}
+		}
+		return nil
+	}
 }
