@@ -52,6 +52,8 @@ type ClaimReconciler struct {
 
 	// written keeps the Claims' writes until the cache has them.
 	written ownWrites
+	// tenants writes the Tenants' claim bookkeeping, many Claims' at once.
+	tenants tenantBatcher
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch;delete;deletecollection
@@ -109,10 +111,8 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		d = claim.Decide(in, r.Options.Verifier)
 		if in.Reserved && d.CodeProven {
 			// The code is right: the attempt is no failure.
-			if err := retry.RetryOnConflict(unreserveBackoff, func() error {
-				return r.mutateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
-					return claim.Unreserve(s, c.DeviceName(), c.UID)
-				})
+			if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+				return claim.Unreserve(s, c.DeviceName(), c.UID)
 			}); err != nil {
 				return reconcile.Result{}, err
 			}
@@ -423,36 +423,32 @@ func (r *ClaimReconciler) finishBind(ctx context.Context, c *custodyv1alpha1.Cla
 }
 
 // reserve counts the Claim's attempt on its Tenant before any code is
-// verified (claim.Reserve). The Tenant is read from the API server, never
-// from the cache, and written with its resourceVersion; a conflict means
-// another reservation came first, so it reads again. in.Tenant becomes the
-// fresh Tenant, and in.Reserved reports whether this call counted the
-// attempt (only then may the code be verified).
+// verified (claim.Reserve), in a write of the Tenant read from the API
+// server, never from the cache, with its resourceVersion (tenantBatcher).
+// in.Tenant becomes the Tenant as written, and in.Reserved reports whether
+// this call counted the attempt (only then may the code be verified).
 func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim, in *claim.Input) error {
-	return retry.RetryOnConflict(tenantBackoff, func() error {
-		t := &custodyv1alpha1.Tenant{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Name: in.Tenant.Name}, t); err != nil {
-			return err
-		}
-		before := t.DeepCopy()
-		in.Reserved = claim.Reserve(&t.Status, c.DeviceName(), c.UID, in.Now, in.Policy) == claim.Reserved
-		if in.Reserved {
-			if err := r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
-				in.Reserved = false
-				return err
-			}
-		}
-		in.Tenant = t
-		return nil
+	var reserved bool
+	t, err := r.tenants.apply(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+		reserved = claim.Reserve(s, c.DeviceName(), c.UID, in.Now, in.Policy) == claim.Reserved
+		return reserved
 	})
+	if err != nil {
+		in.Reserved = false
+		return err
+	}
+	in.Reserved, in.Tenant = reserved, t
+	return nil
 }
 
-// tenantBackoff retries a write of a Tenant's claim bookkeeping that lost to
-// another Claim's reservation of the same tenant.
+// tenantBackoff retries the failed-attempt count on a Device that lost to
+// another write of it.
 var tenantBackoff = wait.Backoff{Steps: 10, Duration: 10 * time.Millisecond, Factor: 2, Jitter: 0.2, Cap: time.Second}
 
-// unreserveBackoff retries taking back a right code's reservation longer
-// than other writes: giving up would leave the owner's attempt counted.
+// unreserveBackoff retries a write of a Tenant's claim bookkeeping that
+// lost to another writer of the Tenant (tenantBatcher), for long: giving
+// up on taking back a right code's reservation would leave the owner's
+// attempt counted.
 var unreserveBackoff = wait.Backoff{Steps: 30, Duration: 10 * time.Millisecond, Factor: 1.5, Jitter: 0.2, Cap: time.Second}
 
 // recordFailure records a verified, failed attempt: it is already counted on
@@ -499,24 +495,12 @@ func (r *ClaimReconciler) recordFailure(ctx context.Context, in claim.Input) err
 	return nil
 }
 
-// updateTenantStatus applies mutate to the Tenant's status with optimistic
-// concurrency, retrying on conflict with a fresh read.
+// updateTenantStatus applies mutate to the Tenant's status in a write of
+// the Tenant read from the API server, with its resourceVersion, retried
+// on conflict (tenantBatcher).
 func (r *ClaimReconciler) updateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
-	return retry.RetryOnConflict(tenantBackoff, func() error { return r.mutateTenantStatus(ctx, name, mutate) })
-}
-
-// mutateTenantStatus applies mutate to a fresh read of the Tenant's status
-// and writes it with the Tenant's resourceVersion, once.
-func (r *ClaimReconciler) mutateTenantStatus(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) error {
-	t := &custodyv1alpha1.Tenant{}
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, t); err != nil {
-		return err
-	}
-	before := t.DeepCopy()
-	if !mutate(&t.Status) {
-		return nil
-	}
-	return r.Client.Status().Patch(ctx, t, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
+	_, err := r.tenants.apply(ctx, name, mutate)
+	return err
 }
 
 // writeStatus writes the Decision into the Claim's status and records its
@@ -726,6 +710,7 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 			return tenantUsable(o) != tenantUsable(n)
 		},
 	}
+	r.tenants.client, r.tenants.reader = r.Client, r.APIReader
 	return ctrl.ControllerManagedBy(mgr).
 		For(&custodyv1alpha1.Claim{}).
 		Watches(&custodyv1alpha1.Device{}, byDevice).

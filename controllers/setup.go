@@ -303,7 +303,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 // ControllerNames are the names of the manager's controllers, as
 // Options.Workers and the manager's --workers flag take them, with their
 // default worker counts ("claim": Options.MaxConcurrentClaims, or at least
-// twice the cores).
+// four times the cores).
 var ControllerNames = map[string]int{
 	"tenant": 1, "tenant-devices": 1, "device": 4, "claim": 4, "transfer": 1, "supportaction": 1, "notification": 2, "pairingtoken": 1,
 	"enrollment": 4, "dataaccess": 2, "certificaterequest-approver": 4, "dataplane": 4,
@@ -319,9 +319,12 @@ func (o *Options) workers(name string) int {
 		if o.MaxConcurrentClaims > 0 {
 			return o.MaxConcurrentClaims
 		}
-		// Twice the verifier pool, so that as many claims read and write
-		// as hash: the pool, not the workers, bounds the hashing.
-		return max(ControllerNames[name], 2*runtime.GOMAXPROCS(0))
+		// Four times the verifier pool: a claim by code waits on about
+		// ten API round-trips in sequence (its Secret, the Tenant's
+		// reservation and release, the binding and its history entry, the
+		// Claim's status) for one hash, so that many overlap them while
+		// the pool, not the workers, bounds the hashing.
+		return max(ControllerNames[name], 4*runtime.GOMAXPROCS(0))
 	}
 	return ControllerNames[name]
 }
