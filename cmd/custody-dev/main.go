@@ -17,11 +17,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
 	uberzap "go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -47,10 +49,18 @@ func run() error {
 	metricsAddr := flag.String("metrics-addr", "127.0.0.1:8080", "Where the manager serves metrics (HTTP).")
 	healthAddr := flag.String("health-addr", "127.0.0.1:8081", "Where the manager serves health probes (HTTP).")
 	pprofAddr := flag.String("pprof-addr", "", "Where the manager serves Go's profiles (/debug/pprof/, HTTP); empty serves none. The API server's are at its own /debug/pprof/.")
+	memLimit := flag.String("memory-limit", "", "Go's soft memory limit for this process (the manager, cert-manager's controllers, the gateway) only, as a Kubernetes quantity (400Mi); GOMEMLIMIT would also reach the etcd and kube-apiserver it starts.")
 	natsAddr := flag.String("nats-addr", "127.0.0.1:4222", "Where the data plane's NATS listener listens (TLS, client certificates).")
 	mqttAddr := flag.String("mqtt-addr", "127.0.0.1:8883", "Where the data plane's MQTT 3.1.1 listener listens (TLS, client certificates).")
 	flag.Parse()
 
+	if *memLimit != "" {
+		q, err := resource.ParseQuantity(*memLimit)
+		if err != nil || q.Value() <= 0 {
+			return fmt.Errorf("--memory-limit %q: want a size such as 400Mi", *memLimit)
+		}
+		debug.SetMemoryLimit(q.Value())
+	}
 	dir, err := filepath.Abs(*dataDir)
 	if err != nil {
 		return err
