@@ -138,4 +138,3 @@ func TestReviewBatcherSurvivesPanickingBatch(t *testing.T) {
 		t.Fatal("a Claim of the tenant is blocked forever after a panic in an earlier batch of the same Tenant")
 	}
 }
-
