@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -136,5 +137,61 @@ func TestReviewBatcherSurvivesPanickingBatch(t *testing.T) {
 		// Not a timing assertion: the write takes microseconds against the
 		// fake client; after 10 s it is blocked for good.
 		t.Fatal("a Claim of the tenant is blocked forever after a panic in an earlier batch of the same Tenant")
+	}
+}
+
+// TestReviewBatcherLeadIsNotHeldByLaterClaims: the Claim whose change opens
+// a Tenant's batch writes the later batches too, "until none is left". As
+// long as other Claims of the tenant keep queueing changes (a burst of
+// claims, each reserving and then releasing), the first Claim's reconcile
+// does not return, though its own change was written in the first batch:
+// its verification and status wait on the whole burst, and it holds a
+// claim worker meanwhile. Here 20 Claims queue one after another, each
+// while the previous batch is written; the first caller should be released
+// after its own write (or the next), not after all of them.
+func TestReviewBatcherLeadIsNotHeldByLaterClaims(t *testing.T) {
+	const later = 20
+	var b *tenantBatcher
+	var queued sync.WaitGroup
+	b, _ = reviewBatcher(t, func(n int64) error {
+		if n <= later {
+			// Another Claim of the tenant arrives while this batch is
+			// written, and queues behind it.
+			queued.Add(1)
+			go func() {
+				defer queued.Done()
+				_, _ = b.apply(context.Background(), "t", func(s *custodyv1alpha1.TenantStatus) bool {
+					s.FailedClaimAttempts++
+					return true
+				})
+			}()
+			for {
+				b.mu.Lock()
+				waiting := len(b.pending["t"]) > 0
+				b.mu.Unlock()
+				if waiting {
+					break
+				}
+				runtime.Gosched()
+			}
+		}
+		return nil
+	})
+	var writesBeforeReturn int64
+	_, err := b.apply(context.Background(), "t", func(s *custodyv1alpha1.TenantStatus) bool {
+		s.FailedClaimAttempts++
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &custodyv1alpha1.Tenant{}
+	if err := b.reader.Get(context.Background(), client.ObjectKey{Name: "t"}, got); err != nil {
+		t.Fatal(err)
+	}
+	writesBeforeReturn = int64(got.Status.FailedClaimAttempts)
+	queued.Wait()
+	if writesBeforeReturn > 2 {
+		t.Errorf("the first Claim's apply returned only after %d writes of the Tenant (its own was the first): later Claims' batches held it", writesBeforeReturn)
 	}
 }
