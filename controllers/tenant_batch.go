@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"k8s.io/client-go/util/retry"
@@ -26,6 +27,13 @@ import (
 // resourceVersion. A conflict (another writer of the Tenant) re-reads and
 // applies them all again. Each change's caller learns the outcome of the
 // write that carried it, and the Tenant as written.
+//
+// The caller whose change finds no write in flight writes one batch (its
+// own change first) and returns; the first change queued meanwhile is
+// handed the next batch to write, and so on: no caller writes for others
+// longer than its own batch. A panic while writing releases that batch's
+// callers with an error and hands the next batch on before it goes up to
+// controller-runtime's recovery.
 type tenantBatcher struct {
 	client client.Client
 	// reader reads the Tenant from the API server, never a cache.
@@ -34,7 +42,8 @@ type tenantBatcher struct {
 	mu sync.Mutex
 	// pending are the changes waiting for the next write, by Tenant.
 	pending map[string][]*tenantChange
-	// writing is set while a caller writes a Tenant's changes.
+	// writing is set while a caller writes a Tenant's batch, or has been
+	// handed the next one.
 	writing map[string]bool
 }
 
@@ -43,55 +52,83 @@ type tenantChange struct {
 	// runs again on every attempt of the write, on a fresh status, so it
 	// must set (not accumulate) whatever it records for its caller.
 	mutate func(*custodyv1alpha1.TenantStatus) bool
-	done   chan struct{}
+	// done is closed once the write that carried the change is over.
+	done chan struct{}
+	// lead is closed when this change's caller is to write the batch it
+	// is in.
+	lead   chan struct{}
 	tenant *custodyv1alpha1.Tenant
 	err    error
 }
 
+// errBatchPanicked is what the callers of a batch learn when writing it
+// panicked.
+var errBatchPanicked = errors.New("writing the Tenant's claim bookkeeping panicked; retrying")
+
 // apply applies mutate to the Tenant name's status in the next write of
-// its queued changes, and returns the Tenant as that write left it. The
-// first caller of a batch writes it, and the ones that queue meanwhile
-// after it, until none is left.
+// its queued changes, and returns the Tenant as that write left it.
 func (b *tenantBatcher) apply(ctx context.Context, name string, mutate func(*custodyv1alpha1.TenantStatus) bool) (*custodyv1alpha1.Tenant, error) {
-	ch := &tenantChange{mutate: mutate, done: make(chan struct{})}
+	ch := &tenantChange{mutate: mutate, done: make(chan struct{}), lead: make(chan struct{})}
 	b.mu.Lock()
 	if b.pending == nil {
 		b.pending, b.writing = map[string][]*tenantChange{}, map[string]bool{}
 	}
 	b.pending[name] = append(b.pending[name], ch)
-	lead := !b.writing[name]
-	b.writing[name] = true
-	b.mu.Unlock()
-	if lead {
-		b.writeAll(ctx, name)
+	if !b.writing[name] {
+		b.writing[name] = true
+		close(ch.lead)
 	}
+	b.mu.Unlock()
 	// No early return on ctx: a change handed over may still be written,
 	// and its caller must learn whether it was.
-	<-ch.done
+	select {
+	case <-ch.done:
+	case <-ch.lead:
+		b.writeBatch(ctx, name)
+		<-ch.done
+	}
 	return ch.tenant, ch.err
 }
 
-// writeAll writes the queued changes of the Tenant name, batch after
-// batch, until none is queued.
-func (b *tenantBatcher) writeAll(ctx context.Context, name string) {
-	for {
+// writeBatch writes the changes queued for the Tenant name (the caller's
+// among them), then hands the next batch to the first change queued
+// meanwhile, or marks the Tenant idle.
+func (b *tenantBatcher) writeBatch(ctx context.Context, name string) {
+	b.mu.Lock()
+	batch := b.pending[name]
+	delete(b.pending, name)
+	b.mu.Unlock()
+	defer func() {
 		b.mu.Lock()
-		batch := b.pending[name]
-		delete(b.pending, name)
-		if len(batch) == 0 {
+		defer b.mu.Unlock()
+		if next := b.pending[name]; len(next) > 0 {
+			close(next[0].lead)
+		} else {
 			delete(b.writing, name)
-			b.mu.Unlock()
-			return
 		}
-		b.mu.Unlock()
-		t, err := b.write(ctx, name, batch)
-		for _, ch := range batch {
-			if t != nil {
-				ch.tenant = t.DeepCopy()
+	}()
+	released := false
+	defer func() {
+		if !released { // panicking
+			for _, ch := range batch {
+				ch.err = errBatchPanicked
+				close(ch.done)
 			}
-			ch.err = err
-			close(ch.done)
 		}
+	}()
+	// A batch carries other Claims' changes: this caller's cancellation
+	// (the manager stopping) must not fail theirs half-way.
+	t, err := b.write(context.WithoutCancel(ctx), name, batch)
+	copies := make([]*custodyv1alpha1.Tenant, len(batch))
+	if t != nil {
+		for i := range copies {
+			copies[i] = t.DeepCopy()
+		}
+	}
+	released = true
+	for i, ch := range batch {
+		ch.tenant, ch.err = copies[i], err
+		close(ch.done)
 	}
 }
 

@@ -11,14 +11,14 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 )
 
-// TestReviewDeviceLabelsSurviveBinding: the manager's cache drops a
+// TestDeviceLabelsSurviveBinding: the manager's cache drops a
 // Device's labels and annotations (internal/operator/cache.go). Every
 // write the manager makes to a Device on the way to a binding (the Sold
 // change, the Claim's binding, the history entries with the derived
 // status) must leave the ERP's labels and annotations as they were: a
 // write computed from a cached copy that sent the object whole (an Update)
 // or a merge patch from an untrimmed to a trimmed copy would wipe them.
-func TestReviewDeviceLabelsSurviveBinding(t *testing.T) {
+func TestDeviceLabelsSurviveBinding(t *testing.T) {
 	startManager(t)
 	tn := newTenant(t)
 	rec := newDeviceRecord(t)

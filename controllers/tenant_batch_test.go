@@ -23,9 +23,11 @@ import (
 	"github.com/custody-dev/custody/internal/scheme"
 )
 
-// reviewBatcher returns a tenantBatcher over a fake API server holding
-// Tenant "t", whose status patches go through patch (nil: pass through).
-func reviewBatcher(t *testing.T, patch func(n int64) error) (*tenantBatcher, client.Client) {
+// batcherOverFake returns a tenantBatcher over a fake client holding
+// Tenant "t" (the batcher's queueing and failure paths are what is tested
+// here; TestConcurrentWrongClaimsNeverOvershootTheLockout runs it against
+// the real API server), whose status patches go through patch (nil: pass through).
+func batcherOverFake(t *testing.T, patch func(n int64) error) (*tenantBatcher, client.Client) {
 	t.Helper()
 	tenant := &custodyv1alpha1.Tenant{}
 	tenant.Name = "t"
@@ -44,15 +46,15 @@ func reviewBatcher(t *testing.T, patch func(n int64) error) (*tenantBatcher, cli
 	return &tenantBatcher{client: c, reader: c}, c
 }
 
-// TestReviewBatcherReservationsNeverExceedPolicy: a burst of wrong-code
+// TestTenantBatcherReservationsNeverExceedPolicy: a burst of wrong-code
 // Claims of one tenant on one device, through the batcher while its writes
 // fail now and then (conflicts, re-running every closure, and hard errors,
 // failing a whole batch). A caller may verify a code only if it was told
 // Reserved without error; every such reservation must be on the stored
 // Tenant, and there are never more of them than the policy allows before
 // the lockout.
-func TestReviewBatcherReservationsNeverExceedPolicy(t *testing.T) {
-	b, c := reviewBatcher(t, func(n int64) error {
+func TestTenantBatcherReservationsNeverExceedPolicy(t *testing.T) {
+	b, c := batcherOverFake(t, func(n int64) error {
 		switch n % 5 {
 		case 1:
 			return apierrors.NewConflict(schema.GroupResource{Group: "custody.dev", Resource: "tenants"}, "t", errors.New("injected"))
@@ -107,15 +109,14 @@ func TestReviewBatcherReservationsNeverExceedPolicy(t *testing.T) {
 	}
 }
 
-// TestReviewBatcherSurvivesPanickingBatch: controller-runtime recovers a
+// TestTenantBatcherSurvivesPanickingBatch: controller-runtime recovers a
 // panic in Reconcile (RecoverPanic defaults to true), so a panic while a
-// Claim leads a Tenant's batch (in a closure, the client, or a nil
+// Claim writes a Tenant's batch (in a closure, the client, or a nil
 // dereference) returns to the worker pool. The Tenant must not stay marked
-// "writing" with its waiters never released: then every later Claim of the
-// tenant blocks its worker forever, and with enough of them every claim
-// worker of the manager.
-func TestReviewBatcherSurvivesPanickingBatch(t *testing.T) {
-	b, _ := reviewBatcher(t, nil)
+// "writing" with its waiters never released, or every later Claim of the
+// tenant would block its worker forever.
+func TestTenantBatcherSurvivesPanickingBatch(t *testing.T) {
+	b, _ := batcherOverFake(t, nil)
 	func() {
 		defer func() { _ = recover() }()
 		_, _ = b.apply(context.Background(), "t", func(*custodyv1alpha1.TenantStatus) bool { panic("bug in a mutate closure") })
@@ -140,20 +141,18 @@ func TestReviewBatcherSurvivesPanickingBatch(t *testing.T) {
 	}
 }
 
-// TestReviewBatcherLeadIsNotHeldByLaterClaims: the Claim whose change opens
-// a Tenant's batch writes the later batches too, "until none is left". As
-// long as other Claims of the tenant keep queueing changes (a burst of
-// claims, each reserving and then releasing), the first Claim's reconcile
-// does not return, though its own change was written in the first batch:
-// its verification and status wait on the whole burst, and it holds a
-// claim worker meanwhile. Here 20 Claims queue one after another, each
-// while the previous batch is written; the first caller should be released
-// after its own write (or the next), not after all of them.
-func TestReviewBatcherLeadIsNotHeldByLaterClaims(t *testing.T) {
+// TestTenantBatcherLeadIsNotHeldByLaterClaims: the Claim whose change
+// opens a Tenant's batch writes that batch and returns; the batches of
+// Claims that queue meanwhile are written by their own callers. (An
+// earlier batcher wrote "until none is left": as long as other Claims of
+// the tenant kept queueing, the first Claim's reconcile did not return
+// though its change was written, holding a claim worker.) Here 20 Claims
+// queue one after another, each while the previous batch is written.
+func TestTenantBatcherLeadIsNotHeldByLaterClaims(t *testing.T) {
 	const later = 20
 	var b *tenantBatcher
 	var queued sync.WaitGroup
-	b, _ = reviewBatcher(t, func(n int64) error {
+	b, _ = batcherOverFake(t, func(n int64) error {
 		if n <= later {
 			// Another Claim of the tenant arrives while this batch is
 			// written, and queues behind it.

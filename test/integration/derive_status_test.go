@@ -16,7 +16,7 @@ import (
 	"github.com/custody-dev/custody/internal/custody"
 )
 
-// TestReviewDerivedStatusAppendConvergesAfterSpecChange: the custody core
+// TestDerivedStatusAppendConvergesAfterSpecChange: the custody core
 // appends a change's history entry together with the phase, conditions and
 // observed generation derived from the Device (Applier.DeriveStatus),
 // tested against /metadata/generation. A crash between the spec write and
@@ -24,7 +24,7 @@ import (
 // then the repair from the older observation: the repair must not fail for
 // good on the generation test, and must not leave a status derived for
 // the older generation.
-func TestReviewDerivedStatusAppendConvergesAfterSpecChange(t *testing.T) {
+func TestDerivedStatusAppendConvergesAfterSpecChange(t *testing.T) {
 	ctx := context.Background()
 	// The manager's own repair of the Device is held back (its Complete
 	// stops before the append), so that the repair under test is this one.
