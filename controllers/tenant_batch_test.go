@@ -188,7 +188,7 @@ func TestTenantBatcherLeadIsNotHeldByLaterClaims(t *testing.T) {
 	if err := b.reader.Get(context.Background(), client.ObjectKey{Name: "t"}, got); err != nil {
 		t.Fatal(err)
 	}
-	writesBeforeReturn = int64(got.Status.FailedClaimAttempts)
+	writesBeforeReturn = got.Status.FailedClaimAttempts
 	queued.Wait()
 	if writesBeforeReturn > 2 {
 		t.Errorf("the first Claim's apply returned only after %d writes of the Tenant (its own was the first): later Claims' batches held it", writesBeforeReturn)
