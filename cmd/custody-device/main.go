@@ -223,24 +223,11 @@ func (g *gatewayFlags) client() (*device.Client, error) {
 	if g.url == "" || g.ca == "" {
 		return nil, errUsage
 	}
-	pool, err := readPool(g.ca)
+	pool, err := device.LoadRootCAs(g.ca)
 	if err != nil {
 		return nil, err
 	}
 	return &device.Client{BaseURL: g.url, RootCAs: pool}, nil
-}
-
-// readPool reads a PEM CA bundle.
-func readPool(file string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(file) //nolint:gosec // the file the user named
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", file)
-	}
-	return pool, nil
 }
 
 func cmdRun(ctx context.Context, args []string) error {
@@ -272,7 +259,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	if *dataPlaneCA == "" || *publish <= 0 {
 		return errUsage
 	}
-	roots, err := readPool(*dataPlaneCA)
+	roots, err := device.LoadRootCAs(*dataPlaneCA)
 	if err != nil {
 		return err
 	}
@@ -355,7 +342,7 @@ func cmdSimulate(ctx context.Context, args []string, stdout io.Writer) error {
 	if *dataPlane == "" || *mode != "enroll" {
 		return nil
 	}
-	roots, err := readPool(*dataPlaneCA)
+	roots, err := device.LoadRootCAs(*dataPlaneCA)
 	if err != nil {
 		return err
 	}

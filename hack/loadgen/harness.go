@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -551,15 +550,3 @@ func findCustodyDev(dataDir string) (int, error) {
 	return 0, fmt.Errorf("no custody-dev process runs on %s: start it (make dev)", want)
 }
 
-// readCA reads a PEM bundle's first certificate.
-func readCA(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file) //nolint:gosec // the file the user named
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("%s holds no certificate", file)
-	}
-	return pool, nil
-}

@@ -247,7 +247,7 @@ func (h *harness) makeToken(ctx context.Context) error {
 		return err
 	}
 	h.token = tok
-	pool, err := readCA(h.cfg.gatewayCA)
+	pool, err := device.LoadRootCAs(h.cfg.gatewayCA)
 	if err != nil {
 		return err
 	}

@@ -87,6 +87,20 @@ func LoadFileKey(path string) (*FileKey, error) {
 	return &FileKey{Signer: s}, nil
 }
 
+// LoadRootCAs reads a PEM bundle of CA certificates (the gateway's, the
+// data plane's) into a pool; a file without one is an error.
+func LoadRootCAs(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file) //nolint:gosec // the file the user named
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
 // NewCSR makes a CSR signed by key for exactly id.
 func NewCSR(key crypto.Signer, id protocol.Identity) ([]byte, error) {
 	u, err := url.Parse(id.URI)
