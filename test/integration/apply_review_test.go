@@ -8,6 +8,7 @@ import (
 	"github.com/go-logr/logr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/custody"
 )
 
@@ -22,23 +23,7 @@ import (
 func TestApplyRefusesAStaleDecisionOnTheAPIServer(t *testing.T) {
 	ctx := context.Background()
 	startManager(t)
-	cfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	crash := errors.New("crash")
-	stopAfterChange := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard(),
-		FailPoint: func(step, _ string) error {
-			if step == custody.StepChanged {
-				return crash
-			}
-			return nil
-		}}
-	a := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard()}
+	_, stopAfterChange, a := managerAppliers(t, false)
 	rec := newDevice(t)
 	name := rec.Device.Name
 	z := custody.Holder{Tenant: "zeta", Namespace: "zeta", Name: "z", UID: "uid-z"}
@@ -50,7 +35,7 @@ func TestApplyRefusesAStaleDecisionOnTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stopAfterChange.Apply(ctx, d, bind); !errors.Is(err, crash) {
+	if err := stopAfterChange.Apply(ctx, d, bind); !errors.Is(err, errCrash) {
 		t.Fatal(err)
 	}
 	observed := d.DeepCopy() // bound to z, history not yet appended
@@ -77,4 +62,38 @@ func TestApplyRefusesAStaleDecisionOnTheAPIServer(t *testing.T) {
 		}
 		t.Fatalf("a Release decided before the transfer landed after it: err %v, claimRef %+v, history %v", errRelease, after.Spec.ClaimRef, got)
 	}
+}
+
+// errCrash is what the Applier managerAppliers makes crash returns.
+var errCrash = errors.New("crash")
+
+// managerAppliers returns a client as the manager, an Applier that stops
+// after writing a change and its head (returning errCrash, as a crash
+// there would), and one that completes its changes. With derive both
+// write the derived status with each history entry, as the manager's do.
+func managerAppliers(t testing.TB, derive bool) (client.Client, *custody.Applier, *custody.Applier) {
+	t.Helper()
+	cfg, err := cp.ManagerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newApplier := func() *custody.Applier {
+		a := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard()}
+		if derive {
+			a.DeriveStatus = controllers.DeriveDeviceStatus(mc)
+		}
+		return a
+	}
+	crashing := newApplier()
+	crashing.FailPoint = func(step, _ string) error {
+		if step == custody.StepChanged {
+			return errCrash
+		}
+		return nil
+	}
+	return mc, crashing, newApplier()
 }

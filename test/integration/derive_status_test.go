@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/go-logr/logr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -38,24 +37,7 @@ func TestDerivedStatusAppendConvergesAfterSpecChange(t *testing.T) {
 			return nil
 		}
 	})
-	cfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	crash := errors.New("crash")
-	derive := controllers.DeriveDeviceStatus(mc)
-	stopAfterChange := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard(), DeriveStatus: derive,
-		FailPoint: func(step, _ string) error {
-			if step == custody.StepChanged {
-				return crash
-			}
-			return nil
-		}}
-	a := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard(), DeriveStatus: derive}
+	mc, stopAfterChange, a := managerAppliers(t, true)
 	tn := newTenant(t)
 	rec := newDevice(t)
 	name := rec.Device.Name
@@ -72,7 +54,7 @@ func TestDerivedStatusAppendConvergesAfterSpecChange(t *testing.T) {
 			target.Store(name)
 		}
 		err = stopAfterChange.Apply(ctx, d, bind)
-		if errors.Is(err, crash) {
+		if errors.Is(err, errCrash) {
 			break
 		}
 		if !apierrors.IsConflict(err) || i > 20 {

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -121,7 +122,8 @@ func TestClaimWebhookRejectsPlaintextCodes(t *testing.T) {
 
 // TestClaimRequesterIsRecorded: whoever creates a Claim is recorded from the
 // authenticated request, whatever the request says, cannot be changed
-// afterwards, and is the actor of the binding in the custody history.
+// afterwards, and is the actor of the binding in the custody history; the
+// Claim is admitted with the manager's finalizer.
 func TestClaimRequesterIsRecorded(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
@@ -135,6 +137,11 @@ func TestClaimRequesterIsRecorded(t *testing.T) {
 		ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: secret}}}
 	if err := bob.Create(ctx, cl); err != nil {
 		t.Fatal(err)
+	}
+	// The create's answer is the Claim as admitted: the webhook added the
+	// manager's finalizer (the claim controller writes it no more).
+	if !slices.Contains(cl.Finalizers, custodyv1alpha1.FinalizerName) {
+		t.Fatalf("the Claim was admitted without the manager's finalizer: %v", cl.Finalizers)
 	}
 	got := waitPhase(t, cl, custodyv1alpha1.ClaimPhaseBound)
 	if got.Spec.RequestedBy != "bob@acme.example" {
