@@ -549,4 +549,3 @@ func findCustodyDev(dataDir string) (int, error) {
 	}
 	return 0, fmt.Errorf("no custody-dev process runs on %s: start it (make dev)", want)
 }
-
