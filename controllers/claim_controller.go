@@ -109,13 +109,11 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 			return reconcile.Result{}, err
 		}
 		d = claim.Decide(in, r.Options.Verifier)
-		if in.Reserved && d.CodeProven {
-			// The code is right: the attempt is no failure.
-			if err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
-				return claim.Unreserve(s, c.DeviceName(), c.UID)
-			}); err != nil {
-				return reconcile.Result{}, err
-			}
+	}
+	if d.CodeProven && in.Tenant != nil && claim.Counted(&in.Tenant.Status, c.DeviceName(), c.UID) {
+		// The code is right: the attempt is no failure.
+		if err := r.takeBackAttempt(ctx, c, in); err != nil {
+			return reconcile.Result{}, err
 		}
 	}
 
@@ -438,6 +436,48 @@ func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim,
 		return err
 	}
 	in.Reserved, in.Tenant = reserved, t
+	return nil
+}
+
+// takeBackAttempt takes back the attempt counted on the Tenant for Claim c,
+// whose code proved right (claim.Unreserve). If the Tenant cannot be
+// written, the proof is recorded on the Claim (status.codeVerified) before
+// the error is returned: the next reconcile would otherwise find the
+// attempt counted and the Claim unverifiable ("attempt spent"), and deny
+// the rightful owner. With the record it takes the attempt back and binds
+// without verifying the code again.
+func (r *ClaimReconciler) takeBackAttempt(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
+	err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
+		return claim.Unreserve(s, c.DeviceName(), c.UID)
+	})
+	if err == nil || claim.CodeVerifiedHolds(c, in.Device, in.Tenant.Name) {
+		return err
+	}
+	if rerr := r.recordCodeVerified(ctx, c, in); rerr != nil {
+		return fmt.Errorf("taking back the attempt of a right claim code: %w; recording that the code is right: %w", err, rerr)
+	}
+	return fmt.Errorf("taking back the attempt of a right claim code (recorded on the Claim, retried): %w", err)
+}
+
+// recordCodeVerified writes status.codeVerified of Claim c for in.Device.
+// The write carries no resourceVersion: the proof stands whatever was
+// written to the Claim meanwhile (only the manager writes its status).
+func (r *ClaimReconciler) recordCodeVerified(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
+	if in.Device == nil {
+		return nil // Decide never proves a code without a Device
+	}
+	rv := c.ResourceVersion
+	raw, err := json.Marshal(map[string]any{"status": map[string]any{"codeVerified": custodyv1alpha1.ClaimCodeVerification{
+		VerifiedAt: metav1.NewTime(in.Now),
+		Verifier:   claim.CodeVerifiedDigest(in.Device),
+	}}})
+	if err != nil {
+		return err
+	}
+	if err := r.Client.Status().Patch(ctx, c, client.RawPatch(types.MergePatchType, raw), client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	r.written.wrote(c, rv)
 	return nil
 }
 

@@ -242,6 +242,16 @@ type ClaimStatus struct {
 	// +optional
 	RetryAfter *metav1.Time `json:"retryAfter,omitempty"`
 
+	// codeVerified records that the claim code was verified and proved
+	// ownership of the device, when the manager could not at once take back
+	// the failed attempt it counted on the Tenant before verifying (a write
+	// of the Tenant failed). The manager then takes the attempt back and
+	// proceeds without verifying the code again. Written by the manager
+	// only; it holds while the Device and its claim-code verifier are the
+	// ones the code was verified against.
+	// +optional
+	CodeVerified *ClaimCodeVerification `json:"codeVerified,omitempty"`
+
 	// observedGeneration is the generation the manager last reconciled.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -253,6 +263,20 @@ type ClaimStatus struct {
 	// +listMapKey=type
 	// +kubebuilder:validation:MaxItems=16
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ClaimCodeVerification is the manager's record that a Claim's claim code
+// proved ownership of a device.
+type ClaimCodeVerification struct {
+	// verifiedAt is when the code was verified.
+	VerifiedAt metav1.Time `json:"verifiedAt"`
+
+	// verifier identifies what the code was verified against: the SHA-256
+	// digest (hex) of the Device's UID and its spec.claimCode.verifier. A
+	// Device recreated under the same name, or given a new claim code,
+	// does not match it.
+	// +kubebuilder:validation:Pattern=`^[0-9a-f]{64}$`
+	Verifier string `json:"verifier"`
 }
 
 // Claim condition reasons. They are CamelCase and say what a user can do.

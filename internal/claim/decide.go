@@ -19,6 +19,8 @@
 package claim
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"time"
@@ -176,7 +178,7 @@ const (
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
 	MsgVerifying          = "The claim is being verified."
-	MsgAttemptSpent       = "This claim attempt was counted against this tenant's failed attempts and cannot be verified again (its verification failed, or the manager stopped before verifying it). Create a new Claim to try again."
+	MsgAttemptSpent       = "This claim attempt was counted against this tenant's failed attempts and cannot be verified again (its verification failed, or the manager stopped before it verified the code or could record that the code was right). Create a new Claim to try again."
 	MsgAwaitingDevice     = "Enter the pairing code from status.pairing.code into the device (custody-device pair); the claim proceeds when the device proves possession through the gateway, until status.pairing.expiresAt."
 	MsgTenantLimitReached = "Too many failed claim attempts from this tenant. The claim is verified automatically after status.retryAfter."
 	MsgCoolingOff         = "Ownership is proven with fewer proofs than the device's claim policy wants for an immediate binding. The claim binds at status.coolingOffUntil unless another claim competes; the seller has been told."
@@ -264,7 +266,11 @@ func decide(in Input, v Verifier) Decision {
 		return decideSaleRecord(in)
 	}
 
-	if !in.Reserved {
+	// A code an earlier reconcile proved right (status.codeVerified, written
+	// when the attempt it counted could not be taken back at once) is not
+	// verified again, counted again or throttled: it is right.
+	proven := CodeVerifiedHolds(c, d, tenant.Name)
+	if !in.Reserved && !proven {
 		// An attempt counted by an earlier reconcile is never verified
 		// again: it was verified and failed, or the manager stopped between
 		// counting and verifying. Either way it is spent.
@@ -283,7 +289,9 @@ func decide(in Input, v Verifier) Decision {
 	// The claim code, when offered, is verified first: a wrong code is a
 	// failed attempt whatever else the Claim offers.
 	codeOK := false
-	if c.Spec.ClaimCode != nil {
+	if c.Spec.ClaimCode != nil && proven {
+		codeOK = true
+	} else if c.Spec.ClaimCode != nil {
 		switch {
 		case errors.Is(in.CodeErr, ErrSecretNotFound):
 			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretNotFound}
@@ -317,6 +325,31 @@ func decide(in Input, v Verifier) Decision {
 	dec := decideProven(in, codeOK)
 	dec.CodeProven = codeOK
 	return dec
+}
+
+// CodeVerifiedDigest is what ClaimCodeVerification.verifier holds for Device d: the
+// SHA-256 of its UID and claim-code verifier, hex.
+func CodeVerifiedDigest(d *custodyv1alpha1.Device) string {
+	h := sha256.New()
+	h.Write([]byte(d.UID))
+	h.Write([]byte{0})
+	if d.Spec.ClaimCode != nil {
+		h.Write([]byte(d.Spec.ClaimCode.Verifier))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// CodeVerifiedHolds reports whether Claim c's status.codeVerified still proves
+// its code right for Device d and tenant: d is the Device, with the claim
+// code, the code was verified against, and is neither decommissioned nor
+// in another tenant's custody (where a right code answers like a wrong
+// one).
+func CodeVerifiedHolds(c *custodyv1alpha1.Claim, d *custodyv1alpha1.Device, tenant string) bool {
+	p := c.Status.CodeVerified
+	if p == nil || c.Spec.ClaimCode == nil || d == nil || d.Spec.ClaimCode == nil || d.Spec.Decommissioned {
+		return false
+	}
+	return p.Verifier == CodeVerifiedDigest(d) && !HeldUnderSale(d, tenant)
 }
 
 // decideProven decides a Claim whose code, if it offered one, proved right.

@@ -3,6 +3,7 @@ package claim
 import (
 	"fmt"
 	"reflect"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
 	"testing"
@@ -296,6 +297,64 @@ func TestVerifiedOnlyAfterReservation(t *testing.T) {
 		if d := Decide(in, v); d.Action != ActionNone || d.Phase != custodyv1alpha1.ClaimPhaseDenied || d.Message != MsgAttemptSpent || v.calls != 1 {
 			t.Fatalf("counted earlier: %s/%s %q after %d verifications", d.Action, d.Phase, d.Message, v.calls)
 		}
+	}
+}
+
+// TestRecordedProofIsNotVerifiedAgain: a Claim whose code an earlier
+// reconcile proved right (status.codeVerified, recorded when its attempt
+// could not be taken back) binds although its attempt is still counted,
+// even while the tenant is locked out and with its Secret gone, and
+// without verifying anything. The record is worth nothing for another
+// Device, a Device recreated under the same name, a new claim code, a
+// decommissioned Device, a Device in another tenant's custody, or a Claim
+// without a code; those Claims are decided as before.
+func TestRecordedProofIsNotVerifiedAgain(t *testing.T) {
+	right, _ := claimcode.Generate()
+	dev := device()
+	dev.UID = "dev-uid-1"
+	proved := func() Input {
+		c := claimFor("1")
+		c.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.NewTime(now), Verifier: CodeVerifiedDigest(dev)}
+		in := Input{Claim: c, Device: dev.DeepCopy(), Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, CodeErr: ErrSecretNotFound}
+		// Counted, and locked out by the failures of others after it.
+		Reserve(&in.Tenant.Status, "xr200.sn-1", "1", now, DefaultPolicy)
+		for i := range DefaultPolicy.MaxFailedAttempts + 1 {
+			Reserve(&in.Tenant.Status, "xr200.sn-1", typesUID(fmt.Sprint("other-", i)), now, DefaultPolicy)
+		}
+		if LockedUntil(&in.Tenant.Status, "xr200.sn-1", now).IsZero() {
+			t.Fatal("setup: not locked out")
+		}
+		return in
+	}
+	v := &fakeVerifier{right: right}
+	if d := Decide(proved(), v); d.Action != ActionBind || !d.CodeProven || v.calls != 0 {
+		t.Fatalf("recorded proof: %s/%s %q, proven %v, %d verifications", d.Action, d.Phase, d.Message, d.CodeProven, v.calls)
+	}
+
+	for name, spoil := range map[string]func(*Input){
+		"another device":       func(in *Input) { in.Device.UID = "dev-uid-2" },
+		"new claim code":       func(in *Input) { in.Device.Spec.ClaimCode.Verifier += "x" },
+		"decommissioned":       func(in *Input) { in.Device.Spec.Decommissioned = true },
+		"forged digest":        func(in *Input) { in.Claim.Status.CodeVerified.Verifier = strings.Repeat("0", 64) },
+		"held for another":     func(in *Input) { in.Device.Spec.Sale = &custodyv1alpha1.SaleRecord{CustodianTenant: "wholesale"} },
+		"code no longer asked": func(in *Input) { possessionOnly(in.Claim) },
+	} {
+		in := proved()
+		spoil(&in)
+		if CodeVerifiedHolds(in.Claim, in.Device, "acme") {
+			t.Errorf("%s: the record still holds", name)
+		}
+		d := Decide(in, v)
+		if d.CodeProven || d.Action == ActionBind {
+			t.Errorf("%s: %s/%s, proven %v", name, d.Action, d.Phase, d.CodeProven)
+		}
+	}
+	// Without a record, the counted attempt is spent (as before).
+	in := proved()
+	in.Claim.Status.CodeVerified = nil
+	in.CodeErr, in.Code = nil, right
+	if d := Decide(in, v); d.Phase != custodyv1alpha1.ClaimPhaseDenied || d.Message != MsgAttemptSpent || v.calls != 0 {
+		t.Fatalf("no record: %s/%s %q after %d verifications", d.Action, d.Phase, d.Message, v.calls)
 	}
 }
 
