@@ -10,5 +10,5 @@ import "embed"
 // Manifests holds config/crd/bases, config/webhook, config/rbac and
 // config/third_party/cert-manager.
 //
-//go:embed crd/bases/*.yaml webhook/manifests.yaml rbac/*.yaml third_party/cert-manager/*.yaml
+//go:embed crd/bases/*.yaml webhook/manifests.yaml webhook/match_conditions.yaml rbac/*.yaml third_party/cert-manager/*.yaml
 var Manifests embed.FS

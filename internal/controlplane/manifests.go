@@ -38,11 +38,12 @@ func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 }
 
 // Webhooks returns the admission webhook configurations generated into
-// config/webhook/manifests.yaml.
+// config/webhook/manifests.yaml, with the match conditions of
+// config/webhook/match_conditions.yaml, as kustomize installs them.
 func Webhooks() ([]*admissionv1.MutatingWebhookConfiguration, []*admissionv1.ValidatingWebhookConfiguration, error) {
 	var mutating []*admissionv1.MutatingWebhookConfiguration
 	var validating []*admissionv1.ValidatingWebhookConfiguration
-	err := eachDocument("webhook", func(doc []byte) error {
+	err := eachDocumentOf("webhook/manifests.yaml", func(doc []byte) error {
 		var meta struct{ Kind string }
 		if err := yaml.Unmarshal(doc, &meta); err != nil {
 			return err
@@ -68,6 +69,30 @@ func Webhooks() ([]*admissionv1.MutatingWebhookConfiguration, []*admissionv1.Val
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	// The match conditions: a patch that kustomize merges by webhook name.
+	err = eachDocumentOf("webhook/match_conditions.yaml", func(doc []byte) error {
+		patch := &admissionv1.ValidatingWebhookConfiguration{}
+		if err := yaml.UnmarshalStrict(doc, patch); err != nil {
+			return err
+		}
+		for _, p := range patch.Webhooks {
+			found := false
+			for _, cfg := range validating {
+				for i := range cfg.Webhooks {
+					if cfg.Webhooks[i].Name == p.Name {
+						cfg.Webhooks[i].MatchConditions, found = p.MatchConditions, true
+					}
+				}
+			}
+			if !found {
+				return fmt.Errorf("no validating webhook %q to give match conditions", p.Name)
+			}
+		}
+		return nil
+	})
 	return mutating, validating, err
 }
 
@@ -81,26 +106,33 @@ func eachDocument(dir string, fn func([]byte) error) error {
 		if e.IsDir() || path.Ext(e.Name()) != ".yaml" {
 			continue
 		}
-		data, err := fs.ReadFile(config.Manifests, path.Join(dir, e.Name()))
-		if err != nil {
+		if err := eachDocumentOf(path.Join(dir, e.Name()), fn); err != nil {
 			return err
-		}
-		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-		for {
-			doc, err := r.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("reading %s/%s: %w", dir, e.Name(), err)
-			}
-			if len(bytes.TrimSpace(doc)) == 0 || bytes.Equal(bytes.TrimSpace(doc), []byte("---")) {
-				continue
-			}
-			if err := fn(doc); err != nil {
-				return fmt.Errorf("decoding %s/%s: %w", dir, e.Name(), err)
-			}
 		}
 	}
 	return nil
+}
+
+// eachDocumentOf calls fn with each YAML document of the embedded file name.
+func eachDocumentOf(name string, fn func([]byte) error) error {
+	data, err := fs.ReadFile(config.Manifests, name)
+	if err != nil {
+		return err
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", name, err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 || bytes.Equal(bytes.TrimSpace(doc), []byte("---")) {
+			continue
+		}
+		if err := fn(doc); err != nil {
+			return fmt.Errorf("decoding %s: %w", name, err)
+		}
+	}
 }
