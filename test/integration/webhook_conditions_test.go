@@ -7,6 +7,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -65,11 +66,15 @@ func TestDeviceWebhookMatchConditions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// statusWrite writes the Device's status as c, again on a conflict (the
+	// manager writes the Device's status too).
 	statusWrite := func(c client.Client, mutate func(*custodyv1alpha1.Device)) error {
-		d := getDevice(t, name)
-		before := d.DeepCopy()
-		mutate(d)
-		return c.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			d := getDevice(t, name)
+			before := d.DeepCopy()
+			mutate(d)
+			return c.Status().Patch(ctx, d, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		})
 	}
 	// calls runs write and returns how many Device webhook calls it made.
 	calls := func(what string, write func() error) float64 {
