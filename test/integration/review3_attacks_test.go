@@ -570,3 +570,74 @@ func TestReview3EveryConfiguredGatewayIsHeldToHeartbeats(t *testing.T) {
 		}
 	}
 }
+
+// TestReview3ARecordIsNotABearerToken: status.codeVerified is the SHA-256
+// of the Device's UID and claim-code verifier, both readable by anyone who
+// may read Devices (the ERP, support staff); it names neither the Claim
+// nor its tenant. Anyone granted the status subresource of Claims (a
+// status-reporting tool, a backup tool that restores status) but not the
+// manager's identity should still not be able to bind a device without
+// its code. Here a user who may only read Devices and patch claims/status
+// in one tenant's namespace writes the digest onto a Claim with a wrong
+// code.
+//
+// EXPECTED TO FAIL on i12-proof: the Claim binds; the record is a bearer
+// token computable from public data, honoured whoever wrote it.
+func TestReview3ARecordIsNotABearerToken(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	tn := newTenant(t)
+	ns := tn.Status.Namespace
+	rec := newDevice(t)
+	user := uniq("status-writer")
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: uniq("review3-claim-status")},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{custodyv1alpha1.GroupVersion.Group}, Resources: []string{"devices"}, Verbs: []string{"get"}},
+			{APIGroups: []string{custodyv1alpha1.GroupVersion.Group}, Resources: []string{"claims/status"}, Verbs: []string{"patch"}},
+		},
+	}
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: rbacv1.GroupName, Name: user}},
+	}
+	for _, o := range []client.Object{role, crb} {
+		if err := admin.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = admin.Delete(ctx, o) })
+	}
+	c := userClient(t, user)
+	// The tenant's Claim with a wrong code; no reconcile has verified it
+	// yet when the record lands (its Secret comes after).
+	wrong := otherCode(t, rec.Code)
+	secret := uniq("wrong")
+	cl := &custodyv1alpha1.Claim{
+		ObjectMeta: metav1.ObjectMeta{Name: uniq("bearer"), Namespace: ns},
+		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: rec.Device.Spec.SerialNumber, Model: rec.Device.Spec.Model,
+			ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: secret}}},
+	}
+	if err := admin.Create(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	var dev custodyv1alpha1.Device
+	waitFor(t, "the status writer's roles to apply", func() bool {
+		return c.Get(ctx, client.ObjectKey{Name: rec.Device.Name}, &dev) == nil
+	})
+	raw, err := json.Marshal(map[string]any{"status": map[string]any{"codeVerified": custodyv1alpha1.ClaimCodeVerification{
+		VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest(&dev)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Status().Patch(ctx, cl, client.RawPatch(types.MergePatchType, raw)); err != nil {
+		t.Logf("the status writer's record was refused: %v", err)
+	}
+	if err := admin.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: ns}, StringData: map[string]string{"code": wrong.String()}}); err != nil {
+		t.Fatal(err)
+	}
+	got := waitPhaseOrDenied(t, cl, custodyv1alpha1.ClaimPhaseBound)
+	if got.Status.Phase == custodyv1alpha1.ClaimPhaseBound || boundTo(t, rec.Device.Name, cl.UID) {
+		t.Fatalf("a record written by %s (not the manager) bound the device with a wrong code: %s", user, readyMessage(got))
+	}
+}
