@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,6 +55,17 @@ type ClaimReconciler struct {
 	written ownWrites
 	// tenants writes the Tenants' claim bookkeeping, many Claims' at once.
 	tenants tenantBatcher
+	// proven keeps, by Claim, the record of a right code whose attempt
+	// could not be taken back and whose status.codeVerified is not written
+	// yet (provenCode): until either write succeeds, this is all that
+	// tells the next reconcile the code was right.
+	proven sync.Map
+}
+
+// provenCode is a record of a right code kept in memory (see proven).
+type provenCode struct {
+	uid    types.UID
+	record custodyv1alpha1.ClaimCodeVerification
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=claims,verbs=get;list;watch;update;patch;delete;deletecollection
@@ -64,6 +76,9 @@ type ClaimReconciler struct {
 func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	c := &custodyv1alpha1.Claim{}
 	if err := r.Client.Get(ctx, req.NamespacedName, c); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.proven.Delete(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if r.written.stale(c) {
@@ -82,9 +97,11 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		return reconcile.Result{}, nil
 	}
 	if !c.DeletionTimestamp.IsZero() {
+		r.proven.Delete(req.NamespacedName)
 		return r.reconcileDelete(ctx, c)
 	}
 
+	recordPending := r.recallCodeVerified(c)
 	in, err := r.observe(ctx, c)
 	if err != nil {
 		return reconcile.Result{}, err
@@ -112,7 +129,7 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	}
 	if d.CodeProven && in.Tenant != nil && claim.Counted(&in.Tenant.Status, c.DeviceName(), c.UID) {
 		// The code is right: the attempt is no failure.
-		if err := r.takeBackAttempt(ctx, c, in); err != nil {
+		if err := r.takeBackAttempt(ctx, c, in, recordPending); err != nil {
 			return reconcile.Result{}, err
 		}
 	}
@@ -124,6 +141,9 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	changed, err := r.writeStatus(ctx, c, d, in.Reserved)
 	if err != nil {
 		return reconcile.Result{}, err
+	}
+	if d.Phase != custodyv1alpha1.ClaimPhasePending {
+		r.proven.Delete(req.NamespacedName) // decided: its attempt was taken back
 	}
 	if changed && d.Action == claim.ActionReportDispute {
 		r.reportCompetingClaim(in)
@@ -441,43 +461,69 @@ func (r *ClaimReconciler) reserve(ctx context.Context, c *custodyv1alpha1.Claim,
 
 // takeBackAttempt takes back the attempt counted on the Tenant for Claim c,
 // whose code proved right (claim.Unreserve). If the Tenant cannot be
-// written, the proof is recorded on the Claim (status.codeVerified) before
-// the error is returned: the next reconcile would otherwise find the
+// written, the proof is kept: the next reconcile would otherwise find the
 // attempt counted and the Claim unverifiable ("attempt spent"), and deny
-// the rightful owner. With the record it takes the attempt back and binds
-// without verifying the code again.
-func (r *ClaimReconciler) takeBackAttempt(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
+// the rightful owner. It is kept in memory first (proven) and then written
+// on the Claim (status.codeVerified), both before the error is returned;
+// with either, the next reconcile takes the attempt back and binds without
+// verifying the code again. recordPending says that c's record came from
+// memory, not from the API server: it is written again.
+func (r *ClaimReconciler) takeBackAttempt(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input, recordPending bool) error {
 	err := r.updateTenantStatus(ctx, in.Tenant.Name, func(s *custodyv1alpha1.TenantStatus) bool {
 		return claim.Unreserve(s, c.DeviceName(), c.UID)
 	})
-	if err == nil || claim.CodeVerifiedHolds(c, in.Device, in.Tenant.Name) {
-		return err
+	key := client.ObjectKeyFromObject(c)
+	if err == nil {
+		r.proven.Delete(key)
+		return nil
 	}
-	if rerr := r.recordCodeVerified(ctx, c, in); rerr != nil {
-		return fmt.Errorf("taking back the attempt of a right claim code: %w; recording that the code is right: %w", err, rerr)
+	holds := claim.CodeVerifiedHolds(c, in.Device, in.Tenant.Name)
+	if holds && !recordPending {
+		return err // recorded on the Claim already
+	}
+	rec := custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.NewTime(in.Now), Verifier: claim.CodeVerifiedDigest(c.UID, in.Device)}
+	if holds {
+		rec = *c.Status.CodeVerified
+	}
+	r.proven.Store(key, provenCode{uid: c.UID, record: rec})
+	if rerr := r.recordCodeVerified(ctx, c, rec); rerr != nil {
+		return fmt.Errorf("taking back the attempt of a right claim code: %w; recording that the code is right (kept in memory, retried): %w", err, rerr)
 	}
 	return fmt.Errorf("taking back the attempt of a right claim code (recorded on the Claim, retried): %w", err)
 }
 
-// recordCodeVerified writes status.codeVerified of Claim c for in.Device.
-// The write carries no resourceVersion: the proof stands whatever was
-// written to the Claim meanwhile (only the manager writes its status).
-func (r *ClaimReconciler) recordCodeVerified(ctx context.Context, c *custodyv1alpha1.Claim, in claim.Input) error {
-	if in.Device == nil {
-		return nil // Decide never proves a code without a Device
+// recallCodeVerified gives c the record of a right code kept in memory
+// when its status has none yet, and reports whether it did; a record the
+// API server has is kept, and the memory forgotten.
+func (r *ClaimReconciler) recallCodeVerified(c *custodyv1alpha1.Claim) bool {
+	key := client.ObjectKeyFromObject(c)
+	v, ok := r.proven.Load(key)
+	if !ok {
+		return false
 	}
+	p := v.(provenCode)
+	if p.uid != c.UID || c.Status.CodeVerified != nil {
+		r.proven.Delete(key)
+		return false
+	}
+	c.Status.CodeVerified = p.record.DeepCopy()
+	return true
+}
+
+// recordCodeVerified writes rec as status.codeVerified of Claim c. The
+// write carries no resourceVersion: the proof stands whatever was written
+// to the Claim meanwhile (only the manager writes its status).
+func (r *ClaimReconciler) recordCodeVerified(ctx context.Context, c *custodyv1alpha1.Claim, rec custodyv1alpha1.ClaimCodeVerification) error {
 	rv := c.ResourceVersion
-	raw, err := json.Marshal(map[string]any{"status": map[string]any{"codeVerified": custodyv1alpha1.ClaimCodeVerification{
-		VerifiedAt: metav1.NewTime(in.Now),
-		Verifier:   claim.CodeVerifiedDigest(in.Device),
-	}}})
+	raw, err := json.Marshal(map[string]any{"status": map[string]any{"codeVerified": rec}})
 	if err != nil {
 		return err
 	}
-	if err := r.Client.Status().Patch(ctx, c, client.RawPatch(types.MergePatchType, raw), client.FieldOwner(FieldOwner)); err != nil {
+	patched := c.DeepCopy()
+	if err := r.Client.Status().Patch(ctx, patched, client.RawPatch(types.MergePatchType, raw), client.FieldOwner(FieldOwner)); err != nil {
 		return err
 	}
-	r.written.wrote(c, rv)
+	r.written.wrote(patched, rv)
 	return nil
 }
 

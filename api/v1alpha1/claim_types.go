@@ -247,8 +247,9 @@ type ClaimStatus struct {
 	// the failed attempt it counted on the Tenant before verifying (a write
 	// of the Tenant failed). The manager then takes the attempt back and
 	// proceeds without verifying the code again. Written by the manager
-	// only; it holds while the Device and its claim-code verifier are the
-	// ones the code was verified against.
+	// only (the Claim webhook refuses it from anyone else); it holds while
+	// the Device and its claim-code verifier are the ones the code was
+	// verified against.
 	// +optional
 	CodeVerified *ClaimCodeVerification `json:"codeVerified,omitempty"`
 
@@ -272,9 +273,9 @@ type ClaimCodeVerification struct {
 	VerifiedAt metav1.Time `json:"verifiedAt"`
 
 	// verifier identifies what the code was verified against: the SHA-256
-	// digest (hex) of the Device's UID and its spec.claimCode.verifier. A
-	// Device recreated under the same name, or given a new claim code,
-	// does not match it.
+	// digest (hex) of this Claim's UID, the Device's UID and its
+	// spec.claimCode.verifier. Another Claim, a Device recreated under the
+	// same name, or a new claim code does not match it.
 	// +kubebuilder:validation:Pattern=`^[0-9a-f]{64}$`
 	Verifier string `json:"verifier"`
 }

@@ -327,10 +327,14 @@ func decide(in Input, v Verifier) Decision {
 	return dec
 }
 
-// CodeVerifiedDigest is what ClaimCodeVerification.verifier holds for Device d: the
-// SHA-256 of its UID and claim-code verifier, hex.
-func CodeVerifiedDigest(d *custodyv1alpha1.Device) string {
+// CodeVerifiedDigest is what ClaimCodeVerification.verifier holds for
+// Claim uid and Device d: the SHA-256 of the Claim's UID, the Device's UID
+// and its claim-code verifier, hex. A record is good for one Claim and one
+// code of one Device.
+func CodeVerifiedDigest(uid types.UID, d *custodyv1alpha1.Device) string {
 	h := sha256.New()
+	h.Write([]byte(uid))
+	h.Write([]byte{0})
 	h.Write([]byte(d.UID))
 	h.Write([]byte{0})
 	if d.Spec.ClaimCode != nil {
@@ -339,17 +343,18 @@ func CodeVerifiedDigest(d *custodyv1alpha1.Device) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// CodeVerifiedHolds reports whether Claim c's status.codeVerified still proves
-// its code right for Device d and tenant: d is the Device, with the claim
-// code, the code was verified against, and is neither decommissioned nor
-// in another tenant's custody (where a right code answers like a wrong
-// one).
+// CodeVerifiedHolds reports whether Claim c's status.codeVerified still
+// proves its code right for Device d and tenant: it was written for this
+// Claim and for d with the claim code the code was verified against, and d
+// is neither decommissioned nor in another tenant's custody (where a right
+// code answers like a wrong one). Only the manager writes the record (the
+// Claim webhook refuses it from anyone else).
 func CodeVerifiedHolds(c *custodyv1alpha1.Claim, d *custodyv1alpha1.Device, tenant string) bool {
 	p := c.Status.CodeVerified
 	if p == nil || c.Spec.ClaimCode == nil || d == nil || d.Spec.ClaimCode == nil || d.Spec.Decommissioned {
 		return false
 	}
-	return p.Verifier == CodeVerifiedDigest(d) && !HeldUnderSale(d, tenant)
+	return p.Verifier == CodeVerifiedDigest(c.UID, d) && !HeldUnderSale(d, tenant)
 }
 
 // decideProven decides a Claim whose code, if it offered one, proved right.

@@ -314,7 +314,7 @@ func TestRecordedProofIsNotVerifiedAgain(t *testing.T) {
 	dev.UID = "dev-uid-1"
 	proved := func() Input {
 		c := claimFor("1")
-		c.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.NewTime(now), Verifier: CodeVerifiedDigest(dev)}
+		c.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.NewTime(now), Verifier: CodeVerifiedDigest(c.UID, dev)}
 		in := Input{Claim: c, Device: dev.DeepCopy(), Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, CodeErr: ErrSecretNotFound}
 		// Counted, and locked out by the failures of others after it.
 		Reserve(&in.Tenant.Status, "xr200.sn-1", "1", now, DefaultPolicy)
@@ -336,6 +336,7 @@ func TestRecordedProofIsNotVerifiedAgain(t *testing.T) {
 		"new claim code":       func(in *Input) { in.Device.Spec.ClaimCode.Verifier += "x" },
 		"decommissioned":       func(in *Input) { in.Device.Spec.Decommissioned = true },
 		"forged digest":        func(in *Input) { in.Claim.Status.CodeVerified.Verifier = strings.Repeat("0", 64) },
+		"another claim's":      func(in *Input) { in.Claim.UID = "2" },
 		"held for another":     func(in *Input) { in.Device.Spec.Sale = &custodyv1alpha1.SaleRecord{CustodianTenant: "wholesale"} },
 		"code no longer asked": func(in *Input) { possessionOnly(in.Claim) },
 	} {

@@ -5,37 +5,47 @@ import (
 	"testing"
 )
 
-// TestDeviceWebhookConditionsNameOurIdentities: the match conditions that
-// spare the Device webhook the manager's updates and non-gateway status
-// writes name the identities the manager and gateway run as here (and in
-// config/default); a condition naming anyone else would send the webhook
-// requests it need not see, or spare it ones it must.
-func TestDeviceWebhookConditionsNameOurIdentities(t *testing.T) {
+// TestWebhookConditionsNameTheManager: the match conditions that spare
+// the Device webhook the manager's updates, and the Claim webhook the
+// manager's status writes, name the identity the manager runs as here (and
+// in config/default), and nothing else: a condition naming anyone else
+// would spare the webhooks requests they must see (the gateway's status
+// writes, anyone else's record of a verified code).
+func TestWebhookConditionsNameTheManager(t *testing.T) {
 	_, validating, err := Webhooks()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var exprs []string
+	want := map[string][]string{
+		"vdevice.custody.dev": {"request.operation == 'UPDATE'"},
+		"vclaim.custody.dev":  {"request.subResource == 'status'"},
+	}
 	for _, cfg := range validating {
 		for _, w := range cfg.Webhooks {
-			if w.Name != "vdevice.custody.dev" {
+			parts, ok := want[w.Name]
+			if !ok {
 				if len(w.MatchConditions) != 0 {
 					t.Errorf("webhook %s has match conditions", w.Name)
 				}
 				continue
 			}
-			for _, c := range w.MatchConditions {
-				exprs = append(exprs, c.Expression)
+			delete(want, w.Name)
+			if len(w.MatchConditions) != 1 {
+				t.Errorf("webhook %s: %d match conditions, want 1", w.Name, len(w.MatchConditions))
+				continue
+			}
+			e := w.MatchConditions[0].Expression
+			for _, p := range append(parts, "!(", "request.userInfo.username == '"+ManagerUsername+"')") {
+				if !strings.Contains(e, p) {
+					t.Errorf("webhook %s: condition %q lacks %q", w.Name, e, p)
+				}
+			}
+			if strings.Count(e, "username") != 1 {
+				t.Errorf("webhook %s: condition %q names more than the manager", w.Name, e)
 			}
 		}
 	}
-	if len(exprs) != 2 {
-		t.Fatalf("Device webhook match conditions: %q, want 2", exprs)
-	}
-	if !strings.Contains(exprs[0], "'"+ManagerUsername+"'") || !strings.Contains(exprs[0], "request.operation == 'UPDATE'") {
-		t.Errorf("first condition %q does not spare the manager's (%s) updates only", exprs[0], ManagerUsername)
-	}
-	if !strings.Contains(exprs[1], "'"+GatewayUsername+"'") || !strings.Contains(exprs[1], "'status'") {
-		t.Errorf("second condition %q does not keep the gateway's (%s) status writes", exprs[1], GatewayUsername)
+	for name := range want {
+		t.Errorf("no webhook %s", name)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -305,7 +306,7 @@ func invalid(name string, errs field.ErrorList) error {
 	return apierrors.NewInvalid(deviceGK, name, errs)
 }
 
-// +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-claim,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims,verbs=create;update,versions=v1alpha1,name=vclaim.custody.dev,admissionReviewVersions=v1
+// +kubebuilder:webhook:path=/validate-custody-dev-v1alpha1-claim,mutating=false,failurePolicy=fail,sideEffects=None,groups=custody.dev,resources=claims;claims/status,verbs=create;update,versions=v1alpha1,name=vclaim.custody.dev,admissionReviewVersions=v1
 
 // ClaimValidator keeps plaintext claim codes out of Claims, and pairing-token
 // proofs to the manager.
@@ -327,8 +328,17 @@ func (v ClaimValidator) ValidateCreate(ctx context.Context, c *custodyv1alpha1.C
 	return nil, rejectPlaintext(c)
 }
 
-// ValidateUpdate rejects a Claim holding a claim code anywhere.
-func (ClaimValidator) ValidateUpdate(_ context.Context, _, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
+// ValidateUpdate rejects a Claim holding a claim code anywhere and, in its
+// status, a record that its code was verified written by anyone but the
+// manager: with one, the manager binds without verifying the code again.
+func (v ClaimValidator) ValidateUpdate(ctx context.Context, oldC, c *custodyv1alpha1.Claim) (admission.Warnings, error) {
+	if req, err := admission.RequestFromContext(ctx); err == nil && req.SubResource == "status" {
+		if !v.Options.isManager(ctx) && !equality.Semantic.DeepEqual(oldC.Status.CodeVerified, c.Status.CodeVerified) {
+			return nil, apierrors.NewInvalid(claimGK, c.Name, field.ErrorList{field.Forbidden(field.NewPath("status", "codeVerified"),
+				"only the Custody manager records that a claim code was verified")})
+		}
+		return nil, nil // the manager's own writes; spec and metadata are kept as they were
+	}
 	return nil, rejectPlaintext(c)
 }
 

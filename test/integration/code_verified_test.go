@@ -112,7 +112,7 @@ func TestRightCodeSurvivesAFailedRelease(t *testing.T) {
 		return got.Status.CodeVerified != nil
 	})
 	dev := getDevice(t, rec.Device.Name)
-	if got.Status.CodeVerified.Verifier != claim.CodeVerifiedDigest(dev) {
+	if got.Status.CodeVerified.Verifier != claim.CodeVerifiedDigest(cl.UID, dev) {
 		t.Fatalf("recorded verifier %s, want the digest of device %s", got.Status.CodeVerified.Verifier, dev.UID)
 	}
 	// The attempt is still counted: the write that takes it back is refused.
@@ -155,7 +155,8 @@ func TestCodeVerifiedCannotBeForged(t *testing.T) {
 	rec := newDevice(t)
 	// The forger even knows the device's UID and verifier (it does not,
 	// but the record must not rely on that).
-	forged := &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest(getDevice(t, rec.Device.Name))}
+	dev := getDevice(t, rec.Device.Name)
+	forged := &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest("", dev)}
 	c := userClient(t, user)
 	waitFor(t, "the tenant's roles to apply", func() bool {
 		var l custodyv1alpha1.ClaimList
@@ -178,6 +179,7 @@ func TestCodeVerifiedCannotBeForged(t *testing.T) {
 	if cl.Status.CodeVerified != nil {
 		t.Fatal("the API server kept a status.codeVerified set on create")
 	}
+	forged.Verifier = claim.CodeVerifiedDigest(cl.UID, dev)
 	raw, err := json.Marshal(map[string]any{"status": map[string]any{"codeVerified": forged}})
 	if err != nil {
 		t.Fatal(err)

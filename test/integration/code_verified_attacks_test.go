@@ -1,8 +1,8 @@
 package integration
 
-// Review 3 (i12-proof): attacks on status.codeVerified and on the Device
-// webhook's matchConditions, with raw inputs (JSON patches, server-side
-// apply, forged objects).
+// An outside review's attacks on status.codeVerified and on the webhooks'
+// matchConditions, with raw inputs (JSON patches, server-side apply,
+// forged objects).
 
 import (
 	"context"
@@ -115,17 +115,17 @@ func refuseCodeVerifiedRecords(t *testing.T, ns string) (lift func()) {
 	return lift
 }
 
-// TestReview3RightCodeSurvivesWhenTheRecordIsRefusedToo: the take-back of
+// TestRightCodeSurvivesWhenTheRecordIsRefusedToo: the take-back of
 // a right code's attempt fails, and so does the write of
 // status.codeVerified (an API server that refuses or cannot be reached
 // refuses both: docs/security.md claims "the API server refuses or is
 // unreachable" is handled). The rightful owner's Claim must not end Denied
 // ("attempt spent"); once the API server accepts writes again, it binds.
 //
-// EXPECTED TO FAIL on i12-proof: recordCodeVerified is tried once; when it
-// fails, the next reconcile finds the attempt counted and no record, and
-// denies the Claim for good.
-func TestReview3RightCodeSurvivesWhenTheRecordIsRefusedToo(t *testing.T) {
+// Found by review: the record was written once, and when that failed too
+// the next reconcile denied the Claim for good. The manager now keeps the
+// proof in memory until either write succeeds.
+func TestRightCodeSurvivesWhenTheRecordIsRefusedToo(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	tn := newTenant(t)
@@ -183,22 +183,24 @@ func waitPhaseOrDenied(t *testing.T, cl *custodyv1alpha1.Claim, want custodyv1al
 	return got
 }
 
-// TestReview3NoOneButTheManagerWritesCodeVerified: every way a tenant
+// TestNoOneButTheManagerWritesCodeVerified: every way a tenant
 // admin, the ERP or support staff can write a Claim (update, JSON patch,
 // merge patch, server-side apply, of the object and of /status, create,
 // re-create under the same name, impersonating the manager) leaves
 // status.codeVerified unset. The Claim has no Secret at all, so a record
 // that took effect would bind it without any code; it waits instead, and a
 // wrong code is then denied.
-func TestReview3NoOneButTheManagerWritesCodeVerified(t *testing.T) {
+func TestNoOneButTheManagerWritesCodeVerified(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	tenantAdmin := uniq("forger")
 	tn := newTenant(t, custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: tenantAdmin, Role: custodyv1alpha1.TenantRoleAdmin})
 	ns := tn.Status.Namespace
 	rec := newDevice(t)
-	digest := claim.CodeVerifiedDigest(getDevice(t, rec.Device.Name))
-	record := map[string]any{"verifiedAt": "2026-01-01T00:00:00Z", "verifier": digest}
+	dev := getDevice(t, rec.Device.Name)
+	// The record as the manager would write it (computed below, once the
+	// Claim has its UID).
+	record := map[string]any{"verifiedAt": "2026-01-01T00:00:00Z", "verifier": claim.CodeVerifiedDigest("", dev)}
 
 	clients := map[string]client.Client{"tenant admin": userClient(t, tenantAdmin)}
 	for role, user := range map[string]string{"custody-erp": uniq("erp"), "custody-support": uniq("support")} {
@@ -272,6 +274,7 @@ func TestReview3NoOneButTheManagerWritesCodeVerified(t *testing.T) {
 	}
 	createForged()
 	firstUID := cl.UID
+	record["verifier"] = claim.CodeVerifiedDigest(cl.UID, dev)
 
 	type write struct {
 		what  string
@@ -331,7 +334,7 @@ func TestReview3NoOneButTheManagerWritesCodeVerified(t *testing.T) {
 		if err := admin.Get(ctx, client.ObjectKeyFromObject(cl), obj); err != nil {
 			t.Fatal(err)
 		}
-		obj.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.Now(), Verifier: digest}
+		obj.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest(obj.UID, dev)}
 		err := c.Update(ctx, obj)
 		t.Logf("%s: update: %v", who, err)
 		check(who, "update")
@@ -339,7 +342,7 @@ func TestReview3NoOneButTheManagerWritesCodeVerified(t *testing.T) {
 		if err := admin.Get(ctx, client.ObjectKeyFromObject(cl), obj); err != nil {
 			t.Fatal(err)
 		}
-		obj.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.Now(), Verifier: digest}
+		obj.Status.CodeVerified = &custodyv1alpha1.ClaimCodeVerification{VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest(obj.UID, dev)}
 		if err := c.Status().Update(ctx, obj); err == nil {
 			t.Errorf("%s: update of /status accepted", who)
 		}
@@ -381,14 +384,14 @@ func TestReview3NoOneButTheManagerWritesCodeVerified(t *testing.T) {
 	}
 }
 
-// TestReview3DeviceStatusWritesCarryNothingButStatus: the Device webhook
+// TestDeviceStatusWritesCarryNothingButStatus: the Device webhook
 // no longer sees status writes by anyone but the gateway. That is safe only
 // if the API server keeps spec and metadata on every status write: a
 // cluster admin's JSON patch, merge patch and server-side apply of
 // /status that set spec.claimRef, labels, annotations and finalizers leave
 // them as they were. The gateway, whose status writes still reach the
 // webhook, may not write the object itself, nor carry spec on /status.
-func TestReview3DeviceStatusWritesCarryNothingButStatus(t *testing.T) {
+func TestDeviceStatusWritesCarryNothingButStatus(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	rec := newDevice(t)
@@ -518,7 +521,7 @@ func startManagerWithWebhookOptions(t *testing.T, wo webhooks.Options) {
 	})
 }
 
-// TestReview3EveryConfiguredGatewayIsHeldToHeartbeats: --gateway-usernames
+// TestEveryConfiguredGatewayIsHeldToHeartbeats: --gateway-usernames
 // takes a list (a second gateway Deployment, or an installation under
 // other names). The webhook holds every gateway it names to heartbeats;
 // the matchConditions name only custody-system/custody-gateway, so the
@@ -526,9 +529,11 @@ func startManagerWithWebhookOptions(t *testing.T, wo webhooks.Options) {
 // docs/operations.md says an installation under other names is "slower,
 // never weaker".
 //
-// EXPECTED TO FAIL on i12-proof: the second gateway rewrites the Device's
-// phase and failed-attempt count through /status.
-func TestReview3EveryConfiguredGatewayIsHeldToHeartbeats(t *testing.T) {
+// Found by review: a first version spared the webhook every status write
+// but the default gateway's, so a second gateway rewrote the Device's
+// phase and failed-attempt count through /status. Only the manager's
+// updates skip the webhook now.
+func TestEveryConfiguredGatewayIsHeldToHeartbeats(t *testing.T) {
 	const otherGateway = "system:serviceaccount:edge:custody-gateway-eu"
 	startManagerWithWebhookOptions(t, webhooks.Options{
 		ManagerUsernames: []string{controlplane.ManagerUsername},
@@ -571,7 +576,7 @@ func TestReview3EveryConfiguredGatewayIsHeldToHeartbeats(t *testing.T) {
 	}
 }
 
-// TestReview3ARecordIsNotABearerToken: status.codeVerified is the SHA-256
+// TestARecordIsNotABearerToken: status.codeVerified is the SHA-256
 // of the Device's UID and claim-code verifier, both readable by anyone who
 // may read Devices (the ERP, support staff); it names neither the Claim
 // nor its tenant. Anyone granted the status subresource of Claims (a
@@ -581,9 +586,10 @@ func TestReview3EveryConfiguredGatewayIsHeldToHeartbeats(t *testing.T) {
 // in one tenant's namespace writes the digest onto a Claim with a wrong
 // code.
 //
-// EXPECTED TO FAIL on i12-proof: the Claim binds; the record is a bearer
-// token computable from public data, honoured whoever wrote it.
-func TestReview3ARecordIsNotABearerToken(t *testing.T) {
+// Found by review: the record was a digest of public data, honoured
+// whoever wrote it. It now names the Claim's UID too, and the Claim
+// webhook refuses it from anyone but the manager.
+func TestARecordIsNotABearerToken(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	tn := newTenant(t)
@@ -626,7 +632,7 @@ func TestReview3ARecordIsNotABearerToken(t *testing.T) {
 		return c.Get(ctx, client.ObjectKey{Name: rec.Device.Name}, &dev) == nil
 	})
 	raw, err := json.Marshal(map[string]any{"status": map[string]any{"codeVerified": custodyv1alpha1.ClaimCodeVerification{
-		VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest(&dev)}}})
+		VerifiedAt: metav1.Now(), Verifier: claim.CodeVerifiedDigest(cl.UID, &dev)}}})
 	if err != nil {
 		t.Fatal(err)
 	}
