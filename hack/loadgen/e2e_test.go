@@ -155,7 +155,7 @@ func TestLoadHarnessEndToEnd(t *testing.T) {
 	}
 	check("argon2id ceiling", r.HashCeil != nil && r.HashCeil.AllCores.PerSecond > 0, r.HashCeil)
 	for name, op := range map[string]*deviceOpReport{"enroll": r.Enroll, "renew": r.Renew} {
-		// Every bound device (one per claim) enrolls, then renews; each
+		// Every bound device (one per claim) is enrolled, then renewed; each
 		// costs the writes TestEnrollmentWrites counts (11), give or take
 		// the other writers of a small run.
 		check(name, op != nil && op.Sim.OK == 3*claims && op.Sim.Failed == 0 && op.WritesPerOp >= 8 && op.WritesPerOp <= 16 &&
