@@ -258,7 +258,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		setup func(ctrl.Manager) error
 	}{
 		{"tenant", (&TenantReconciler{Client: mgr.GetClient(), Custody: applier, Recorder: recorder, Options: opts}).SetupWithManager},
-		{"tenant-devices", (&TenantDevicesReconciler{Client: mgr.GetClient(), Options: opts}).SetupWithManager},
+		{"tenant-devices", (&TenantDevicesReconciler{Client: mgr.GetClient(), Cache: mgr.GetCache(), Options: opts}).SetupWithManager},
 		{"device", (&DeviceReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"claim", (&ClaimReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},
 		{"transfer", (&TransferReconciler{Client: mgr.GetClient(), Custody: applier, APIReader: mgr.GetAPIReader(), Recorder: recorder, Options: opts}).SetupWithManager},

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"testing"
 
@@ -293,4 +294,30 @@ func parseCert(t testing.TB, data []byte) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestBoundDevicesAreCountedFromTheIndex: Tenant.status.boundDevices is
+// counted from the manager's cache index without listing (copying) the
+// tenant's Devices (controllers.CountBoundDevices), and the count is each
+// tenant's own.
+func TestBoundDevicesAreCountedFromTheIndex(t *testing.T) {
+	m := startManager(t)
+	ctx := context.Background()
+	acme, globex := newTenant(t), newTenant(t)
+	for _, owner := range []string{acme.Name, acme.Name, acme.Name, globex.Name} {
+		soldDevice(t, func(s *custodyv1alpha1.SaleRecord) { s.OwnerTenant = owner })
+	}
+	newDevice(t) // unsold, unbound
+	for tn, want := range map[*custodyv1alpha1.Tenant]int32{acme: 3, globex: 1} {
+		waitFor(t, fmt.Sprintf("tenant %s to count %d bound devices", tn.Name, want), func() bool {
+			if err := admin.Get(ctx, client.ObjectKeyFromObject(tn), tn); err != nil {
+				t.Fatal(err)
+			}
+			return tn.Status.BoundDevices == want
+		})
+		n, indexed, err := controllers.CountBoundDevices(ctx, m.Manager.GetCache(), tn.Name)
+		if err != nil || !indexed || n != want {
+			t.Fatalf("tenant %s: counted %d from the index (indexed %v, %v), want %d", tn.Name, n, indexed, err, want)
+		}
+	}
 }
