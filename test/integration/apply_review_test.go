@@ -73,14 +73,7 @@ var errCrash = errors.New("crash")
 // write the derived status with each history entry, as the manager's do.
 func managerAppliers(t testing.TB, derive bool) (client.Client, *custody.Applier, *custody.Applier) {
 	t.Helper()
-	cfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	mc := managerClient(t)
 	newApplier := func() *custody.Applier {
 		a := &custody.Applier{Client: mc, Reader: mc, FieldOwner: "custody-manager", Audit: logr.Discard()}
 		if derive {

@@ -11,24 +11,17 @@ import (
 	"strings"
 	"testing"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
-	clocktesting "k8s.io/utils/clock/testing"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
-	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/controlplane"
-	"github.com/custody-dev/custody/internal/operator"
 	"github.com/custody-dev/custody/internal/webhooks"
 )
 
@@ -36,24 +29,7 @@ import (
 // controller's failed reconciles.
 func claimReconcileErrors(t *testing.T) float64 {
 	t.Helper()
-	families, err := ctrlmetrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, f := range families {
-		if f.GetName() != "controller_runtime_reconcile_errors_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "controller" && l.GetValue() == "claim" {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return n
+	return counterSum(t, "controller_runtime_reconcile_errors_total", "controller", "claim")
 }
 
 // refuseCodeVerifiedRecords makes the API server refuse every write of a
@@ -62,38 +38,9 @@ func claimReconcileErrors(t *testing.T) float64 {
 func refuseCodeVerifiedRecords(t *testing.T, ns string) (lift func()) {
 	t.Helper()
 	ctx := context.Background()
-	name := uniq("refuse-record")
-	policy := &admissionv1.ValidatingAdmissionPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionv1.ValidatingAdmissionPolicySpec{
-			FailurePolicy: ptr.To(admissionv1.Fail),
-			MatchConstraints: &admissionv1.MatchResources{ResourceRules: []admissionv1.NamedRuleWithOperations{{
-				RuleWithOperations: admissionv1.RuleWithOperations{
-					Operations: []admissionv1.OperationType{admissionv1.Update},
-					Rule:       admissionv1.Rule{APIGroups: []string{custodyv1alpha1.GroupVersion.Group}, APIVersions: []string{"*"}, Resources: []string{"claims/status"}},
-				},
-			}}},
-			MatchConditions: []admissionv1.MatchCondition{{Name: "this-namespace", Expression: fmt.Sprintf("object.metadata.namespace == %q", ns)}},
-			Validations: []admissionv1.Validation{{
-				Expression: "!has(object.status) || !has(object.status.codeVerified) || (has(oldObject.status) && has(oldObject.status.codeVerified))",
-				Message:    "test: records of verified codes refused",
-			}},
-		},
-	}
-	binding := &admissionv1.ValidatingAdmissionPolicyBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec:       admissionv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: name, ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny}},
-	}
-	for _, o := range []client.Object{policy, binding} {
-		if err := admin.Create(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	lift = func() {
-		_ = admin.Delete(ctx, binding)
-		_ = admin.Delete(ctx, policy)
-	}
-	t.Cleanup(lift)
+	lift = refuseByPolicy(t, "claims/status", fmt.Sprintf("object.metadata.namespace == %q", ns),
+		"!has(object.status) || !has(object.status.codeVerified) || (has(oldObject.status) && has(oldObject.status.codeVerified))",
+		"test: records of verified codes refused")
 
 	// A Claim to probe the policy with (no Secret: it waits, unverified).
 	probe := &custodyv1alpha1.Claim{
@@ -486,41 +433,6 @@ func TestDeviceStatusWritesCarryNothingButStatus(t *testing.T) {
 	// ValidateDelete tests; the conditions do not name DELETE.
 }
 
-// startManagerWithWebhookOptions is startManager with the webhook's options
-// given: an installation whose flags name other or more users than
-// config/default.
-func startManagerWithWebhookOptions(t *testing.T, wo webhooks.Options) {
-	t.Helper()
-	cfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &manager{Clock: clocktesting.NewFakeClock(epoch), done: make(chan error, 1)}
-	mgr, err := operator.New(operator.Config{
-		RESTConfig:         rest.CopyConfig(cfg),
-		WebhookServer:      cp.WebhookServer(),
-		MetricsAddr:        "0",
-		HealthAddr:         "0",
-		Controllers:        controllers.Options{OperatorNamespace: cp.OperatorNamespace, RootIssuer: cp.RootIssuer, Clock: m.Clock},
-		Webhooks:           wo,
-		Logger:             testLogger,
-		SkipNameValidation: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Manager = mgr
-	ctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
-	go func() { m.done <- mgr.Start(ctx) }()
-	t.Cleanup(m.stop)
-	waitFor(t, "the webhook server", func() bool {
-		c := &custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"},
-			Spec: custodyv1alpha1.ClaimSpec{SerialNumber: "SN-PROBE", Model: "PROBE", ClaimCode: &custodyv1alpha1.ClaimCodeProof{SecretRef: custodyv1alpha1.SecretKeyReference{Name: "x"}}}}
-		return cp.Client.Create(context.Background(), c, client.DryRunAll) == nil
-	})
-}
-
 // TestEveryConfiguredGatewayIsHeldToHeartbeats: --gateway-usernames
 // takes a list (a second gateway Deployment, or an installation under
 // other names). The webhook holds every gateway it names to heartbeats;
@@ -535,7 +447,7 @@ func startManagerWithWebhookOptions(t *testing.T, wo webhooks.Options) {
 // updates skip the webhook now.
 func TestEveryConfiguredGatewayIsHeldToHeartbeats(t *testing.T) {
 	const otherGateway = "system:serviceaccount:edge:custody-gateway-eu"
-	startManagerWithWebhookOptions(t, webhooks.Options{
+	startManagerWebhooks(t, cp, webhooks.Options{
 		ManagerUsernames: []string{controlplane.ManagerUsername},
 		GatewayUsernames: []string{controlplane.GatewayUsername, otherGateway},
 	})

@@ -18,14 +18,16 @@ import (
 	"github.com/custody-dev/custody/internal/claim"
 )
 
-// refuseTenantReleases makes the API server refuse, with a
-// ValidatingAdmissionPolicy, every write of tenant's status that lowers
-// its failed-attempt count: the manager can count a claim attempt but not
-// take one back. It returns a function that lifts the refusal.
-func refuseTenantReleases(t *testing.T, tenant string) (lift func()) {
+// refuseByPolicy makes the API server refuse, with a
+// ValidatingAdmissionPolicy, every UPDATE of resource (with its
+// subresource, "tenants/status") that matches the CEL condition match and
+// fails the CEL validation must; it returns a function that lifts the
+// refusal (also run at cleanup). The API server applies a policy only once
+// its informers have it: the caller waits for a probe to be refused.
+func refuseByPolicy(t *testing.T, resource, match, must, message string) (lift func()) {
 	t.Helper()
 	ctx := context.Background()
-	name := uniq("refuse-release")
+	name := uniq("refuse")
 	policy := &admissionv1.ValidatingAdmissionPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: admissionv1.ValidatingAdmissionPolicySpec{
@@ -33,14 +35,11 @@ func refuseTenantReleases(t *testing.T, tenant string) (lift func()) {
 			MatchConstraints: &admissionv1.MatchResources{ResourceRules: []admissionv1.NamedRuleWithOperations{{
 				RuleWithOperations: admissionv1.RuleWithOperations{
 					Operations: []admissionv1.OperationType{admissionv1.Update},
-					Rule:       admissionv1.Rule{APIGroups: []string{custodyv1alpha1.GroupVersion.Group}, APIVersions: []string{"*"}, Resources: []string{"tenants/status"}},
+					Rule:       admissionv1.Rule{APIGroups: []string{custodyv1alpha1.GroupVersion.Group}, APIVersions: []string{"*"}, Resources: []string{resource}},
 				},
 			}}},
-			MatchConditions: []admissionv1.MatchCondition{{Name: "this-tenant", Expression: fmt.Sprintf("object.metadata.name == %q", tenant)}},
-			Validations: []admissionv1.Validation{{
-				Expression: "!has(oldObject.status.failedClaimAttempts) || (has(object.status.failedClaimAttempts) && object.status.failedClaimAttempts >= oldObject.status.failedClaimAttempts)",
-				Message:    "test: releases of claim attempts refused",
-			}},
+			MatchConditions: []admissionv1.MatchCondition{{Name: "this-test", Expression: match}},
+			Validations:     []admissionv1.Validation{{Expression: must, Message: message}},
 		},
 	}
 	binding := &admissionv1.ValidatingAdmissionPolicyBinding{
@@ -57,6 +56,19 @@ func refuseTenantReleases(t *testing.T, tenant string) (lift func()) {
 		_ = admin.Delete(ctx, policy)
 	}
 	t.Cleanup(lift)
+	return lift
+}
+
+// refuseTenantReleases makes the API server refuse every write of
+// tenant's status that lowers its failed-attempt count: the manager can
+// count a claim attempt but not take one back. It returns a function that
+// lifts the refusal.
+func refuseTenantReleases(t *testing.T, tenant string) (lift func()) {
+	t.Helper()
+	ctx := context.Background()
+	lift = refuseByPolicy(t, "tenants/status", fmt.Sprintf("object.metadata.name == %q", tenant),
+		"!has(oldObject.status.failedClaimAttempts) || (has(object.status.failedClaimAttempts) && object.status.failedClaimAttempts >= oldObject.status.failedClaimAttempts)",
+		"test: releases of claim attempts refused")
 
 	// The API server applies a policy once its informers have it: wait
 	// until a dry run that lowers the count is refused.

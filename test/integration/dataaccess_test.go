@@ -286,14 +286,7 @@ func TestDataAccessForgedRequestsAreDenied(t *testing.T) {
 		t.Fatal(err)
 	}
 	da = waitAccessIssued(t, da, "")
-	mgrCfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	asManager, err := client.New(mgrCfg, client.Options{Scheme: cp.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	asManager := managerClient(t)
 	forge := func(issuerTenant string, id protocol.Identity) *cmapi.CertificateRequest {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		u, _ := url.Parse(id.URI)

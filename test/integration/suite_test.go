@@ -122,6 +122,14 @@ func startManager(t testing.TB, mutate ...func(*controllers.Options)) *manager {
 // suite's, or another a test started).
 func startManagerOn(t testing.TB, on *controlplane.ControlPlane, mutate ...func(*controllers.Options)) *manager {
 	t.Helper()
+	return startManagerWebhooks(t, on, webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}}, mutate...)
+}
+
+// startManagerWebhooks is startManagerOn with the webhooks' options given:
+// an installation whose flags name other or more users than
+// config/default.
+func startManagerWebhooks(t testing.TB, on *controlplane.ControlPlane, wo webhooks.Options, mutate ...func(*controllers.Options)) *manager {
+	t.Helper()
 	cfg, err := on.ManagerConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +145,7 @@ func startManagerOn(t testing.TB, on *controlplane.ControlPlane, mutate ...func(
 		MetricsAddr:        "0",
 		HealthAddr:         "0",
 		Controllers:        opts,
-		Webhooks:           webhooks.Options{ManagerUsernames: []string{controlplane.ManagerUsername}, GatewayUsernames: []string{controlplane.GatewayUsername}},
+		Webhooks:           wo,
 		Logger:             testLogger,
 		SkipNameValidation: true,
 	})

@@ -15,9 +15,9 @@ import (
 	"github.com/custody-dev/custody/internal/controlplane"
 )
 
-// deviceWebhookCalls is how many admission requests the manager's Device
-// webhook has answered (controller-runtime's own metric).
-func deviceWebhookCalls(t *testing.T) float64 {
+// counterSum is the sum of the counter name, in the manager's metrics
+// registry, over the series whose label is value.
+func counterSum(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	families, err := ctrlmetrics.Registry.Gather()
 	if err != nil {
@@ -25,18 +25,25 @@ func deviceWebhookCalls(t *testing.T) float64 {
 	}
 	var n float64
 	for _, f := range families {
-		if f.GetName() != "controller_runtime_webhook_requests_total" {
+		if f.GetName() != name {
 			continue
 		}
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "webhook" && l.GetValue() == "/validate-custody-dev-v1alpha1-device" {
+				if l.GetName() == label && l.GetValue() == value {
 					n += m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
 	return n
+}
+
+// deviceWebhookCalls is how many admission requests the manager's Device
+// webhook has answered (controller-runtime's own metric).
+func deviceWebhookCalls(t *testing.T) float64 {
+	t.Helper()
+	return counterSum(t, "controller_runtime_webhook_requests_total", "webhook", "/validate-custody-dev-v1alpha1-device")
 }
 
 // TestDeviceWebhookMatchConditions: the API server does not send the
@@ -49,14 +56,7 @@ func TestDeviceWebhookMatchConditions(t *testing.T) {
 	ctx := context.Background()
 	rec := newDevice(t)
 	name := rec.Device.Name
-	mcfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mgr, err := client.New(mcfg, client.Options{Scheme: cp.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	mgr := managerClient(t)
 	gcfg, err := cp.AddUser(controlplane.GatewayUsername, "system:serviceaccounts", "system:serviceaccounts:custody-system", "system:authenticated")
 	if err != nil {
 		t.Fatal(err)

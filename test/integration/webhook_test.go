@@ -182,14 +182,7 @@ func TestDeviceManagerOnlyFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	users := map[string]client.Client{"the ERP": userClient(t, "erp-manager-only"), "a cluster admin": admin}
-	mcfg, err := cp.ManagerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mgr, err := client.New(mcfg, client.Options{Scheme: cp.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	mgr := managerClient(t)
 	ref := custodyv1alpha1.DeviceClaimReference{Tenant: "victim", Namespace: "victim", Name: "c", UID: "u"}
 	now := metav1.Now()
 	fields := map[string]struct {
@@ -252,4 +245,18 @@ func TestDeviceManagerOnlyFields(t *testing.T) {
 			refused(user+" clears spec."+field, err, field)
 		}
 	}
+}
+
+// managerClient is a client authenticated as the manager's identity.
+func managerClient(t testing.TB) client.Client {
+	t.Helper()
+	cfg, err := cp.ManagerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
