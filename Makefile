@@ -9,6 +9,7 @@ GO ?= go
 CONTROLLER_GEN := $(GO) tool -modfile=hack/tools/controller-gen/go.mod controller-gen
 GOLANGCI_LINT  := $(GO) tool -modfile=hack/tools/golangci-lint/go.mod golangci-lint
 CRD_REF_DOCS   := $(GO) tool -modfile=hack/tools/crd-ref-docs/go.mod crd-ref-docs
+HELM           := $(GO) tool -modfile=hack/tools/helm/go.mod helm
 
 # The envtest binaries (kube-apiserver, etcd) live outside the clone;
 # hack/envtest-assets.sh builds them once per version and prints the path.
@@ -30,6 +31,7 @@ manifests: ## Generate CRDs, the manager ClusterRole and the webhook configurati
 	$(CONTROLLER_GEN) rbac:roleName=custody-manager webhook paths=./controllers/... paths=./internal/... \
 		output:rbac:artifacts:config=config/rbac output:webhook:artifacts:config=config/webhook
 	./hack/sync-cert-manager-crds.sh
+	./hack/sync-chart.sh
 
 .PHONY: docs
 docs: ## Generate the API reference (docs/api.md).
@@ -89,6 +91,11 @@ verify: ## Check that generated code, manifests and docs are current, then vet a
 	$(MAKE) vet lint
 
 ##@ Build and run
+
+.PHONY: chart
+chart: ## Lint the Helm chart and package it into bin/ (charts/custody; `go test ./charts` renders, compares and installs it).
+	$(HELM) lint --strict charts/custody
+	$(HELM) package charts/custody --destination bin
 
 .PHONY: build
 build: ## Build the binaries into bin/.

@@ -49,20 +49,25 @@ func Webhooks() ([]*admissionv1.MutatingWebhookConfiguration, []*admissionv1.Val
 			return err
 		}
 		// The generated names are placeholders that kustomize prefixes.
+		// These configurations point at a URL on this machine, so they
+		// are named apart from an install's (custody-…-webhook-
+		// configuration, pointing at a Service): applying the Helm chart
+		// or config/default to custody-dev, even as a dry run, must not
+		// merge a Service into a URL-based configuration.
 		switch meta.Kind {
 		case "ValidatingWebhookConfiguration":
 			cfg := &admissionv1.ValidatingWebhookConfiguration{}
 			if err := yaml.UnmarshalStrict(doc, cfg); err != nil {
 				return err
 			}
-			cfg.Name = "custody-validating-webhook-configuration"
+			cfg.Name = "custody-dev-validating-webhook-configuration"
 			validating = append(validating, cfg)
 		case "MutatingWebhookConfiguration":
 			cfg := &admissionv1.MutatingWebhookConfiguration{}
 			if err := yaml.UnmarshalStrict(doc, cfg); err != nil {
 				return err
 			}
-			cfg.Name = "custody-mutating-webhook-configuration"
+			cfg.Name = "custody-dev-mutating-webhook-configuration"
 			mutating = append(mutating, cfg)
 		default:
 			return fmt.Errorf("unexpected kind %q in config/webhook", meta.Kind)
