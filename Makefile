@@ -31,6 +31,7 @@ manifests: ## Generate CRDs, the manager ClusterRole and the webhook configurati
 	$(CONTROLLER_GEN) rbac:roleName=custody-manager webhook paths=./controllers/... paths=./internal/... \
 		output:rbac:artifacts:config=config/rbac output:webhook:artifacts:config=config/webhook
 	./hack/sync-cert-manager-crds.sh
+	$(GO) run ./hack/dashboard config/grafana/custody.json
 	./hack/sync-chart.sh
 
 .PHONY: docs

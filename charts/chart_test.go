@@ -292,6 +292,41 @@ func TestChartOptions(t *testing.T) {
 			t.Errorf("the manager's config is %q", data)
 		}
 	})
+	t.Run("monitoring", func(t *testing.T) {
+		objs := mustRender(t, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.grafanaDashboard.enabled=true")
+		// The PrometheusRule holds exactly the groups promtool checks in
+		// config/prometheus, Prometheus's templates untouched by Helm.
+		rule := find(objs, "PrometheusRule", "custody")
+		if rule == nil {
+			t.Fatal("no PrometheusRule")
+		}
+		src, err := os.ReadFile(filepath.Join(root, "config", "prometheus", "custody.rules.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := decode(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, _ := unstructured.NestedSlice(rule.Object, "spec", "groups")
+		wantGroups, _, _ := unstructured.NestedSlice(want[0].Object, "groups")
+		if len(wantGroups) == 0 || !reflect.DeepEqual(got, wantGroups) {
+			t.Errorf("the PrometheusRule's groups differ from config/prometheus/custody.rules.yaml:\n%v\n%v", got, wantGroups)
+		}
+		dash, err := os.ReadFile(filepath.Join(root, "config", "grafana", "custody.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cm := find(objs, "ConfigMap", "custody-grafana-dashboard")
+		if data, _, _ := unstructured.NestedString(cm.Object, "data", "custody.json"); data != strings.TrimSuffix(string(dash), "\n") || cm.GetLabels()["grafana_dashboard"] != "1" {
+			t.Errorf("the dashboard ConfigMap does not hold config/grafana/custody.json for the sidecar (labels %v)", cm.GetLabels())
+		}
+		for _, c := range []string{"manager", "gateway"} {
+			if find(objs, "ServiceMonitor", "custody-"+c) == nil || find(objs, "Service", "custody-"+c+"-metrics") == nil {
+				t.Errorf("no ServiceMonitor and metrics Service for the %s", c)
+			}
+		}
+	})
 	for _, bad := range [][]string{
 		{"--set", "manager.replicas=two"},
 		{"--set", "gateway.service.type=Public"},

@@ -73,6 +73,11 @@ func (r *ApproverReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	if err := r.Client.Status().Patch(ctx, cr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
+	decision := "approved"
+	if d.Verdict == approverDeny {
+		decision = "denied"
+	}
+	requestDecisions.WithLabelValues(kindOfRequest(cr, &r.Options).String(), decision).Inc()
 	// Every denial is an Event. Approving a device certificate is not: it
 	// is one step of every enrollment and renewal, its condition keeps the
 	// reason and message, and the proof, the Device and the Claim record

@@ -130,6 +130,19 @@ const (
 	requestRefused
 )
 
+// String is the kind's label in custody_certificate_request_decisions_total.
+func (k requestKind) String() string {
+	switch k {
+	case requestForDevice:
+		return "device"
+	case requestForAccess:
+		return "data-access"
+	case requestForTenantCA:
+		return "tenant-ca"
+	}
+	return "other"
+}
+
 // kindOfRequest says which decision applies to an in-scope request.
 func kindOfRequest(cr *cmapi.CertificateRequest, o *Options) requestKind {
 	ref := cr.Spec.IssuerRef

@@ -542,6 +542,9 @@ var unreserveBackoff = wait.Backoff{Steps: 30, Duration: 10 * time.Millisecond, 
 // support staff read) and in the metric.
 func (r *ClaimReconciler) recordFailure(ctx context.Context, in claim.Input) error {
 	claimFailures.WithLabelValues(in.Tenant.Name).Inc()
+	if in.Claim != nil && claim.LockedUntil(&in.Tenant.Status, in.Claim.DeviceName(), in.Now).After(in.Now) {
+		claimLockouts.WithLabelValues(in.Tenant.Name).Inc()
+	}
 	if in.Device == nil {
 		return nil
 	}

@@ -99,6 +99,10 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 			return
 		}
 		r.written.wrote(p, before.ResourceVersion)
+		if before.Status.CompletionTime == nil && p.Status.CompletionTime != nil {
+			proofOutcomes.WithLabelValues(string(p.Spec.Purpose), string(p.Status.Phase)).Inc()
+			proofDuration.WithLabelValues(string(p.Spec.Purpose)).Observe(p.Status.CompletionTime.Sub(p.CreationTimestamp.Time).Seconds())
+		}
 	}()
 
 	dev, csr, err := r.verify(ctx, p)

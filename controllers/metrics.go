@@ -22,6 +22,37 @@ var (
 		Help: "Failed claim attempts per tenant.",
 	}, []string{"tenant"})
 
+	// claimLockouts counts verified failures that left the tenant locked
+	// out of the device (a lockout started or grew): a brute force in
+	// progress, or a customer who lost the label.
+	claimLockouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custody_claim_lockouts_total",
+		Help: "Failed claim attempts that locked the tenant out of the device (a lockout started or grew), per tenant.",
+	}, []string{"tenant"})
+
+	// requestDecisions counts the approver's decisions on CertificateRequests
+	// to custody issuers, once each, after the decision is written.
+	requestDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custody_certificate_request_decisions_total",
+		Help: "CertificateRequests to custody issuers approved or denied, by kind of request (device, tenant-ca, data-access).",
+	}, []string{"kind", "decision"})
+
+	// proofOutcomes counts DeviceProofs finished, by purpose and outcome:
+	// an Enroll proof Issued is an enrollment, a Renew proof Issued a
+	// renewal.
+	proofOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custody_device_proofs_total",
+		Help: "DeviceProofs finished, by purpose (Enroll, Renew, Possession) and phase (Issued, Confirmed, Rejected), counted once the phase is written.",
+	}, []string{"purpose", "phase"})
+
+	// proofDuration is the time from a DeviceProof's creation (the
+	// device's request at the gateway) to its outcome.
+	proofDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "custody_device_proof_duration_seconds",
+		Help:    "Time from a device's request (its DeviceProof created) to the outcome written, by purpose.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"purpose"})
+
 	// claimVerifications counts argon2id verifications of claim codes
 	// (wrong, right, or against a dummy verifier for an unknown serial).
 	claimVerifications = prometheus.NewCounter(prometheus.CounterOpts{
@@ -42,7 +73,8 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimVerifications, notificationsDelivered, notificationsFailed,
+	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimLockouts, requestDecisions, proofOutcomes, proofDuration,
+		claimVerifications, notificationsDelivered, notificationsFailed,
 		verifierWait, verifierDuration, verifierInFlight, verifierPoolSize)
 	metrics.Registry.MustRegister(dataplane.Collectors()...)
 }
