@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/custody-dev/custody/internal/challenge"
 	"github.com/custody-dev/custody/internal/controlplane"
@@ -98,7 +99,9 @@ func startGateway(ctx context.Context, cp *controlplane.ControlPlane, dir, addr 
 	if err != nil {
 		return "", err
 	}
-	g, err = gateway.New(gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log})
+	// The gateway's metrics join the manager's at --metrics-addr: one
+	// endpoint for a development Prometheus to scrape.
+	g, err = gateway.New(gateway.Options{Client: c, Cache: cache, Challenges: iss, Namespace: cp.OperatorNamespace, Log: log, Registerer: ctrlmetrics.Registry})
 	if err != nil {
 		return "", err
 	}
