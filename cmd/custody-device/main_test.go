@@ -5,13 +5,13 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/xml"
+	"errors"
 	"fmt"
-	"image"
-	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"sigs.k8s.io/yaml"
@@ -90,11 +90,27 @@ func serialsOf(prefix string, first, n int) []string {
 
 const testClaimURL = "https://claim.example.test"
 
-// makeTestBatch makes n devices XR-T-000001... into a new directory and
-// reads them back.
+// tempDirs outlive one test (the shared batch); TestMain removes them.
+var tempDirs []string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range tempDirs {
+		_ = os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
+// makeTestBatch makes n devices XR-T-000001... into a new directory,
+// removed when the tests end, and reads them back.
 func makeTestBatch(t *testing.T, n int) (string, []batchDevice) {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "batch")
+	d, err := os.MkdirTemp("", "custody-batch-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tempDirs = append(tempDirs, d)
+	dir := filepath.Join(d, "batch")
 	out, err := runInit(t, "--model", "XR200", "--count", fmt.Sprint(n), "--serial-prefix", "XR-T", "--dir", dir, "--claim-url", testClaimURL)
 	if err != nil {
 		t.Fatal(err)
@@ -109,8 +125,30 @@ func makeTestBatch(t *testing.T, n int) (string, []batchDevice) {
 	return dir, devs
 }
 
+var shared struct {
+	once sync.Once
+	dir  string
+	devs []batchDevice
+	ok   bool
+}
+
+// testBatch is one batch of 12 devices (two pages of labels) that tests
+// read and never change; it is made once, since every device costs an
+// argon2id hash.
+func testBatch(t *testing.T) (string, []batchDevice) {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.dir, shared.devs = makeTestBatch(t, 12)
+		shared.ok = true
+	})
+	if !shared.ok {
+		t.Fatal("making the shared batch failed")
+	}
+	return shared.dir, shared.devs
+}
+
 func TestInitBatch(t *testing.T) {
-	dir, devs := makeTestBatch(t, 12)
+	dir, devs := testBatch(t)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -394,58 +432,46 @@ func requireTool(t *testing.T, name, debPackage string) string {
 func TestLabelSheetScans(t *testing.T) {
 	rsvg := requireTool(t, "rsvg-convert", "librsvg2-bin")
 	zbar := requireTool(t, "zbarimg", "zbar-tools")
-	dir, devs := makeTestBatch(t, 12)
-	const dpi = 200
-	px := func(mm float64) int { return int(mm / 25.4 * dpi) }
+	dir, devs := testBatch(t)
 	work := t.TempDir()
-	pages := map[int]image.Image{}
-	for p := 0; p < 2; p++ {
-		out := filepath.Join(work, fmt.Sprintf("page-%d.png", p))
-		cmd := exec.Command(rsvg, "--dpi-x", fmt.Sprint(dpi), "--dpi-y", fmt.Sprint(dpi), "--background-color", "white", "-o", out, filepath.Join(dir, fmt.Sprintf("labels-%04d.svg", p+1)))
-		if b, err := cmd.CombinedOutput(); err != nil {
+	// render prints the region (x, y, w, h) of a page, in mm, to PNG at
+	// 200 dpi: the page's own SVG with its viewBox narrowed to the region,
+	// so the renderer cuts the label out where the sheet says it is.
+	render := func(page int, x, y, w, h float64, name string) string {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("labels-%04d.svg", page+1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		whole := fmt.Sprintf(`width="%gmm" height="%gmm" viewBox="0 0 %g %g"`, label.PageWidth, label.PageHeight, label.PageWidth, label.PageHeight)
+		if !bytes.Contains(data, []byte(whole)) {
+			t.Fatalf("page %d is not an A4 page in mm", page+1)
+		}
+		data = bytes.Replace(data, []byte(whole), []byte(fmt.Sprintf(`width="%gmm" height="%gmm" viewBox="%g %g %g %g"`, w, h, x, y, w, h)), 1)
+		in, out := filepath.Join(work, name+".svg"), filepath.Join(work, name+".png")
+		if err := os.WriteFile(in, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := exec.Command(rsvg, "--dpi-x", "200", "--dpi-y", "200", "--background-color", "white", "-o", out, in).CombinedOutput(); err != nil {
 			t.Fatalf("rsvg-convert: %v: %s", err, b)
 		}
-		f, err := os.Open(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img, err := png.Decode(f)
-		_ = f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b := img.Bounds(); b.Dx() != px(label.PageWidth)+1 && b.Dx() != px(label.PageWidth) {
-			t.Fatalf("page %d rendered %d px wide, want A4 at %d dpi (%d)", p+1, b.Dx(), dpi, px(label.PageWidth))
-		}
-		pages[p] = img
+		return out
 	}
-	scan := func(img image.Image, name string) []string {
+	scan := func(png string) []string {
 		t.Helper()
-		path := filepath.Join(work, name)
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
+		out, err := exec.Command(zbar, "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", png).Output()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 4 { // no symbol found
+			return nil
 		}
-		if err := png.Encode(f, img); err != nil {
-			t.Fatal(err)
-		}
-		_ = f.Close()
-		out, err := exec.Command(zbar, "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", path).Output()
 		if err != nil {
-			if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 4 { // no symbol found
-				return nil
-			}
 			t.Fatalf("zbarimg: %v", err)
 		}
 		return strings.Split(strings.TrimRight(string(out), "\n"), "\n")
 	}
-	type subImager interface {
-		SubImage(image.Rectangle) image.Image
-	}
 	for i, d := range devs {
 		page, x, y := label.Cell(i)
-		cell := image.Rect(px(x), px(y), px(x+label.LabelWidth), px(y+label.LabelHeight))
-		got := scan(pages[page].(subImager).SubImage(cell), fmt.Sprintf("label-%d.png", i))
+		got := scan(render(page, x, y, label.LabelWidth, label.LabelHeight, d.serial))
 		want := protocol.Label{BaseURL: testClaimURL, SerialNumber: d.serial, Model: "XR200", Fingerprint: d.fingerprint}.URL()
 		if len(got) != 1 || got[0] != want {
 			t.Fatalf("the label of %s (page %d at %g,%g mm) scans as %q, want exactly %q", d.serial, page+1, x, y, got, want)
@@ -458,16 +484,10 @@ func TestLabelSheetScans(t *testing.T) {
 			t.Fatalf("the QR code of %s carries its claim code", d.serial)
 		}
 	}
-	// The page's empty cells hold no QR code, and each whole page scans as
-	// exactly its labels (no stray or doubled codes).
-	for i := len(devs); i < 2*label.PerPage; i++ {
-		page, x, y := label.Cell(i)
-		if got := scan(pages[page].(subImager).SubImage(image.Rect(px(x), px(y), px(x+label.LabelWidth), px(y+label.LabelHeight))), fmt.Sprintf("empty-%d.png", i)); len(got) != 0 {
-			t.Fatalf("empty cell %d scans as %q", i, got)
-		}
-	}
-	for p, n := range []int{label.PerPage, 2} {
-		if got := scan(pages[p], fmt.Sprintf("whole-%d.png", p)); len(got) != n {
+	// Each whole page scans as exactly its labels: no stray or doubled
+	// codes, none in the second page's empty cells.
+	for p, n := range []int{label.PerPage, len(devs) - label.PerPage} {
+		if got := scan(render(p, 0, 0, label.PageWidth, label.PageHeight, fmt.Sprintf("page-%d", p+1))); len(got) != n {
 			t.Fatalf("page %d scans as %d codes, want %d", p+1, len(got), n)
 		}
 	}

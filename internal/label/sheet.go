@@ -85,7 +85,7 @@ func sheetLabel(b *strings.Builder, it Item, x, y float64) error {
 	const quiet = 4
 	module := qrSide / float64(q.Size+2*quiet)
 	if module < minModule {
-		return fmt.Errorf("the claim URL of %s is too long for a QR code on the label (%.2f mm modules; shorten --claim-url)", l.SerialNumber, module)
+		return fmt.Errorf("the claim URL of %s is too long for a QR code on the label (%.3f mm modules; shorten --claim-url)", l.SerialNumber, module)
 	}
 	e := html.EscapeString
 	fmt.Fprintf(b, `<g id="label-%s" transform="translate(%g %g)">`+"\n", e(l.SerialNumber), x, y)
