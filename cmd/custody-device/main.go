@@ -296,7 +296,7 @@ func initBatch(dir, model, prefix string, first, count int, claimURL string, std
 
 // writeExclusive creates name with data, failing if it exists.
 func writeExclusive(name string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode) //nolint:gosec // a file of the batch directory the operator named
 	if err != nil {
 		return err
 	}

@@ -452,7 +452,7 @@ func TestLabelSheetScans(t *testing.T) {
 		if err := os.WriteFile(in, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if b, err := exec.Command(rsvg, "--dpi-x", "200", "--dpi-y", "200", "--background-color", "white", "-o", out, in).CombinedOutput(); err != nil {
+		if b, err := exec.Command(rsvg, "--dpi-x", "200", "--dpi-y", "200", "-b", "white", "-o", out, in).CombinedOutput(); err != nil {
 			t.Fatalf("rsvg-convert: %v: %s", err, b)
 		}
 		return out
