@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,9 +24,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/yaml"
 
-	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/factory"
 	"github.com/custody-dev/custody/internal/label"
 	"github.com/custody-dev/custody/internal/loadtest"
@@ -43,6 +43,16 @@ Commands:
               label.svg      the printable label: QR code (claim URL, key fingerprint),
                              the claim code in the scratch-off area (0600)
               label.txt      the same in text (0600)
+  init      --model M --count N --serial-prefix P [--first F] [--dir DIR] [--claim-url URL]
+            Make a batch of N devices (1 to 10000), serial numbers P-000001, P-000002,
+            ... (from P-<F>), into DIR (default ./P): DIR/<serial>/ for each device as
+            above, and
+              devices.yaml      the batch's Device manifests as one v1 List, for the ERP
+              devices.csv       serial_number, model, device_name, key_fingerprint,
+                                claim_code_verifier: for the ERP; no claim code, no key
+              labels-NNNN.svg   print-ready A4 label sheets, 10 labels a page, in serial
+                                order; they carry the claim codes (0600)
+            Refuses if any of these exists already.
   pair      --dir DIR (--code CODE | --token TOKEN)
             Give the device the pairing code shown in a Claim's status.pairing.code,
             or a tenant's pairing token (the device then claims itself for it).
@@ -104,19 +114,38 @@ func cmdInit(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	model := fs.String("model", "", "product model, upper case (e.g. XR200)")
 	serial := fs.String("serial", "", "serial number, upper case (e.g. SN-0001)")
-	dir := fs.String("dir", "", "device directory (default ./<serial>)")
+	count := fs.Int("count", 0, fmt.Sprintf("make a batch of this many devices (1 to %d), numbered <serial-prefix>-000001 and on", factory.MaxBatch))
+	prefix := fs.String("serial-prefix", "", "with --count: the serial numbers' prefix, upper case (e.g. XR-2026W49 makes XR-2026W49-000001, ...)")
+	first := fs.Int("first", 1, "with --count: the number of the batch's first device (to go on from an earlier batch)")
+	dir := fs.String("dir", "", "device directory (default ./<serial>); with --count, the batch directory (default ./<serial-prefix>)")
 	out := fs.String("out", "", "alias of --dir")
 	claimURL := fs.String("claim-url", "https://claim.custody.example", "base URL printed in the QR code")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	if *model == "" || *serial == "" {
-		fmt.Fprintln(os.Stderr, "custody-device: --model and --serial are required")
-		return errUsage
-	}
 	d := *dir
 	if d == "" {
 		d = *out
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["count"] || set["serial-prefix"] || set["first"] {
+		switch {
+		case *model == "":
+			return errors.New("--model is required: a batch is of one model")
+		case *serial != "":
+			return errors.New("--serial makes one device and --count a batch: give one of them")
+		case !set["count"]:
+			return errors.New("--serial-prefix and --first number a batch: give its size with --count")
+		}
+		if d == "" {
+			d = *prefix
+		}
+		return initBatch(d, *model, *prefix, *first, *count, *claimURL, stdout)
+	}
+	if *model == "" || *serial == "" {
+		fmt.Fprintln(os.Stderr, "custody-device: --model and --serial (or --count and --serial-prefix) are required")
+		return errUsage
 	}
 	if d == "" {
 		d = *serial
@@ -124,22 +153,42 @@ func cmdInit(args []string, stdout io.Writer) error {
 	return initDevice(d, *model, *serial, *claimURL, stdout)
 }
 
-// deviceManifest is the Device as the ERP applies it: no status, no
-// server-set metadata, spec last so that the ERP can append the sale.
-func deviceManifest(d *custodyv1alpha1.Device) ([]byte, error) {
-	raw, err := json.Marshal(d)
+type deviceFile struct {
+	name string
+	data []byte
+	mode os.FileMode
+}
+
+// deviceFiles is what init writes into a device's directory.
+func deviceFiles(rec *factory.Record, claimURL string) ([]deviceFile, error) {
+	s := rec.Device.Spec
+	manifest, err := factory.Manifest(rec.Device)
 	if err != nil {
 		return nil, err
 	}
-	var obj map[string]any
-	if err := json.Unmarshal(raw, &obj); err != nil {
+	id, _ := json.Marshal(device.IdentityFile{SerialNumber: s.SerialNumber, Model: s.Model})
+	l := protocol.Label{BaseURL: claimURL, SerialNumber: s.SerialNumber, Model: s.Model, Fingerprint: rec.Fingerprint}
+	svg, err := label.SVG(l, rec.Code.String())
+	if err != nil {
 		return nil, err
 	}
-	delete(obj, "status")
-	if md, ok := obj["metadata"].(map[string]any); ok {
-		delete(md, "creationTimestamp")
+	text := fmt.Sprintf("Model:       %s\nSerial:      %s\nKey:         %s\nClaim URL:   %s\nClaim code:  %s\n", s.Model, s.SerialNumber, rec.Fingerprint, l.URL(), rec.Code)
+	return []deviceFile{
+		{device.FilePrivateKey, rec.PrivateKeyPEM, 0o600},
+		{device.FileIdentity, id, 0o644},
+		{"device.yaml", manifest, 0o644},
+		{"label.svg", svg, 0o600},
+		{"label.txt", []byte(text), 0o600},
+	}, nil
+}
+
+func writeFiles(dir string, files []deviceFile) error {
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
 	}
-	return yaml.Marshal(obj)
+	return nil
 }
 
 func initDevice(dir, model, serial, claimURL string, stdout io.Writer) error {
@@ -147,12 +196,7 @@ func initDevice(dir, model, serial, claimURL string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	manifest, err := deviceManifest(rec.Device)
-	if err != nil {
-		return err
-	}
-	id, _ := json.Marshal(device.IdentityFile{SerialNumber: serial, Model: model})
-	svg, err := label.SVG(protocol.Label{BaseURL: claimURL, SerialNumber: serial, Model: model, Fingerprint: rec.Fingerprint}, rec.Code.String())
+	files, err := deviceFiles(rec, claimURL)
 	if err != nil {
 		return err
 	}
@@ -162,25 +206,105 @@ func initDevice(dir, model, serial, claimURL string, stdout io.Writer) error {
 	if _, err := os.Stat(filepath.Join(dir, device.FilePrivateKey)); err == nil {
 		return fmt.Errorf("%s already holds a device; a device is made once", dir)
 	}
-	text := fmt.Sprintf("Model:       %s\nSerial:      %s\nKey:         %s\nClaim URL:   %s\nClaim code:  %s\n", model, serial, rec.Fingerprint,
-		protocol.Label{BaseURL: claimURL, SerialNumber: serial, Model: model, Fingerprint: rec.Fingerprint}.URL(), rec.Code)
-	for _, f := range []struct {
-		name string
-		data []byte
-		mode os.FileMode
-	}{
-		{device.FilePrivateKey, rec.PrivateKeyPEM, 0o600},
-		{device.FileIdentity, id, 0o644},
-		{"device.yaml", manifest, 0o644},
-		{"label.svg", svg, 0o600},
-		{"label.txt", []byte(text), 0o600},
-	} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return err
-		}
+	if err := writeFiles(dir, files); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "made %s %s in %s: apply device.yaml as the ERP; print label.svg; the key stays in %s.\n", model, serial, dir, dir)
 	return nil
+}
+
+// Files of a batch directory, beside one directory per device.
+const (
+	batchManifest = "devices.yaml"
+	batchCSV      = "devices.csv"
+	batchSheet    = "labels-%04d.svg"
+)
+
+// initBatch makes count devices into dir: one directory per device, as
+// single init makes it, the Device manifests as one List, the ERP's CSV,
+// and the label sheets. It refuses, before making anything, if any of
+// these exists already.
+func initBatch(dir, model, prefix string, first, count int, claimURL string, stdout io.Writer) error {
+	serials, err := factory.Serials(prefix, first, count)
+	if err != nil {
+		return err
+	}
+	pages := (count + label.PerPage - 1) / label.PerPage
+	top := []string{batchManifest, batchCSV}
+	for p := 1; p <= pages; p++ {
+		top = append(top, fmt.Sprintf(batchSheet, p))
+	}
+	// Refuse before the slow part, and again when writing (exclusively).
+	for _, name := range append(top, serials...) {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return fmt.Errorf("%s already exists: a device is made once; choose another --dir, or go on numbering with --first", filepath.Join(dir, name))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	start := time.Now()
+	recs, err := factory.ManufactureBatch(model, serials, runtime.GOMAXPROCS(0))
+	if err != nil {
+		return err
+	}
+	perDevice := make([][]deviceFile, len(recs))
+	items := make([]label.Item, len(recs))
+	for i, rec := range recs {
+		if perDevice[i], err = deviceFiles(rec, claimURL); err != nil {
+			return err
+		}
+		items[i] = label.Item{Label: protocol.Label{BaseURL: claimURL, SerialNumber: serials[i], Model: model, Fingerprint: rec.Fingerprint}, Code: rec.Code.String()}
+	}
+	sheets, err := label.Sheet(items)
+	if err != nil {
+		return err
+	}
+	list, err := factory.ManifestList(recs)
+	if err != nil {
+		return err
+	}
+	var csvBuf bytes.Buffer
+	if err := factory.WriteERPCSV(&csvBuf, recs); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for i, s := range serials {
+		p := filepath.Join(dir, s)
+		if err := os.Mkdir(p, 0o700); err != nil {
+			return fmt.Errorf("%w (the devices before %s were written)", err, s)
+		}
+		if err := writeFiles(p, perDevice[i]); err != nil {
+			return err
+		}
+	}
+	outputs := []deviceFile{{batchManifest, list, 0o644}, {batchCSV, csvBuf.Bytes(), 0o644}}
+	for i, sheet := range sheets {
+		outputs = append(outputs, deviceFile{fmt.Sprintf(batchSheet, i+1), sheet, 0o600})
+	}
+	for _, f := range outputs {
+		if err := writeExclusive(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "made %d %s devices, %s to %s, in %s in %s: apply %s as the ERP (or import %s); print %s to %s (%d labels per A4 page), then destroy the files; each key stays in %s.\n",
+		count, model, serials[0], serials[len(serials)-1], dir, time.Since(start).Round(time.Millisecond), batchManifest, batchCSV,
+		fmt.Sprintf(batchSheet, 1), fmt.Sprintf(batchSheet, pages), label.PerPage, filepath.Join(dir, "<serial>"))
+	return nil
+}
+
+// writeExclusive creates name with data, failing if it exists.
+func writeExclusive(name string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode) //nolint:gosec // a file of the batch directory the operator named
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func cmdPair(args []string, stdout io.Writer) error {
