@@ -168,7 +168,8 @@ const (
 	MsgThrottled          = "Too many failed claim attempts for this serial number from this tenant. The claim is verified automatically after status.retryAfter."
 	MsgSecretNotFound     = "The Secret named in spec.claimCode.secretRef does not exist in this namespace. Create it with the claim code; the claim proceeds when it appears."
 	MsgSecretKeyMissing   = "The Secret named in spec.claimCode.secretRef has no such key. Put the claim code under spec.claimCode.secretRef.key; the claim proceeds when the Secret changes."
-	MsgMalformed          = "The claim code in the Secret is not well-formed: it has 20 letters and digits in five groups of four. Check it for a typo and update the Secret; this did not count as a failed attempt."
+	MsgMalformed          = "The value in the Secret does not have the form of a claim code, which is exactly 20 letters and digits (never U, no other characters), printed on the label in five groups of four. Copy the whole code from the label into the Secret again; this did not count as a failed attempt."
+	MsgCheckCharacter     = "The claim code in the Secret has the right form, but its last character, a check character computed from the other 19, does not match them: a character was mistyped or two were swapped. Compare the code with the label character by character and update the Secret; this did not count as a failed attempt."
 	MsgBound              = "The device is bound to this Claim."
 	MsgCodeUsed           = "The claim code is right but has already been used to claim this device. Ask the seller for a new claim code."
 	MsgHeldByOther        = "The claim code is right, but the device is already bound to another tenant and that binding stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
@@ -298,8 +299,14 @@ func decide(in Input, v Verifier) Decision {
 		case errors.Is(in.CodeErr, ErrSecretKeyMissing):
 			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretKeyMissing}
 		case in.CodeErr != nil:
-			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
-				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
+			// Told from the code alone, never from the Device: which kind
+			// of typo it is says nothing about the serial number.
+			msg := MsgMalformed
+			if errors.Is(in.CodeErr, claimcode.ErrCheckSymbol) {
+				msg = MsgCheckCharacter
+			}
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: msg,
+				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, msg}}
 		}
 		// The attempt is counted before the code is verified, for an
 		// unknown serial as for a known one.

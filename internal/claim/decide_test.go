@@ -184,6 +184,54 @@ func TestWrongCodeAndUnknownSerialDecideAlike(t *testing.T) {
 	}
 }
 
+// A malformed code is reported as the kind of mistake it is: the check
+// character for a typo, the form for anything else. The message is the
+// same whether or not the serial number exists (and whoever holds the
+// device), counts no attempt, and never holds the code.
+func TestMalformedCodeSaysWhatIsWrong(t *testing.T) {
+	right, _ := claimcode.Generate()
+	last := byte('0')
+	if right[claimcode.Symbols-1] == last {
+		last = '1'
+	}
+	typo := string(right[:claimcode.Symbols-1]) + string(last)
+	boundToOther := device()
+	boundToOther.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "globex", Namespace: "globex", Name: "x", UID: "other"}
+	for _, tt := range []struct {
+		typed, want string
+	}{
+		{typo, MsgCheckCharacter},
+		{right.String()[:18], MsgMalformed},
+		{right.String() + "7", MsgMalformed},
+		{strings.Replace(right.String(), "-", ",", 1), MsgMalformed},
+	} {
+		_, err := claimcode.Parse(tt.typed)
+		if err == nil {
+			t.Fatalf("%q parsed", tt.typed)
+		}
+		var first *Decision
+		for _, dev := range []*custodyv1alpha1.Device{device(), nil, boundToOther} {
+			in := Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, Device: dev, CodeErr: err}
+			v := &fakeVerifier{right: right}
+			d := decideAsController(t, &in, v)
+			if d.Reason != custodyv1alpha1.ClaimReasonClaimCodeMalformed || d.Message != tt.want || d.Event == nil || d.Event.Message != tt.want {
+				t.Fatalf("%q: %s %q, want ClaimCodeMalformed %q", tt.typed, d.Reason, d.Message, tt.want)
+			}
+			if v.calls != 0 || in.Tenant.Status.ClaimThrottles != nil {
+				t.Fatalf("%q: a malformed code was verified or counted", tt.typed)
+			}
+			if strings.Contains(strings.ReplaceAll(d.Message, "-", ""), string(right[:6])) {
+				t.Fatalf("the message echoes the code: %q", d.Message)
+			}
+			if first == nil {
+				first = &d
+			} else if !reflect.DeepEqual(*first, d) {
+				t.Fatalf("%q: the decision depends on the Device:\n%+v\n%+v", tt.typed, *first, d)
+			}
+		}
+	}
+}
+
 // decideAsController decides as the claim controller does: a Decision to
 // reserve is applied to the Tenant's status (the write that precedes every
 // verification), then Decide runs again with the reservation; a right code
