@@ -476,3 +476,62 @@ func TestStricterProof(t *testing.T) {
 		t.Fatalf("a later looser policy loosened the requirement to %q", pol.RequiredProof)
 	}
 }
+
+// A Claim that loses its device says how, from the device's custody
+// history: transferred (naming the Transfer and the recipient), released,
+// decommissioned, or taken by support staff; DeviceReleased alone when the
+// history cannot tell. Once Lost, what it said stays.
+func TestLostSaysHowTheBindingEnded(t *testing.T) {
+	rec := func(seq int64, typ custodyv1alpha1.CustodyEventType, uid, tenant, from, proof, ref string) custodyv1alpha1.CustodyRecord {
+		return custodyv1alpha1.CustodyRecord{Sequence: seq, Type: typ, ClaimUID: typesUID(uid), Tenant: tenant, FromTenant: from, Proof: proof, Reference: ref}
+	}
+	bound := rec(1, custodyv1alpha1.CustodyEventBound, "1", "acme", "", "ClaimCode", "")
+	toGlobex := rec(2, custodyv1alpha1.CustodyEventTransferred, "g", "globex", "acme", "Transfer", "acme/to-globex")
+	withHistory := func(head *custodyv1alpha1.CustodyRecord, history ...custodyv1alpha1.CustodyRecord) *custodyv1alpha1.Device {
+		d := device()
+		d.Status.History = history
+		if head != nil {
+			d.Spec.Custody = &custodyv1alpha1.DeviceCustody{Head: *head}
+		}
+		return d
+	}
+	for _, tt := range []struct {
+		name, reason, msg string
+		dev               *custodyv1alpha1.Device
+	}{
+		{"transferred", custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, "globex", "acme/to-globex"), withHistory(&toGlobex, bound, toGlobex)},
+		{"transferred, history not yet completed", custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, "globex", "acme/to-globex"), withHistory(&toGlobex, bound)},
+		{"transferred, then onwards", custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, "globex", "acme/to-globex"),
+			withHistory(nil, bound, toGlobex, rec(3, custodyv1alpha1.CustodyEventDataPurged, "", "acme", "", "", ""), rec(4, custodyv1alpha1.CustodyEventTransferred, "i", "initech", "globex", "Transfer", "globex/on"))},
+		{"released for claiming by a Transfer", custodyv1alpha1.ClaimReasonDeviceReleased, fmt.Sprintf(MsgReleasedBy, "acme/resale"),
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventReleased, "1", "acme", "", "Transfer", "acme/resale"))},
+		{"released with its tenant", custodyv1alpha1.ClaimReasonDeviceReleased, MsgReleasedTenant,
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventReleased, "1", "acme", "", "TenantDeleted", ""))},
+		{"decommissioned", custodyv1alpha1.ClaimReasonDeviceDecommissioned, MsgDecommissioned,
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventDecommissioned, "1", "acme", "", "Decommissioned", ""))},
+		{"awarded to another", custodyv1alpha1.ClaimReasonDisputeLost, MsgResolvedAway,
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventResolved, "g", "globex", "acme", custodyProofAward, "support/a"))},
+		{"an earlier binding's transfer is not this one's end", custodyv1alpha1.ClaimReasonDeviceDecommissioned, MsgDecommissioned,
+			withHistory(nil, rec(1, custodyv1alpha1.CustodyEventBound, "0", "acme", "", "ClaimCode", ""), rec(2, custodyv1alpha1.CustodyEventTransferred, "1", "acme", "old", "Transfer", "old/t"),
+				rec(3, custodyv1alpha1.CustodyEventDecommissioned, "1", "acme", "", "Decommissioned", ""))},
+		{"device gone", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased, nil},
+		{"history lost the change", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased, withHistory(nil, rec(9, custodyv1alpha1.CustodyEventSold, "", "", "", "", ""))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := claimFor("1")
+			c.Status.Phase = custodyv1alpha1.ClaimPhaseBound
+			in := Input{Claim: c, Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, Device: tt.dev}
+			d := Decide(in, &fakeVerifier{})
+			if d.Phase != custodyv1alpha1.ClaimPhaseLost || d.Reason != tt.reason || d.Message != tt.msg || d.Event == nil || d.Event.Reason != tt.reason {
+				t.Fatalf("got %s %s %q, want Lost %s %q", d.Phase, d.Reason, d.Message, tt.reason, tt.msg)
+			}
+			// Lost stays what it said, whatever the history does next.
+			c.Status.Phase = custodyv1alpha1.ClaimPhaseLost
+			c.Status.Conditions = []metav1.Condition{{Type: custodyv1alpha1.ConditionReady, Reason: d.Reason, Message: d.Message}}
+			in.Device = nil
+			if again := Decide(in, &fakeVerifier{}); again.Reason != tt.reason || again.Message != tt.msg || again.Event != nil {
+				t.Fatalf("once Lost: %s %q (event %v)", again.Reason, again.Message, again.Event)
+			}
+		})
+	}
+}
