@@ -141,6 +141,17 @@ func (a *Agent) Certificate() (*tls.Certificate, *x509.Certificate) {
 	return &tls.Certificate{Certificate: chain, PrivateKey: a.Key, Leaf: leaf}, leaf
 }
 
+// sayOncePerWait logs a proof at Info unless the agent is waiting for its
+// binding: a paired device proves again at every retry until its owner's
+// Claim binds, and the first proof of the wait is enough to tell.
+func (a *Agent) sayOncePerWait(msg string, kv ...any) {
+	if a.state == "waiting" {
+		a.Log.V(1).Info(msg, kv...)
+		return
+	}
+	a.Log.Info(msg, kv...)
+}
+
 // Run steps until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	for {
@@ -178,7 +189,7 @@ func (a *Agent) Once(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			if err != nil {
-				return fmt.Errorf("%w while waiting: %w", ctx.Err(), waitingFor(err))
+				return fmt.Errorf("%w (%w)", waitingFor(err), ctx.Err())
 			}
 			return ctx.Err()
 		case <-a.after(next):
@@ -270,13 +281,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.Possession(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, string(code)); err != nil {
 			return a.fail(err)
 		}
-		// Told at Info once per wait: a paired device proves again at
-		// every retry until its owner's Claim binds.
-		if a.state == "waiting" {
-			a.Log.V(1).Info("proved possession with the pairing code")
-		} else {
-			a.Log.Info("proved possession with the pairing code")
-		}
+		a.sayOncePerWait("proved possession with the pairing code")
 		paired, a.proved = true, true
 	}
 	if raw, err := os.ReadFile(filepath.Join(a.Dir, FilePairingToken)); err == nil && !a.proved { //nolint:gosec // the device directory
@@ -287,7 +292,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.ClaimWithToken(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, token); err != nil {
 			return a.fail(err)
 		}
-		a.Log.Info("claimed with the tenant's pairing token", "tenant", token.Tenant)
+		a.sayOncePerWait("claimed with the tenant's pairing token", "tenant", token.Tenant)
 		paired, a.proved = true, true
 	}
 	id := protocol.Identity{CommonName: a.ID.SerialNumber, URI: "spiffe://unknown/"}

@@ -89,6 +89,8 @@ func newFakeGateway(t *testing.T, now time.Time) *fakeGateway {
 			answer(w, http.StatusOK, protocol.EnrollResponse{
 				Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 				CA:          string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))})
+		case protocol.PathPossession:
+			w.WriteHeader(http.StatusNoContent)
 		case protocol.PathHeartbeat:
 			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 				answer(w, http.StatusForbidden, protocol.Error{Code: protocol.ErrCertificateRefused})
@@ -246,5 +248,28 @@ func TestHeartbeatsAreToldOnChangeAndHourly(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(a.Dir, FileCertificate)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A paired device proves possession again at every retry until its owner's
+// Claim binds: the proof and the wait are told once, not at every retry.
+func TestAPairedDeviceTellsItsWaitOnce(t *testing.T) {
+	now := time.Now()
+	g := newFakeGateway(t, now)
+	g.notBound.Store(3)
+	clk := clocktesting.NewFakeClock(now)
+	a, logs := newTestAgent(t, g, clk)
+	if err := os.WriteFile(filepath.Join(a.Dir, FilePairing), []byte("ABCD1234"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go driveClock(clk, done)
+	err := a.Once(context.Background())
+	close(done)
+	if err != nil {
+		t.Fatalf("Once: %v", err)
+	}
+	if logs.count("proved possession") != 1 || logs.count("waiting for the device to be bound") != 1 || logs.count("failed") != 0 {
+		t.Fatalf("want one proof and one wait at Info, no failure:\n%s", logs)
 	}
 }
