@@ -165,7 +165,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// Once runs one cycle of the agent: it enrolls if the device holds no
+// Once runs one cycle of the agent: it enrols if the device holds no
 // certificate, renews the certificate if it is due, and sends one
 // heartbeat. It returns nil once the gateway has accepted the heartbeat.
 // Waiting is part of the cycle: for the device to be bound to a tenant

@@ -169,9 +169,9 @@ func driveClock(clk *clocktesting.FakeClock, done <-chan struct{}) {
 	}
 }
 
-// A device that enrolls before its owner's Claim has bound is told
+// A device that enrols before its owner's Claim has bound is told
 // NotBound: that is a wait, told once at Info as a wait and never as a
-// failure, and Once then enrolls and sends its one heartbeat.
+// failure, and Once then enrols and sends its one heartbeat.
 func TestNotBoundIsAWaitNotAFailure(t *testing.T) {
 	now := time.Now()
 	g := newFakeGateway(t, now)
@@ -224,7 +224,7 @@ func TestHeartbeatsAreToldOnChangeAndHourly(t *testing.T) {
 	clk := clocktesting.NewFakeClock(now)
 	a, logs := newTestAgent(t, g, clk)
 	ctx := context.Background()
-	if _, err := a.Step(ctx); err != nil { // enrolls
+	if _, err := a.Step(ctx); err != nil { // enrols
 		t.Fatal(err)
 	}
 	for range 30 {
