@@ -309,8 +309,20 @@ const (
 	ClaimReasonAlreadyBoundToTenant = "DeviceAlreadyClaimedByTenant"
 	// ClaimReasonTenantNotReady: the namespace is not a ready Tenant's.
 	ClaimReasonTenantNotReady = "TenantNotReady"
-	// ClaimReasonDeviceReleased: the device is no longer bound to this Claim.
+	// ClaimReasonDeviceReleased: the device is no longer bound to this
+	// Claim: it was released (by a Transfer that released it for claiming,
+	// or when its Tenant was deleted), or the manager cannot tell how the
+	// binding ended (the Device is gone, or its history no longer holds
+	// the change). The Claim can be deleted.
 	ClaimReasonDeviceReleased = "DeviceReleased"
+	// ClaimReasonDeviceTransferred: a Transfer moved the device to another
+	// tenant's Claim (the message names the Transfer and the recipient).
+	// The Claim can be deleted.
+	ClaimReasonDeviceTransferred = "DeviceTransferred"
+	// ClaimReasonDeviceDecommissioned: the device was taken out of service
+	// (spec.decommissioned), which ended its binding. The Claim can be
+	// deleted.
+	ClaimReasonDeviceDecommissioned = "DeviceDecommissioned"
 	// ClaimReasonAwaitingDevice: enter the pairing code from status.pairing
 	// into the device; the claim proceeds when the device proves possession.
 	ClaimReasonAwaitingDevice = "AwaitingDevice"

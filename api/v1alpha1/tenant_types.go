@@ -300,7 +300,11 @@ type TenantStatus struct {
 	Issuer string `json:"issuer,omitempty"`
 
 	// boundDevices is the number of Devices currently bound to this tenant.
+	// It defaults to 0, so that a tenant without devices shows 0 (kubectl's
+	// DEVICES column) rather than nothing: the count is written only when
+	// it changes, and a write of 0 over nothing is no change.
 	// +optional
+	// +kubebuilder:default=0
 	BoundDevices int32 `json:"boundDevices"`
 
 	// failedClaimAttempts counts every failed claim attempt made by this

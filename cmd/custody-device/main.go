@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"go.uber.org/zap/zapcore"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/custody-dev/custody/internal/factory"
@@ -56,14 +57,20 @@ Commands:
   pair      --dir DIR (--code CODE | --token TOKEN)
             Give the device the pairing code shown in a Claim's status.pairing.code,
             or a tenant's pairing token (the device then claims itself for it).
-  run       --dir DIR --gateway URL --gateway-ca FILE
+  run       --dir DIR --gateway URL --gateway-ca FILE [--once [--wait 1m]] [--verbose]
             [--dataplane ssl://HOST:PORT --dataplane-ca FILE --publish-interval 10s]
             Run the device agent: prove possession if paired, enroll, renew at 2/3
             of the certificate's life, send heartbeats. With --dataplane, also
             connect to the data plane over MQTT 3.1.1 with the current certificate
             and publish telemetry on devices/<model>/<serial>/telemetry; reconnect
             with a renewed certificate, and under the new owner after a transfer.
-            Ctrl-C stops.
+            Ctrl-C stops. It logs each change (enrolled, renewed, cut off, waiting
+            for the binding, failures) and the first heartbeat, then one line an
+            hour while all is well; --verbose logs every heartbeat too.
+            With --once: one cycle, then exit 0: enroll if needed (waiting while
+            the device is not bound yet), renew if due, send one heartbeat, and
+            with --dataplane publish one message. Exit 1 if that is not done
+            within --wait, or at the first error that is not a wait.
   simulate  --count N --gateway URL --gateway-ca FILE --dir DIR [--concurrency C] [--json]
             [--mode enroll|renew|heartbeat] [--keep-alive] [--duration 30s]
             [--dataplane ssl://HOST:PORT --dataplane-ca FILE --publish-interval 1s]
@@ -82,7 +89,7 @@ var errUsage = errors.New("usage")
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, os.Args[1:], os.Stdout)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	if errors.Is(err, errUsage) {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -93,7 +100,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return errUsage
 	}
@@ -103,7 +110,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	case "pair":
 		return cmdPair(args[1:], stdout)
 	case "run":
-		return cmdRun(ctx, args[1:])
+		return cmdRun(ctx, args[1:], stderr)
 	case "simulate":
 		return cmdSimulate(ctx, args[1:], stdout)
 	}
@@ -354,7 +361,7 @@ func (g *gatewayFlags) client() (*device.Client, error) {
 	return &device.Client{BaseURL: g.url, RootCAs: pool}, nil
 }
 
-func cmdRun(ctx context.Context, args []string) error {
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	dir := fs.String("dir", ".", "device directory")
 	firmware := fs.String("firmware", "1.0.0", "firmware version reported in heartbeats")
@@ -362,9 +369,12 @@ func cmdRun(ctx context.Context, args []string) error {
 	dataPlane := fs.String("dataplane", "", "the data plane's MQTT listener, ssl://host:port (custody-dev writes it to .custody-dev/mqtt-url); empty: no telemetry")
 	dataPlaneCA := fs.String("dataplane-ca", "", "CA bundle that signed the data plane's certificate (custody-dev: .custody-dev/gateway-ca.crt)")
 	publish := fs.Duration("publish-interval", 10*time.Second, "time between telemetry messages on the data plane")
+	once := fs.Bool("once", false, "one cycle, then exit 0: enroll if needed, renew if due, send one heartbeat (with --dataplane: publish one message)")
+	wait := fs.Duration("wait", time.Minute, "with --once: how long to wait for the device to be bound and for the gateway and data plane before giving up (exit 1)")
+	verbose := fs.Bool("verbose", false, "log every heartbeat and retry, not only changes and an hourly line")
 	var gf gatewayFlags
 	gf.bind(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 || *wait <= 0 {
 		return errUsage
 	}
 	c, err := gf.client()
@@ -376,22 +386,65 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	a.Firmware, a.HeartbeatInterval = *firmware, *interval
-	a.Log = zap.New(zap.UseDevMode(false)).WithValues("device", a.ID.Model+"/"+a.ID.SerialNumber)
-	if *dataPlane == "" {
+	level := zapcore.InfoLevel
+	if *verbose {
+		level = zapcore.DebugLevel
+	}
+	a.Log = zap.New(zap.WriteTo(stderr), zap.Level(level), zap.UseDevMode(false), func(o *zap.Options) { o.TimeEncoder = zapcore.RFC3339TimeEncoder }).
+		WithValues("device", a.ID.Model+"/"+a.ID.SerialNumber)
+	var p *device.Publisher
+	if *dataPlane != "" {
+		if *dataPlaneCA == "" || *publish <= 0 {
+			return errUsage
+		}
+		roots, err := device.LoadRootCAs(*dataPlaneCA)
+		if err != nil {
+			return err
+		}
+		p = &device.Publisher{Agent: a, URL: *dataPlane, RootCAs: roots, Interval: *publish, Log: a.Log.WithName("dataplane")}
+	}
+	if *once {
+		return runOnce(ctx, a, p, *wait)
+	}
+	if p == nil {
 		return a.Run(ctx)
 	}
-	if *dataPlaneCA == "" || *publish <= 0 {
-		return errUsage
-	}
-	roots, err := device.LoadRootCAs(*dataPlaneCA)
-	if err != nil {
-		return err
-	}
-	p := &device.Publisher{Agent: a, URL: *dataPlane, RootCAs: roots, Interval: *publish, Log: a.Log.WithName("dataplane")}
 	errs := make(chan error, 2)
 	go func() { errs <- a.Run(ctx) }()
 	go func() { errs <- p.Run(ctx) }()
 	return errors.Join(<-errs, <-errs)
+}
+
+// runOnce is run --once: one cycle of the agent and, with a Publisher,
+// one telemetry message, all within wait.
+func runOnce(ctx context.Context, a *device.Agent, p *device.Publisher, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := a.Once(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("gave up after --wait %s: %w", wait, err)
+		}
+		return err
+	}
+	if p == nil {
+		return nil
+	}
+	defer p.Close()
+	// The data plane admits a certificate once it sees the binding, which
+	// right after an enrollment may take a moment: try again until wait.
+	for {
+		err := p.PublishOnce(ctx)
+		if err == nil {
+			p.Log.Info("telemetry sent", "topic", protocol.DeviceTopic(protocol.DeviceName(a.ID.Model, a.ID.SerialNumber), protocol.SuffixTelemetry))
+			return nil
+		}
+		p.Log.V(1).Info("telemetry not sent", "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gave up after --wait %s: no telemetry sent: %w", wait, err)
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // cmdSimulate drives N device directories made with init. In enroll mode

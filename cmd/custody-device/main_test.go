@@ -26,7 +26,7 @@ import (
 func runInit(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
-	err := run(context.Background(), append([]string{"init"}, args...), &out)
+	err := run(context.Background(), append([]string{"init"}, args...), &out, &out)
 	return out.String(), err
 }
 

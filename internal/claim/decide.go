@@ -22,6 +22,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -168,7 +169,8 @@ const (
 	MsgThrottled          = "Too many failed claim attempts for this serial number from this tenant. The claim is verified automatically after status.retryAfter."
 	MsgSecretNotFound     = "The Secret named in spec.claimCode.secretRef does not exist in this namespace. Create it with the claim code; the claim proceeds when it appears."
 	MsgSecretKeyMissing   = "The Secret named in spec.claimCode.secretRef has no such key. Put the claim code under spec.claimCode.secretRef.key; the claim proceeds when the Secret changes."
-	MsgMalformed          = "The claim code in the Secret is not well-formed: it has 20 letters and digits in five groups of four. Check it for a typo and update the Secret; this did not count as a failed attempt."
+	MsgMalformed          = "The value in the Secret does not have the form of a claim code, which is exactly 20 letters and digits (never U, no other characters), printed on the label in five groups of four. Copy the whole code from the label into the Secret again; this did not count as a failed attempt."
+	MsgCheckCharacter     = "The claim code in the Secret has the right form, but its last character, a check character computed from the other 19, does not match them: at least one character was mistyped, or two were swapped. Compare the code with the label character by character and update the Secret; this did not count as a failed attempt."
 	MsgBound              = "The device is bound to this Claim."
 	MsgCodeUsed           = "The claim code is right but has already been used to claim this device. Ask the seller for a new claim code."
 	MsgHeldByOther        = "The claim code is right, but the device is already bound to another tenant and that binding stands. This Claim is recorded as a competing claim (an Event on the Device); support staff can investigate and award the device to it."
@@ -177,6 +179,11 @@ const (
 	MsgAlreadyYours       = "Another Claim of this tenant already holds this device. This Claim is redundant and can be deleted."
 	MsgTenantNotReady     = "This namespace does not belong to a ready Tenant. The claim proceeds when the Tenant is ready."
 	MsgDeviceReleased     = "The device is no longer bound to this Claim (it was released, transferred or decommissioned)."
+	MsgReleasedBy         = "The device was released for claiming by Transfer %s and is no longer bound to this Claim; its certificates are refused. This Claim can be deleted."
+	MsgReleasedTenant     = "The device was released when its Tenant was deleted and is no longer bound to this Claim."
+	MsgTransferred        = "The device was transferred to tenant %s (Transfer %s) and is no longer bound to this Claim; its certificates are refused. This Claim can be deleted."
+	MsgDecommissioned     = "The device was decommissioned (taken out of service) and is no longer bound to this Claim; its certificates are refused. This Claim can be deleted."
+	MsgResolvedAway       = "Support staff awarded the device to another claim or reset it, and it is no longer bound to this Claim. This Claim can be deleted."
 	MsgVerifying          = "The claim is being verified."
 	MsgAttemptSpent       = "This claim attempt was counted against this tenant's failed attempts and cannot be verified again (its verification failed, or the manager stopped before it verified the code or could record that the code was right). Create a new Claim to try again."
 	MsgAwaitingDevice     = "Enter the pairing code from status.pairing.code into the device (custody-device pair); the claim proceeds when the device proves possession through the gateway, until status.pairing.expiresAt."
@@ -213,6 +220,59 @@ func pairing(d *Decision, in Input) {
 		d.Phase != custodyv1alpha1.ClaimPhaseAwaitingDevice && d.Phase != custodyv1alpha1.ClaimPhasePending
 }
 
+// lost says how the binding of Claim c ended, from the custody history of
+// its device d: the first change after the binding began (the newest
+// entry that bound the device to c) that ended it. A release, a
+// decommissioning or a reset names c; a transfer or an award names the
+// Claim that took the device. Without such an entry (no Device, or a
+// history that no longer holds it) it says only that the binding ended.
+func lost(c *custodyv1alpha1.Claim, d *custodyv1alpha1.Device) (string, string) {
+	if d == nil {
+		return custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased
+	}
+	records := d.Status.History
+	if d.Spec.Custody != nil && (len(records) == 0 || records[len(records)-1].Sequence < d.Spec.Custody.Head.Sequence) {
+		records = append(slices.Clip(records), d.Spec.Custody.Head) // the change not yet copied to status
+	}
+	mine := func(r custodyv1alpha1.CustodyRecord) bool { return r.ClaimUID == c.UID }
+	began := -1
+	for i, r := range records {
+		switch r.Type {
+		case custodyv1alpha1.CustodyEventBound, custodyv1alpha1.CustodyEventTransferred, custodyv1alpha1.CustodyEventReattached:
+			if mine(r) {
+				began = i
+			}
+		case custodyv1alpha1.CustodyEventResolved:
+			if mine(r) && r.Proof == custodyProofAward {
+				began = i
+			}
+		}
+	}
+	for _, r := range records[began+1:] {
+		switch {
+		case r.Type == custodyv1alpha1.CustodyEventTransferred && !mine(r) && began >= 0:
+			return custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, r.Tenant, r.Reference)
+		case r.Type == custodyv1alpha1.CustodyEventResolved && (mine(r) || began >= 0):
+			return custodyv1alpha1.ClaimReasonDisputeLost, MsgResolvedAway
+		case r.Type == custodyv1alpha1.CustodyEventDecommissioned && mine(r):
+			return custodyv1alpha1.ClaimReasonDeviceDecommissioned, MsgDecommissioned
+		case r.Type == custodyv1alpha1.CustodyEventReleased && mine(r):
+			switch r.Proof {
+			case "Transfer":
+				return custodyv1alpha1.ClaimReasonDeviceReleased, fmt.Sprintf(MsgReleasedBy, r.Reference)
+			case "TenantDeleted":
+				return custodyv1alpha1.ClaimReasonDeviceReleased, MsgReleasedTenant
+			}
+			return custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased
+		}
+	}
+	return custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased
+}
+
+// custodyProofAward is the proof of a history entry in which support staff
+// awarded the device (internal/custody ProofAward).
+const custodyProofAward = "Award"
+
 func decide(in Input, v Verifier) Decision {
 	c := in.Claim
 	d := in.Device
@@ -224,10 +284,15 @@ func decide(in Input, v Verifier) Decision {
 	if boundHere {
 		return bound(ActionFinishBind)
 	}
-	// A bound Claim only needs to notice when it stops being bound.
+	// A bound Claim only needs to notice when it stops being bound, and
+	// why; once Lost, what it said stays (the device's history moves on).
+	if c.Status.Phase == custodyv1alpha1.ClaimPhaseLost && readyReason(c) != "" {
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseLost, Reason: readyReason(c), Message: readyMessage(c)}
+	}
 	if c.Status.Phase == custodyv1alpha1.ClaimPhaseBound || c.Status.Phase == custodyv1alpha1.ClaimPhaseLost {
-		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseLost, Reason: custodyv1alpha1.ClaimReasonDeviceReleased, Message: MsgDeviceReleased,
-			Event: &Event{"Warning", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased}}
+		reason, msg := lost(c, d)
+		return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhaseLost, Reason: reason, Message: msg,
+			Event: &Event{"Warning", reason, msg}}
 	}
 	if InDispute(d, c.UID) {
 		return disputed(ActionNone)
@@ -298,8 +363,14 @@ func decide(in Input, v Verifier) Decision {
 		case errors.Is(in.CodeErr, ErrSecretKeyMissing):
 			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonSecretNotFound, Message: MsgSecretKeyMissing}
 		case in.CodeErr != nil:
-			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: MsgMalformed,
-				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, MsgMalformed}}
+			// Told from the code alone, never from the Device: which kind
+			// of typo it is says nothing about the serial number.
+			msg := MsgMalformed
+			if errors.Is(in.CodeErr, claimcode.ErrCheckSymbol) {
+				msg = MsgCheckCharacter
+			}
+			return Decision{Action: ActionNone, Phase: custodyv1alpha1.ClaimPhasePending, Reason: custodyv1alpha1.ClaimReasonClaimCodeMalformed, Message: msg,
+				Event: &Event{"Warning", custodyv1alpha1.ClaimReasonClaimCodeMalformed, msg}}
 		}
 		// The attempt is counted before the code is verified, for an
 		// unknown serial as for a known one.

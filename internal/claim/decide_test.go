@@ -184,6 +184,54 @@ func TestWrongCodeAndUnknownSerialDecideAlike(t *testing.T) {
 	}
 }
 
+// A malformed code is reported as the kind of mistake it is: the check
+// character for a typo, the form for anything else. The message is the
+// same whether or not the serial number exists (and whoever holds the
+// device), counts no attempt, and never holds the code.
+func TestMalformedCodeSaysWhatIsWrong(t *testing.T) {
+	right, _ := claimcode.Generate()
+	last := byte('0')
+	if right[claimcode.Symbols-1] == last {
+		last = '1'
+	}
+	typo := string(right[:claimcode.Symbols-1]) + string(last)
+	boundToOther := device()
+	boundToOther.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "globex", Namespace: "globex", Name: "x", UID: "other"}
+	for _, tt := range []struct {
+		typed, want string
+	}{
+		{typo, MsgCheckCharacter},
+		{right.String()[:18], MsgMalformed},
+		{right.String() + "7", MsgMalformed},
+		{strings.Replace(right.String(), "-", ",", 1), MsgMalformed},
+	} {
+		_, err := claimcode.Parse(tt.typed)
+		if err == nil {
+			t.Fatalf("%q parsed", tt.typed)
+		}
+		var first *Decision
+		for _, dev := range []*custodyv1alpha1.Device{device(), nil, boundToOther} {
+			in := Input{Claim: claimFor("1"), Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, Device: dev, CodeErr: err}
+			v := &fakeVerifier{right: right}
+			d := decideAsController(t, &in, v)
+			if d.Reason != custodyv1alpha1.ClaimReasonClaimCodeMalformed || d.Message != tt.want || d.Event == nil || d.Event.Message != tt.want {
+				t.Fatalf("%q: %s %q, want ClaimCodeMalformed %q", tt.typed, d.Reason, d.Message, tt.want)
+			}
+			if v.calls != 0 || in.Tenant.Status.ClaimThrottles != nil {
+				t.Fatalf("%q: a malformed code was verified or counted", tt.typed)
+			}
+			if strings.Contains(strings.ReplaceAll(d.Message, "-", ""), string(right[:6])) {
+				t.Fatalf("the message echoes the code: %q", d.Message)
+			}
+			if first == nil {
+				first = &d
+			} else if !reflect.DeepEqual(*first, d) {
+				t.Fatalf("%q: the decision depends on the Device:\n%+v\n%+v", tt.typed, *first, d)
+			}
+		}
+	}
+}
+
 // decideAsController decides as the claim controller does: a Decision to
 // reserve is applied to the Tenant's status (the write that precedes every
 // verification), then Decide runs again with the reservation; a right code
@@ -426,5 +474,64 @@ func TestStricterProof(t *testing.T) {
 	pol := DefaultPolicy.Tighten(&custodyv1alpha1.ClaimPolicy{RequiredProof: c}, nil, &custodyv1alpha1.ClaimPolicy{RequiredProof: e})
 	if pol.RequiredProof != c {
 		t.Fatalf("a later looser policy loosened the requirement to %q", pol.RequiredProof)
+	}
+}
+
+// A Claim that loses its device says how, from the device's custody
+// history: transferred (naming the Transfer and the recipient), released,
+// decommissioned, or taken by support staff; DeviceReleased alone when the
+// history cannot tell. Once Lost, what it said stays.
+func TestLostSaysHowTheBindingEnded(t *testing.T) {
+	rec := func(seq int64, typ custodyv1alpha1.CustodyEventType, uid, tenant, from, proof, ref string) custodyv1alpha1.CustodyRecord {
+		return custodyv1alpha1.CustodyRecord{Sequence: seq, Type: typ, ClaimUID: typesUID(uid), Tenant: tenant, FromTenant: from, Proof: proof, Reference: ref}
+	}
+	bound := rec(1, custodyv1alpha1.CustodyEventBound, "1", "acme", "", "ClaimCode", "")
+	toGlobex := rec(2, custodyv1alpha1.CustodyEventTransferred, "g", "globex", "acme", "Transfer", "acme/to-globex")
+	withHistory := func(head *custodyv1alpha1.CustodyRecord, history ...custodyv1alpha1.CustodyRecord) *custodyv1alpha1.Device {
+		d := device()
+		d.Status.History = history
+		if head != nil {
+			d.Spec.Custody = &custodyv1alpha1.DeviceCustody{Head: *head}
+		}
+		return d
+	}
+	for _, tt := range []struct {
+		name, reason, msg string
+		dev               *custodyv1alpha1.Device
+	}{
+		{"transferred", custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, "globex", "acme/to-globex"), withHistory(&toGlobex, bound, toGlobex)},
+		{"transferred, history not yet completed", custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, "globex", "acme/to-globex"), withHistory(&toGlobex, bound)},
+		{"transferred, then onwards", custodyv1alpha1.ClaimReasonDeviceTransferred, fmt.Sprintf(MsgTransferred, "globex", "acme/to-globex"),
+			withHistory(nil, bound, toGlobex, rec(3, custodyv1alpha1.CustodyEventDataPurged, "", "acme", "", "", ""), rec(4, custodyv1alpha1.CustodyEventTransferred, "i", "initech", "globex", "Transfer", "globex/on"))},
+		{"released for claiming by a Transfer", custodyv1alpha1.ClaimReasonDeviceReleased, fmt.Sprintf(MsgReleasedBy, "acme/resale"),
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventReleased, "1", "acme", "", "Transfer", "acme/resale"))},
+		{"released with its tenant", custodyv1alpha1.ClaimReasonDeviceReleased, MsgReleasedTenant,
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventReleased, "1", "acme", "", "TenantDeleted", ""))},
+		{"decommissioned", custodyv1alpha1.ClaimReasonDeviceDecommissioned, MsgDecommissioned,
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventDecommissioned, "1", "acme", "", "Decommissioned", ""))},
+		{"awarded to another", custodyv1alpha1.ClaimReasonDisputeLost, MsgResolvedAway,
+			withHistory(nil, bound, rec(2, custodyv1alpha1.CustodyEventResolved, "g", "globex", "acme", custodyProofAward, "support/a"))},
+		{"an earlier binding's transfer is not this one's end", custodyv1alpha1.ClaimReasonDeviceDecommissioned, MsgDecommissioned,
+			withHistory(nil, rec(1, custodyv1alpha1.CustodyEventBound, "0", "acme", "", "ClaimCode", ""), rec(2, custodyv1alpha1.CustodyEventTransferred, "1", "acme", "old", "Transfer", "old/t"),
+				rec(3, custodyv1alpha1.CustodyEventDecommissioned, "1", "acme", "", "Decommissioned", ""))},
+		{"device gone", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased, nil},
+		{"history lost the change", custodyv1alpha1.ClaimReasonDeviceReleased, MsgDeviceReleased, withHistory(nil, rec(9, custodyv1alpha1.CustodyEventSold, "", "", "", "", ""))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := claimFor("1")
+			c.Status.Phase = custodyv1alpha1.ClaimPhaseBound
+			in := Input{Claim: c, Tenant: tenant("acme"), TenantReady: true, Now: now, Policy: DefaultPolicy, Device: tt.dev}
+			d := Decide(in, &fakeVerifier{})
+			if d.Phase != custodyv1alpha1.ClaimPhaseLost || d.Reason != tt.reason || d.Message != tt.msg || d.Event == nil || d.Event.Reason != tt.reason {
+				t.Fatalf("got %s %s %q, want Lost %s %q", d.Phase, d.Reason, d.Message, tt.reason, tt.msg)
+			}
+			// Lost stays what it said, whatever the history does next.
+			c.Status.Phase = custodyv1alpha1.ClaimPhaseLost
+			c.Status.Conditions = []metav1.Condition{{Type: custodyv1alpha1.ConditionReady, Reason: d.Reason, Message: d.Message}}
+			in.Device = nil
+			if again := Decide(in, &fakeVerifier{}); again.Reason != tt.reason || again.Message != tt.msg || again.Event != nil {
+				t.Fatalf("once Lost: %s %q (event %v)", again.Reason, again.Message, again.Event)
+			}
+		})
 	}
 }

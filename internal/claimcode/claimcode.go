@@ -64,9 +64,24 @@ const (
 	maxThreads    = 4
 )
 
-// ErrMalformed is returned for input that is not a well-formed claim code:
-// wrong length, a symbol outside the alphabet, or a wrong check symbol.
-var ErrMalformed = errors.New("not a well-formed claim code: it has 20 symbols (letters and digits) in five groups of four; check for a typo")
+// ErrMalformed is what Parse's errors wrap (errors.Is) for input that is not
+// a well-formed claim code. Parse returns one of its two kinds, which tell
+// the user what to look at; neither message holds the input.
+var ErrMalformed = errors.New("not a well-formed claim code")
+
+// The two kinds of malformed input, each wrapping ErrMalformed. Both are
+// found from the input alone, without any device, so telling them apart
+// reveals nothing about a serial number.
+var (
+	// ErrShape: the input does not have 20 letters and digits of the
+	// alphabet once spaces and dashes are dropped (wrong length, or a
+	// character such as U or a punctuation mark that no code holds).
+	ErrShape = fmt.Errorf("%w: a claim code has exactly 20 letters and digits, printed in five groups of four, and holds no U and no punctuation", ErrMalformed)
+	// ErrCheckSymbol: 20 symbols of the alphabet, but the last one, a
+	// check character computed from the other 19, does not match them:
+	// almost always one mistyped or two swapped characters.
+	ErrCheckSymbol = fmt.Errorf("%w: its last character is a check character and does not match the other 19, so at least one character was mistyped or two were swapped", ErrMalformed)
+)
 
 // Code is a normalised claim code: 20 symbols of the alphabet. Its String
 // method prints it grouped.
@@ -108,10 +123,10 @@ func Generate() (Code, error) {
 func Parse(s string) (Code, error) {
 	norm, ok := normalise(s)
 	if !ok || len(norm) != Symbols {
-		return "", ErrMalformed
+		return "", ErrShape
 	}
 	if alphabet[checkValue([]byte(norm[:dataSymbols]))] != norm[dataSymbols] {
-		return "", ErrMalformed
+		return "", ErrCheckSymbol
 	}
 	return Code(norm), nil
 }

@@ -1,6 +1,7 @@
 package claimcode
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -51,8 +52,8 @@ func TestCheckSymbolCatchesEverySingleTypo(t *testing.T) {
 				continue
 			}
 			typo := string(c[:i]) + string(alphabet[j]) + string(c[i+1:])
-			if _, err := Parse(typo); err == nil {
-				t.Fatalf("substituting position %d was not caught", i)
+			if _, err := Parse(typo); err != ErrCheckSymbol {
+				t.Fatalf("substituting position %d: Parse error = %v, want ErrCheckSymbol", i, err)
 			}
 		}
 	}
@@ -67,8 +68,8 @@ func TestParseRejects(t *testing.T) {
 		"bad rune":  string(c[:5]) + "U" + string(c[6:]),
 		"unicode":   string(c[:5]) + "é" + string(c[6:]),
 	} {
-		if _, err := Parse(in); err != ErrMalformed {
-			t.Errorf("%s: Parse error = %v, want ErrMalformed", name, err)
+		if _, err := Parse(in); err != ErrShape || !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Parse error = %v, want ErrShape (an ErrMalformed)", name, err)
 		}
 	}
 	// Look-alikes read as digits.
@@ -197,6 +198,31 @@ func TestContainsIgnoresUIDs(t *testing.T) {
 		uid := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 		if Contains(uid) {
 			t.Fatalf("UID %s taken for a claim code", uid)
+		}
+	}
+}
+
+// The two kinds of malformed code say what is wrong and never hold the
+// input.
+func TestMalformedMessagesAreTrueAndEchoNothing(t *testing.T) {
+	c, _ := Generate()
+	if !strings.Contains(ErrCheckSymbol.Error(), "check character") || strings.Contains(ErrCheckSymbol.Error(), "exactly 20") {
+		t.Errorf("ErrCheckSymbol = %q: it should name the check character, not the length", ErrCheckSymbol)
+	}
+	if !strings.Contains(ErrShape.Error(), "20 letters and digits") || strings.Contains(ErrShape.Error(), "check character") {
+		t.Errorf("ErrShape = %q: it should name the length and characters, not the check character", ErrShape)
+	}
+	last := byte('0')
+	if c[Symbols-1] == last {
+		last = '1'
+	}
+	for _, in := range []string{string(c[:Symbols-1]), string(c[:Symbols-1]) + string(last)} {
+		_, err := Parse(in)
+		if err == nil {
+			t.Fatalf("Parse accepted a malformed code")
+		}
+		if strings.Contains(strings.ToUpper(err.Error()), string(c[:6])) {
+			t.Errorf("error %q echoes the code", err)
 		}
 	}
 }

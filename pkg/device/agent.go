@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -56,6 +57,34 @@ type Agent struct {
 	// proved: possession was proved since the last NotBound answer, so the
 	// next enrollment step need not prove it again.
 	proved bool
+
+	// state is what the agent last told at Info (see say), and toldAt when.
+	state  string
+	toldAt time.Time
+	// heartbeats counts the heartbeats the gateway accepted since start.
+	heartbeats int
+}
+
+// remindEvery is how often a state that goes on (heartbeats accepted,
+// waiting for the binding) is told again at Info. A device agent runs for
+// months with a heartbeat a minute: a line per heartbeat would be 1,440 a
+// day of "still fine" that bury what matters, while a silent agent reads
+// as a hung one. So a change of state (enrolled, first heartbeat, renewed,
+// cut off, waiting, failing, recovered) is one Info line at once, the same
+// state again is V(1) (shown with --verbose), and once an hour the agent
+// says at Info that it goes on, with how many heartbeats it has sent.
+const remindEvery = time.Hour
+
+// say logs msg at Info when the agent's state changes or was last told
+// at Info remindEvery ago, and at V(1) otherwise.
+func (a *Agent) say(state, msg string, kv ...any) {
+	now := a.Clock.Now()
+	if state != a.state || now.Sub(a.toldAt) >= remindEvery {
+		a.state, a.toldAt = state, now
+		a.Log.Info(msg, kv...)
+		return
+	}
+	a.Log.V(1).Info(msg, kv...)
 }
 
 // LoadAgent reads a device directory made by `custody-device init`.
@@ -112,19 +141,91 @@ func (a *Agent) Certificate() (*tls.Certificate, *x509.Certificate) {
 	return &tls.Certificate{Certificate: chain, PrivateKey: a.Key, Leaf: leaf}, leaf
 }
 
+// sayOncePerWait logs a proof at Info unless the agent is waiting for its
+// binding: a paired device proves again at every retry until its owner's
+// Claim binds, and the first proof of the wait is enough to tell.
+func (a *Agent) sayOncePerWait(msg string, kv ...any) {
+	if a.state == "waiting" {
+		a.Log.V(1).Info(msg, kv...)
+		return
+	}
+	a.Log.Info(msg, kv...)
+}
+
 // Run steps until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	for {
 		next, err := a.Step(ctx)
-		if err != nil {
-			a.Log.Info("step failed; backing off", "error", err.Error(), "retryIn", next.String())
-		}
+		a.report(err, next)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(next):
+		case <-a.after(next):
 		}
 	}
+}
+
+// Once runs one cycle of the agent: it enrols if the device holds no
+// certificate, renews the certificate if it is due, and sends one
+// heartbeat. It returns nil once the gateway has accepted the heartbeat.
+// Waiting is part of the cycle: for the device to be bound to a tenant
+// (NotBound: its owner's Claim has not bound yet) and for a gateway that
+// says when to come back (Retry-After); Once then waits as Run does, until
+// ctx ends, and returns an error that says what it was waiting for. Any
+// other failure ends it at once with that error.
+func (a *Agent) Once(ctx context.Context) error {
+	a.defaults()
+	for {
+		before := a.heartbeats
+		next, err := a.Step(ctx)
+		a.report(err, next)
+		if a.heartbeats > before {
+			return nil
+		}
+		var ae *APIError
+		if err != nil && !IsCode(err, protocol.ErrNotBound) && (!errors.As(err, &ae) || ae.RetryAfter <= 0) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("%w (%w)", waitingFor(err), ctx.Err())
+			}
+			return ctx.Err()
+		case <-a.after(next):
+		}
+	}
+}
+
+// waitingFor says what a step that must wait was told.
+func waitingFor(err error) error {
+	if IsCode(err, protocol.ErrNotBound) {
+		return errors.New("the device is not bound to a tenant: no Claim of its owner holds it yet")
+	}
+	return err
+}
+
+// report logs the outcome of a step that failed. The device not being
+// bound yet is not a failure: it is what a device sees until its owner's
+// Claim binds (a race right after pairing, or a device nobody has claimed
+// yet), and enroll has said so.
+func (a *Agent) report(err error, next time.Duration) {
+	if err == nil || IsCode(err, protocol.ErrNotBound) {
+		return
+	}
+	a.state = "failed" // the next success is told at Info: recovered
+	a.Log.Info("step failed; backing off", "error", err.Error(), "retryIn", next.String())
+}
+
+// after waits on the agent's clock when it can (a fake clock in tests),
+// else on the real one.
+func (a *Agent) after(d time.Duration) <-chan time.Time {
+	if c, ok := a.Clock.(interface {
+		After(time.Duration) <-chan time.Time
+	}); ok {
+		return c.After(d)
+	}
+	return time.After(d)
 }
 
 // Step does one thing and says how long to wait before the next.
@@ -147,12 +248,15 @@ func (a *Agent) Step(ctx context.Context) (time.Duration, error) {
 		return a.fail(err)
 	}
 	a.backoff = 0
-	return min(a.HeartbeatInterval, renewAt.Sub(now)), nil
+	a.heartbeats++
+	next := min(a.HeartbeatInterval, renewAt.Sub(now))
+	a.say("heartbeat", "heartbeat accepted", "heartbeats", a.heartbeats, "next", next.String(), "renewAt", renewAt.UTC().Format(time.RFC3339))
+	return next, nil
 }
 
 // cutOff drops a certificate the gateway no longer accepts.
 func (a *Agent) cutOff() (time.Duration, error) {
-	a.Log.Info("the gateway refused the certificate: the device no longer belongs to its tenant; enrolling again")
+	a.say("cutoff", "the gateway refused the certificate: the device no longer belongs to its tenant; enrolling again")
 	a.identity = nil
 	_ = os.Remove(filepath.Join(a.Dir, FileCertificate))
 	return 0, nil
@@ -177,7 +281,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.Possession(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, string(code)); err != nil {
 			return a.fail(err)
 		}
-		a.Log.Info("proved possession with the pairing code")
+		a.sayOncePerWait("proved possession with the pairing code")
 		paired, a.proved = true, true
 	}
 	if raw, err := os.ReadFile(filepath.Join(a.Dir, FilePairingToken)); err == nil && !a.proved { //nolint:gosec // the device directory
@@ -188,7 +292,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.ClaimWithToken(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, token); err != nil {
 			return a.fail(err)
 		}
-		a.Log.Info("claimed with the tenant's pairing token", "tenant", token.Tenant)
+		a.sayOncePerWait("claimed with the tenant's pairing token", "tenant", token.Tenant)
 		paired, a.proved = true, true
 	}
 	id := protocol.Identity{CommonName: a.ID.SerialNumber, URI: "spiffe://unknown/"}
@@ -215,12 +319,13 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		iss, err = a.Client.Enrollment(ctx, pending.Ticket)
 	}
 	if IsCode(err, protocol.ErrNotBound) {
-		a.Log.Info("not bound to a tenant yet; waiting for the owner's claim")
 		a.proved = false // the Claim may come later: prove again next time
-		if paired {
-			return pairedRetry, err
+		next, err := pairedRetry, err
+		if !paired {
+			next, err = a.fail(err)
 		}
-		return a.fail(err)
+		a.say("waiting", "waiting for the device to be bound to a tenant (its owner's Claim); enrolling when it is", "retryIn", next.String())
+		return next, err
 	}
 	if err != nil {
 		return a.fail(err)
@@ -231,7 +336,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 	_ = os.Remove(filepath.Join(a.Dir, FilePairing))
 	_ = os.Remove(filepath.Join(a.Dir, FilePairingToken))
 	a.backoff = 0
-	a.Log.Info("enrolled", "notAfter", iss.Leaf.NotAfter.UTC().Format(time.RFC3339), "uri", id.URI)
+	a.say("enrolled", "enrolled", "notAfter", iss.Leaf.NotAfter.UTC().Format(time.RFC3339), "uri", id.URI)
 	return 0, nil
 }
 
@@ -285,7 +390,7 @@ func (a *Agent) renew(ctx context.Context, cert tls.Certificate, leaf *x509.Cert
 	if err := a.save(chain, nil); err != nil {
 		return a.fail(err)
 	}
-	a.Log.Info("renewed", "notAfter", newLeaf.NotAfter.UTC().Format(time.RFC3339))
+	a.say("renewed", "renewed", "notAfter", newLeaf.NotAfter.UTC().Format(time.RFC3339))
 	return 0, nil
 }
 

@@ -84,7 +84,9 @@ func TestDecommissionEndsTheBinding(t *testing.T) {
 	if err := updateDevice(admin, name, func(d *custodyv1alpha1.Device) { d.Spec.Decommissioned = true }, client.FieldOwner(erpOwner)); err != nil {
 		t.Fatalf("decommissioning a bound device: %v", err)
 	}
-	waitPhase(t, held, custodyv1alpha1.ClaimPhaseLost)
+	if lost := waitPhase(t, held, custodyv1alpha1.ClaimPhaseLost); readyReason(lost) != custodyv1alpha1.ClaimReasonDeviceDecommissioned {
+		t.Fatalf("the decommissioned device's Claim reads %s: %s", readyReason(lost), readyMessage(lost))
+	}
 	waitFor(t, "the device to be Decommissioned", func() bool {
 		d := getDevice(t, name)
 		return d.Spec.ClaimRef == nil && d.Status.Phase == custodyv1alpha1.DevicePhaseDecommissioned

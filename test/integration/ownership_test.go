@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -84,7 +85,11 @@ func TestCustodianTransfersToCustomer(t *testing.T) {
 	if !boundTo(t, name, accept.UID) {
 		t.Fatal("the device is not bound to the accepting Claim")
 	}
-	waitPhase(t, take, custodyv1alpha1.ClaimPhaseLost)
+	// The custodian's Claim says its device was transferred, and where.
+	if lost := waitPhase(t, take, custodyv1alpha1.ClaimPhaseLost); readyReason(lost) != custodyv1alpha1.ClaimReasonDeviceTransferred ||
+		!strings.Contains(readyMessage(lost), "to tenant "+acme.Name+" (Transfer "+tr.Namespace+"/"+tr.Name+")") {
+		t.Fatalf("the transferred Claim reads %s: %s", readyReason(lost), readyMessage(lost))
+	}
 	waitTransfer(t, tr, custodyv1alpha1.TransferPhaseCompleted)
 	moved := lastEntry(t, name, custodyv1alpha1.CustodyEventTransferred)
 	if moved.FromTenant != wholesale.Name || moved.Tenant != acme.Name || moved.Proof != claim.ProofTransfer || moved.Reference != tr.Namespace+"/"+tr.Name {
@@ -116,7 +121,10 @@ func TestReleaseRotatesTheClaimCode(t *testing.T) {
 	held := waitPhase(t, claimWithCode(t, admin, owner.Status.Namespace, serial, model, rec.Code.String()), custodyv1alpha1.ClaimPhaseBound)
 
 	tr := release(t, held, true)
-	waitPhase(t, held, custodyv1alpha1.ClaimPhaseLost)
+	if lost := waitPhase(t, held, custodyv1alpha1.ClaimPhaseLost); readyReason(lost) != custodyv1alpha1.ClaimReasonDeviceReleased ||
+		!strings.Contains(readyMessage(lost), "released for claiming by Transfer "+tr.Namespace+"/"+tr.Name) {
+		t.Fatalf("the released Claim reads %s: %s", readyReason(lost), readyMessage(lost))
+	}
 	if getDevice(t, name).Spec.ClaimRef != nil {
 		t.Fatal("released device still bound")
 	}

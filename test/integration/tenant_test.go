@@ -19,6 +19,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -39,6 +40,15 @@ func TestTenantProvisioning(t *testing.T) {
 		custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindServiceAccount, Name: "dash", Namespace: "acme-apps", Role: custodyv1alpha1.TenantRoleViewer},
 	)
 	ns := tn.Status.Namespace
+	// A tenant without devices counts 0 (kubectl's DEVICES column), not nothing.
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(custodyv1alpha1.GroupVersion.WithKind("Tenant"))
+	if err := admin.Get(ctx, client.ObjectKey{Name: tn.Name}, u); err != nil {
+		t.Fatal(err)
+	}
+	if n, found, err := unstructured.NestedInt64(u.Object, "status", "boundDevices"); err != nil || !found || n != 0 {
+		t.Fatalf("a ready tenant without devices has status.boundDevices %d (found %v, %v), want 0", n, found, err)
+	}
 	for _, typ := range []string{custodyv1alpha1.TenantConditionNamespaceReady, custodyv1alpha1.TenantConditionMembersBound, custodyv1alpha1.TenantConditionCertificateAuthorityReady, custodyv1alpha1.TenantConditionTrustBundleReady} {
 		c := meta.FindStatusCondition(tn.Status.Conditions, typ)
 		if c == nil || c.Status != metav1.ConditionTrue || c.ObservedGeneration != tn.Generation {
