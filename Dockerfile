@@ -1,8 +1,8 @@
 # Builds a Custody image: a static binary on distroless, as a non-root user.
 # BINARY selects which: manager (default) or gateway, e.g.
 #   docker build --build-arg BINARY=gateway -t custody-gateway .
-# (Our development machines have no Docker engine; CI builds this where one
-# exists.)
+# Without a Docker engine, `make images` builds the same images as OCI
+# layouts, reproducibly (hack/image); this file is for machines with one.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
