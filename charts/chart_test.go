@@ -134,8 +134,8 @@ func TestChartAgreesWithKustomize(t *testing.T) {
 			t.Errorf("config/default has %s; the chart does not", k)
 			continue
 		}
-		got = normalize(t, got, want)
-		if w := normalize(t, want, want); !reflect.DeepEqual(got.Object, w.Object) {
+		got = comparable(t, got, want)
+		if w := comparable(t, want, want); !reflect.DeepEqual(got.Object, w.Object) {
 			g, _ := json.MarshalIndent(got.Object, "", " ")
 			wj, _ := json.MarshalIndent(w.Object, "", " ")
 			t.Errorf("%s differs between the chart and config/default:\nchart: %s\nkustomize: %s", k, firstDiff(g, wj), firstDiff(wj, g))
@@ -151,11 +151,11 @@ func TestChartAgreesWithKustomize(t *testing.T) {
 	}
 }
 
-// normalize returns a JSON round trip of o in which the labels Helm adds
+// comparable returns a JSON round trip of o in which the labels Helm adds
 // (on the object and on a pod template) are those of want, and the CRDs'
 // helm.sh/resource-policy annotation is gone. It fails when o lacks a
 // label want has.
-func normalize(t *testing.T, o, want *unstructured.Unstructured) *unstructured.Unstructured {
+func comparable(t *testing.T, o, want *unstructured.Unstructured) *unstructured.Unstructured {
 	t.Helper()
 	b, err := json.Marshal(o.Object)
 	if err != nil {

@@ -29,7 +29,7 @@ func TestDashboardsMatchGrafanaSchema(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := &dashboard.Dashboard{}
+		d := &dashboard.Dashboard{} //nolint:staticcheck // the classic model hack/dashboard writes (see there)
 		if err := strict(d.UnmarshalJSONStrict(raw)); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
@@ -40,7 +40,7 @@ func TestDashboardsMatchGrafanaSchema(t *testing.T) {
 		}
 		doc["panels"].([]any)[1].(map[string]any)["gridPoss"] = map[string]any{"h": 1}
 		bad, _ := json.Marshal(doc)
-		if err := strict((&dashboard.Dashboard{}).UnmarshalJSONStrict(bad)); err == nil {
+		if err := strict((&dashboard.Dashboard{}).UnmarshalJSONStrict(bad)); err == nil { //nolint:staticcheck // as above
 			t.Fatal("a panel with a misspelt field passed the strict reading")
 		}
 		if err := d.Validate(); err != nil {
@@ -110,30 +110,4 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
-}
-
-// dashboardQueries returns the PromQL of every panel of a dashboard file.
-func dashboardQueries(t *testing.T, f string) []string {
-	t.Helper()
-	raw, err := os.ReadFile(f) //nolint:gosec // the repository's own files
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d struct {
-		Panels []struct {
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(raw, &d); err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, p := range d.Panels {
-		for _, q := range p.Targets {
-			out = append(out, q.Expr)
-		}
-	}
-	return out
 }

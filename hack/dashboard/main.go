@@ -59,13 +59,16 @@ func single(title, desc, expr string, warn float64) *stat.PanelBuilder {
 	return stat.NewPanelBuilder().Title(title).Description(desc).Datasource(ds).Height(4).Span(6).
 		WithTarget(query(expr, title).Instant()).
 		Thresholds(dashboard.NewThresholdsConfigBuilder().Mode(dashboard.ThresholdsModeAbsolute).Steps([]dashboard.Threshold{
-			{Color: "green"}, {Value: cog.ToPtr(warn), Color: "red"},
+			{Color: "green"}, {Value: cog.ToPtr(warn), Color: "red"}, //nolint:misspell // Grafana's field
 		}))
 }
 
-func build() *dashboard.DashboardBuilder {
-	return dashboard.NewDashboardBuilder("Custody fleet").
-		Uid("custody-fleet").
+// build uses the classic dashboard model (schemaVersion 4x), which every
+// Grafana imports and the dashboard sidecar loads; dashboardv2 needs
+// Grafana 12's new API.
+func build() *dashboard.DashboardBuilder { //nolint:staticcheck // see above
+	b := dashboard.NewDashboardBuilder("Custody fleet") //nolint:staticcheck // see above
+	return b.Uid("custody-fleet").
 		Description("Devices, claims, certificates, the gateway and the data plane of a Custody install (docs/operations.md, \"Metrics, dashboard and alerts\").").
 		Tags([]string{"custody"}).
 		Refresh("30s").

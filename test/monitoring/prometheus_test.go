@@ -166,7 +166,7 @@ func TestPrometheusScrapesCustodyDev(t *testing.T) {
 	promAddr := freeAddr(t)
 	rules := filepath.Join(root, "config", "prometheus", "custody.rules.yaml")
 	cfg := map[string]any{
-		"global": map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"},
+		"global":     map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"},
 		"rule_files": []string{rules},
 		"scrape_configs": []any{map[string]any{
 			"job_name": "custody-dev", "static_configs": []any{map[string]any{"targets": []string{metrics}}},
