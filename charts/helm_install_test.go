@@ -21,7 +21,9 @@ import (
 // kube-apiserver that has only cert-manager's CRDs, as a platform engineer
 // would: `helm install` creates every object, `helm upgrade` changes a
 // value, and `helm uninstall` removes the release but keeps the CRDs (and
-// so every Device, Claim and Tenant).
+// so every Device, Claim and Tenant). Then config/default is applied as
+// kustomize installs it, and Helm adopts it as docs/upgrading.md says,
+// without recreating a Deployment.
 func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a control plane")
@@ -107,5 +109,59 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 		if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, &apiextensionsv1.CustomResourceDefinition{}); err != nil {
 			t.Errorf("helm uninstall removed CRD %s (and with it every object of that kind): %v", o.GetName(), err)
 		}
+	}
+
+	// A kustomize install, adopted by Helm (docs/upgrading.md).
+	out, err := tool(t, "kustomize", "build", "config/default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kust, err := decode(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range kust {
+		if err := c.Patch(ctx, o, client.Apply, client.FieldOwner("kubectl"), client.ForceOwnership); err != nil { //nolint:staticcheck // server-side apply of unstructured objects, as kubectl does
+			t.Fatalf("kubectl apply -k config/default: %s: %v", key(o), err)
+		}
+	}
+	before := &appsv1.Deployment{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "custody-system", Name: "custody-manager"}, before); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tool(t, "helm", "install", "custody", "charts/custody", "--namespace", "custody-system", "--kubeconfig", kubeconfig); err == nil {
+		t.Fatal("helm installed over a kustomize install without adopting it; the adoption steps would be needless")
+	}
+	for _, o := range objs {
+		got := o.DeepCopy()
+		if err := c.Get(ctx, client.ObjectKeyFromObject(o), got); err != nil {
+			t.Fatalf("%s, installed by kustomize: %v", key(o), err)
+		}
+		labels, annotations := got.GetLabels(), got.GetAnnotations()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		if annotations == nil {
+			annotations = map[string]string{}
+		}
+		labels["app.kubernetes.io/managed-by"] = "Helm"
+		annotations["meta.helm.sh/release-name"], annotations["meta.helm.sh/release-namespace"] = "custody", "custody-system"
+		got.SetLabels(labels)
+		got.SetAnnotations(annotations)
+		if err := c.Update(ctx, got); err != nil {
+			t.Fatalf("labelling %s for Helm: %v", key(o), err)
+		}
+	}
+	// Helm 4 applies server-side: fields kubectl applied are taken over.
+	helm("install", "custody", "charts/custody", "--namespace", "custody-system", "--force-conflicts")
+	after := &appsv1.Deployment{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "custody-system", Name: "custody-manager"}, after); err != nil {
+		t.Fatal(err)
+	}
+	if after.UID != before.UID {
+		t.Error("adopting the kustomize install recreated the manager's Deployment")
+	}
+	if after.Labels["app.kubernetes.io/managed-by"] != "Helm" || after.Labels["helm.sh/chart"] == "" {
+		t.Errorf("after adoption the manager's Deployment is labelled %v", after.Labels)
 	}
 }
