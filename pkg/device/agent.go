@@ -271,7 +271,7 @@ func (a *Agent) fail(err error) (time.Duration, error) {
 	return a.backoff, err
 }
 
-// pairedRetry is how soon a device that has just proved possession tries
+// pairedRetry is how soon a device that has just sent its possession proof tries
 // to enroll again: its owner's Claim binds within moments of the proof.
 const pairedRetry = 2 * time.Second
 
@@ -281,7 +281,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.Possession(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, string(code)); err != nil {
 			return a.fail(err)
 		}
-		a.sayOncePerWait("proved possession with the pairing code")
+		a.sayOncePerWait("sent its proof of possession with the pairing code (a Claim with the same code binds the device)")
 		paired, a.proved = true, true
 	}
 	if raw, err := os.ReadFile(filepath.Join(a.Dir, FilePairingToken)); err == nil && !a.proved { //nolint:gosec // the device directory
@@ -292,7 +292,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.ClaimWithToken(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, token); err != nil {
 			return a.fail(err)
 		}
-		a.sayOncePerWait("claimed with the tenant's pairing token", "tenant", token.Tenant)
+		a.sayOncePerWait("presented the tenant's pairing token (the manager binds the device if the token holds)", "tenant", token.Tenant)
 		paired, a.proved = true, true
 	}
 	id := protocol.Identity{CommonName: a.ID.SerialNumber, URI: "spiffe://unknown/"}

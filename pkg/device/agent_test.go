@@ -269,7 +269,7 @@ func TestAPairedDeviceTellsItsWaitOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Once: %v", err)
 	}
-	if logs.count("proved possession") != 1 || logs.count("waiting for the device to be bound") != 1 || logs.count("failed") != 0 {
+	if logs.count("sent its proof of possession") != 1 || logs.count("waiting for the device to be bound") != 1 || logs.count("failed") != 0 {
 		t.Fatalf("want one proof and one wait at Info, no failure:\n%s", logs)
 	}
 }
