@@ -363,3 +363,25 @@ func containerArgs(t *testing.T, objs []*unstructured.Unstructured, name string)
 	}
 	return args
 }
+
+// TestChartGatewayReadyOnlyWithItsCache: the gateway answers devices 503
+// until its Device cache has synced, and says so on /readyz (its metrics
+// port). A readiness probe on the HTTPS socket is ready at once, so a new
+// replica in a rollout or scale-up takes devices it can only refuse.
+func TestChartGatewayReadyOnlyWithItsCache(t *testing.T) {
+	dep := find(mustRender(t), "Deployment", "custody-gateway")
+	cs, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+	probe, _, _ := unstructured.NestedMap(cs[0].(map[string]any), "readinessProbe")
+	if path, _, _ := unstructured.NestedString(probe, "httpGet", "path"); path != "/readyz" {
+		t.Errorf("the gateway's readiness probe is %v, not /readyz", probe)
+	}
+}
+
+// TestChartRefusesWebhooksWithoutACA: with webhook.certManager.enabled=false
+// nothing fills in the webhooks' caBundle but the value; rendered without it,
+// every Device, Claim and Tenant write fails at the API server.
+func TestChartRefusesWebhooksWithoutACA(t *testing.T) {
+	if _, err := render(t, "--set", "webhook.certManager.enabled=false"); err == nil {
+		t.Error("webhooks without cert-manager and without webhook.caBundle rendered")
+	}
+}

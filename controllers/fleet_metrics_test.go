@@ -52,3 +52,23 @@ func TestFleetCounts(t *testing.T) {
 		t.Errorf("expiring within 1h and 6h: %v, want [1 2]", c.expiring)
 	}
 }
+
+// TestFleetCountsShortLivedCertificates: a Tenant may set a certificate
+// lifetime as short as 1h (spec.certificates.duration). Its online devices
+// renew at two thirds of it, so one that renewed a minute ago holds a
+// certificate that lapses within the hour and is fine: it must not count
+// among the "online devices whose renewals are not happening" that
+// custody_device_certificates_expiring and CustodyDeviceCertificatesExpiring
+// report, or the alert fires for as long as such a tenant has a device online.
+func TestFleetCountsShortLivedCertificates(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	seen := metav1.NewTime(now.Add(-time.Minute))
+	d := &custodyv1alpha1.Device{}
+	d.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: "shortlived"}
+	d.Status.Phase, d.Status.LastSeen = custodyv1alpha1.DevicePhaseBound, &seen
+	// Issued a minute ago for the tenant's 1h lifetime.
+	d.Status.Certificates = []custodyv1alpha1.DeviceCertificate{{NotAfter: metav1.NewTime(now.Add(59 * time.Minute)), Tenant: "shortlived"}}
+	if c := fleetCounts([]any{d}, now); c.expiring[0] != 0 || c.expiring[1] != 0 {
+		t.Errorf("a device renewed a minute ago under a 1h lifetime counts as expiring (within 1h, 6h): %v, want [0 0]", c.expiring)
+	}
+}
