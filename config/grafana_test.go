@@ -111,3 +111,37 @@ func deref(s *string) string {
 	}
 	return *s
 }
+
+// TestDashboardTargetsHaveQueries: the SDK reads a panel's targets as
+// untyped data queries, so the strict reading passes a target whose expr
+// is misspelt ("exprr") and Grafana shows an empty panel. Each target of
+// every panel must carry a PromQL expression under "expr".
+func TestDashboardTargetsHaveQueries(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("grafana", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no dashboards in config/grafana: %v", err)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f) //nolint:gosec // the repository's own files
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			Panels []struct {
+				Type    string           `json:"type"`
+				Title   string           `json:"title"`
+				Targets []map[string]any `json:"targets"`
+			} `json:"panels"`
+		}
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range d.Panels {
+			for i, tg := range p.Targets {
+				if e, _ := tg["expr"].(string); e == "" {
+					t.Errorf("%s: panel %q target %d has no expr: %v", f, p.Title, i, tg)
+				}
+			}
+		}
+	}
+}
