@@ -385,3 +385,23 @@ func TestChartRefusesWebhooksWithoutACA(t *testing.T) {
 		t.Error("webhooks without cert-manager and without webhook.caBundle rendered")
 	}
 }
+
+// TestChartRefusesAnnotationsThatAreNotStrings: `prometheus.io/port: 8080`
+// or `x: y` in a values file is a number or a boolean to YAML, which the
+// API server refuses as an annotation only at apply time. The schema is
+// there to refuse a mistyped value before anything is applied.
+func TestChartRefusesAnnotationsThatAreNotStrings(t *testing.T) {
+	for _, v := range []string{
+		"manager:\n  podAnnotations:\n    prometheus.io/port: 8080\n",
+		"gateway:\n  podAnnotations:\n    sidecar.istio.io/inject: false\n",
+		"gateway:\n  service:\n    annotations:\n      x: y\n",
+	} {
+		f := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(f, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := render(t, "-f", f); err == nil || !strings.Contains(err.Error(), "values don't meet the specifications of the schema") {
+			t.Errorf("%q: rendered, or failed for another reason than the schema: %v", v, err)
+		}
+	}
+}
