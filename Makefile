@@ -98,7 +98,7 @@ VERSION ?= v0.1.0
 .PHONY: images
 images: ## Build the manager and gateway images as OCI layouts in bin/images, reproducibly, without a container engine (hack/image).
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(GO) run ./hack/image --out bin/images --version $(VERSION) \
-		--revision $$(git rev-parse HEAD) --platforms $(or $(PLATFORMS),linux/amd64,linux/arm64)
+		--revision $$(git rev-parse HEAD)$$(git diff --quiet HEAD || echo -dirty) --platforms $(or $(PLATFORMS),linux/amd64,linux/arm64)
 
 .PHONY: chart
 chart: ## Lint the Helm chart and package it into bin/ (charts/custody; `go test ./charts` renders, compares and installs it).

@@ -405,3 +405,20 @@ func TestChartRefusesAnnotationsThatAreNotStrings(t *testing.T) {
 		}
 	}
 }
+
+// TestChartRefusesTwoActiveManagers: without leader election every replica
+// decides claims and approves certificates; the chart refuses it with more
+// than one replica, and names the values to change.
+func TestChartRefusesTwoActiveManagers(t *testing.T) {
+	if _, err := render(t, "--set", "manager.leaderElect=false"); err == nil || !strings.Contains(err.Error(), "manager.replicas=1") {
+		t.Errorf("two managers without leader election rendered, or the error does not say what to change: %v", err)
+	}
+	objs := mustRender(t, "--set", "manager.leaderElect=false", "--set", "manager.replicas=1", "--set", "manager.kubeAPI.qps=2.5")
+	args := containerArgs(t, objs, "custody-manager")
+	if slices.Contains(args, "--leader-elect") || !slices.Contains(args, "--kube-api-qps=2.5") {
+		t.Errorf("manager args %v", args)
+	}
+	if _, err := render(t, "--set", "manager.kubeAPI.qps=fast"); err == nil {
+		t.Error("manager.kubeAPI.qps=fast rendered")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -54,6 +55,49 @@ type EnrollmentReconciler struct {
 
 	// written keeps the proofs' status writes until the cache has them.
 	written ownWrites
+	// begun is when this manager first looked at each unfinished proof,
+	// for custody_device_proof_duration_seconds (a proof's
+	// creationTimestamp has whole seconds only).
+	begun proofStarts
+}
+
+// proofStarts keeps when each unfinished proof was first reconciled.
+type proofStarts struct {
+	mu sync.Mutex
+	m  map[types.UID]time.Time
+}
+
+// maxProofStarts bounds proofStarts: past it, entries older than an hour
+// (proofs deleted before they finished) are dropped.
+const maxProofStarts = 10000
+
+// start records now for uid unless it has a time already.
+func (s *proofStarts) start(uid types.UID, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[types.UID]time.Time{}
+	}
+	if _, ok := s.m[uid]; ok {
+		return
+	}
+	if len(s.m) >= maxProofStarts {
+		for k, t := range s.m {
+			if now.Sub(t) > time.Hour {
+				delete(s.m, k)
+			}
+		}
+	}
+	s.m[uid] = now
+}
+
+// finish returns and forgets uid's start.
+func (s *proofStarts) finish(uid types.UID) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.m[uid]
+	delete(s.m, uid)
+	return t, ok
 }
 
 // +kubebuilder:rbac:groups=custody.dev,resources=deviceproofs,verbs=get;list;watch;delete
@@ -74,6 +118,9 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		return reconcile.Result{}, nil
 	}
 	now := r.Options.Clock.Now()
+	if p.Status.CompletionTime == nil {
+		r.begun.start(p.UID, now)
+	}
 	if p.Status.CompletionTime != nil {
 		// Finished: keep it an hour for support staff, then delete it.
 		if left := p.Status.CompletionTime.Add(r.Options.ProofRetention).Sub(now); left > 0 {
@@ -101,7 +148,9 @@ func (r *EnrollmentReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		r.written.wrote(p, before.ResourceVersion)
 		if before.Status.CompletionTime == nil && p.Status.CompletionTime != nil {
 			proofOutcomes.WithLabelValues(string(p.Spec.Purpose), string(p.Status.Phase)).Inc()
-			proofDuration.WithLabelValues(string(p.Spec.Purpose)).Observe(p.Status.CompletionTime.Sub(p.CreationTimestamp.Time).Seconds())
+			if begun, ok := r.begun.finish(p.UID); ok {
+				proofDuration.WithLabelValues(string(p.Spec.Purpose)).Observe(r.Options.Clock.Since(begun).Seconds())
+			}
 		}
 	}()
 

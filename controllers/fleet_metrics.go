@@ -10,39 +10,38 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	ctrlcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 )
 
 // Gauges of the fleet, computed when Prometheus scrapes, from the
-// manager's Device cache.
+// manager's Device cache, by the leader only: every replica keeps the
+// cache, and the fleet must be counted once.
 var (
 	devicesDesc = prometheus.NewDesc("custody_devices",
-		"Devices by phase (status.phase; \"Unknown\" before the manager's first status write). Disputed Devices wait for support staff.",
+		"Devices by phase (status.phase; \"Unknown\" before the manager's first status write), reported by the leader. Disputed Devices wait for support staff.",
 		[]string{"phase"}, nil)
-	expiringDesc = prometheus.NewDesc("custody_device_certificates_expiring",
-		"Bound Devices seen at the gateway within the last hour whose newest certificate expires within the window: online devices whose renewals are not happening.",
-		[]string{"within"}, nil)
+	overdueDesc = prometheus.NewDesc("custody_device_certificates_renewal_overdue",
+		"Bound Devices seen at the gateway within the last hour whose newest certificate has less than a quarter of its lifetime left (a device renews with a third left): online devices whose renewals are not happening. Reported by the leader.",
+		nil, nil)
 )
 
-// expiryWindows are the windows of custody_device_certificates_expiring.
-// A device renews at two thirds of its certificate's lifetime (8 hours
-// before the end of the default 24): an online device inside these windows
-// has missed its renewals.
-var expiryWindows = []struct {
-	label string
-	d     time.Duration
-}{{"1h", time.Hour}, {"6h", 6 * time.Hour}}
-
 // onlineWithin is how recently a device must have been seen to count as
-// online for custody_device_certificates_expiring.
+// online for custody_device_certificates_renewal_overdue.
 const onlineWithin = time.Hour
+
+// overdueFraction: a certificate with less than this part of its lifetime
+// left is overdue for renewal. The agent renews with a third left
+// (pkg/device), so this leaves a twelfth of the lifetime for retries
+// before anyone is told: 2 hours of the default 24.
+const overdueFraction = 4
 
 // fleetCollector walks the Device informer's store on each scrape: the
 // cached objects themselves, read-only, no list copies (CountBoundDevices
 // explains why a List would not do at 100,000 Devices). It reports nothing
-// until the cache has synced.
+// until this replica leads and the cache has synced.
 type fleetCollector struct {
 	// source is the newest manager's (a process runs one; tests run
 	// several in turn).
@@ -50,8 +49,15 @@ type fleetCollector struct {
 }
 
 type fleetSource struct {
-	cache ctrlcache.Cache
+	// store is the synced informer store of an object's kind (cacheStore).
+	store func(client.Object) (toolscache.Store, bool)
 	clock clock.PassiveClock
+	// elected is closed once this replica leads (at once without leader
+	// election).
+	elected <-chan struct{}
+	// lifetime is the default lifetime of device certificates; a Tenant
+	// may set its own.
+	lifetime time.Duration
 }
 
 var (
@@ -59,15 +65,15 @@ var (
 	registerFleet sync.Once
 )
 
-// watchFleet makes the fleet gauges read c.
-func watchFleet(c ctrlcache.Cache, clk clock.PassiveClock) {
-	fleet.source.Store(&fleetSource{cache: c, clock: clk})
+// watchFleet makes the fleet gauges read c once elected is closed.
+func watchFleet(c ctrlcache.Cache, clk clock.PassiveClock, elected <-chan struct{}, lifetime time.Duration) {
+	fleet.source.Store(&fleetSource{store: cacheStore(c), clock: clk, elected: elected, lifetime: lifetime})
 	registerFleet.Do(func() { metrics.Registry.MustRegister(fleet) })
 }
 
 func (f *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- devicesDesc
-	ch <- expiringDesc
+	ch <- overdueDesc
 }
 
 func (f *fleetCollector) Collect(ch chan<- prometheus.Metric) {
@@ -75,36 +81,67 @@ func (f *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	if src == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	inf, err := src.cache.GetInformer(ctx, &custodyv1alpha1.Device{}, ctrlcache.BlockUntilSynced(false))
-	if err != nil || !inf.HasSynced() {
-		return
+	select {
+	case <-src.elected:
+	default:
+		return // a follower: the leader reports the fleet
 	}
-	store, ok := inf.(interface{ GetStore() toolscache.Store })
+	devices, ok := src.store(&custodyv1alpha1.Device{})
 	if !ok {
 		return
 	}
-	counts := fleetCounts(store.GetStore().List(), src.clock.Now())
+	tenants, ok := src.store(&custodyv1alpha1.Tenant{})
+	if !ok {
+		return
+	}
+	lifetimes := map[string]time.Duration{}
+	for _, o := range tenants.List() {
+		if t, ok := o.(*custodyv1alpha1.Tenant); ok && t.Spec.Certificates != nil && t.Spec.Certificates.Duration != nil {
+			lifetimes[t.Name] = t.Spec.Certificates.Duration.Duration
+		}
+	}
+	lifetime := func(tenant string) time.Duration {
+		if d, ok := lifetimes[tenant]; ok {
+			return d
+		}
+		return src.lifetime
+	}
+	counts := fleetCounts(devices.List(), src.clock.Now(), lifetime)
 	for phase, n := range counts.phases {
 		ch <- prometheus.MustNewConstMetric(devicesDesc, prometheus.GaugeValue, float64(n), phase)
 	}
-	for i, w := range expiryWindows {
-		ch <- prometheus.MustNewConstMetric(expiringDesc, prometheus.GaugeValue, float64(counts.expiring[i]), w.label)
+	ch <- prometheus.MustNewConstMetric(overdueDesc, prometheus.GaugeValue, float64(counts.overdue))
+}
+
+// cacheStore returns the synced informer store of an object's kind in c,
+// without waiting for an informer to sync.
+func cacheStore(c ctrlcache.Cache) func(client.Object) (toolscache.Store, bool) {
+	return func(obj client.Object) (toolscache.Store, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		inf, err := c.GetInformer(ctx, obj, ctrlcache.BlockUntilSynced(false))
+		if err != nil || !inf.HasSynced() {
+			return nil, false
+		}
+		st, ok := inf.(interface{ GetStore() toolscache.Store })
+		if !ok {
+			return nil, false
+		}
+		return st.GetStore(), true
 	}
 }
 
 type fleetCount struct {
-	phases   map[string]int
-	expiring []int
+	phases  map[string]int
+	overdue int
 }
 
 // fleetCounts counts objs (cached *Device) by phase, and the online bound
-// ones whose newest certificate expires within each expiryWindows window.
-// Every phase is reported, 0 included, so that alerts and dashboards see
-// a series from the start.
-func fleetCounts(objs []any, now time.Time) fleetCount {
-	c := fleetCount{phases: map[string]int{}, expiring: make([]int, len(expiryWindows))}
+// ones whose newest certificate has less than 1/overdueFraction of its
+// lifetime (lifetime(tenant)) left. Every phase is reported, 0 included,
+// so that alerts and dashboards see a series from the start.
+func fleetCounts(objs []any, now time.Time, lifetime func(tenant string) time.Duration) fleetCount {
+	c := fleetCount{phases: map[string]int{}}
 	for _, p := range []custodyv1alpha1.DevicePhase{custodyv1alpha1.DevicePhaseAvailable, custodyv1alpha1.DevicePhasePending, custodyv1alpha1.DevicePhaseBound,
 		custodyv1alpha1.DevicePhaseDisputed, custodyv1alpha1.DevicePhaseReleased, custodyv1alpha1.DevicePhaseDecommissioned} {
 		c.phases[string(p)] = 0
@@ -122,16 +159,18 @@ func fleetCounts(objs []any, now time.Time) fleetCount {
 		if d.Spec.ClaimRef == nil || d.Status.LastSeen == nil || now.Sub(d.Status.LastSeen.Time) > onlineWithin || len(d.Status.Certificates) == 0 {
 			continue
 		}
-		var newest time.Time
-		for _, cert := range d.Status.Certificates {
-			if cert.NotAfter.After(newest) {
-				newest = cert.NotAfter.Time
+		newest := d.Status.Certificates[0]
+		for _, cert := range d.Status.Certificates[1:] {
+			if cert.NotAfter.After(newest.NotAfter.Time) {
+				newest = cert
 			}
 		}
-		for i, w := range expiryWindows {
-			if newest.Sub(now) < w.d {
-				c.expiring[i]++
-			}
+		tenant := newest.Tenant
+		if tenant == "" {
+			tenant = d.Spec.ClaimRef.Tenant
+		}
+		if newest.NotAfter.Sub(now) < lifetime(tenant)/overdueFraction {
+			c.overdue++
 		}
 	}
 	return c

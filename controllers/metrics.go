@@ -34,7 +34,7 @@ var (
 	// to custody issuers, once each, after the decision is written.
 	requestDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custody_certificate_request_decisions_total",
-		Help: "CertificateRequests to custody issuers approved or denied, by kind of request (device, tenant-ca, data-access).",
+		Help: "CertificateRequests to custody issuers approved or denied, by kind of request (device, tenant-ca, data-access, other: any other request to a custody issuer, always denied).",
 	}, []string{"kind", "decision"})
 
 	// proofOutcomes counts DeviceProofs finished, by purpose and outcome:
@@ -45,11 +45,13 @@ var (
 		Help: "DeviceProofs finished, by purpose (Enroll, Renew, Possession) and phase (Issued, Confirmed, Rejected), counted once the phase is written.",
 	}, []string{"purpose", "phase"})
 
-	// proofDuration is the time from a DeviceProof's creation (the
-	// device's request at the gateway) to its outcome.
+	// proofDuration is the time from the manager's first look at a
+	// DeviceProof (moments after the gateway created it for the device's
+	// request) to its outcome written, with the clock's precision: the
+	// proof's creationTimestamp has whole seconds only.
 	proofDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "custody_device_proof_duration_seconds",
-		Help:    "Time from a device's request (its DeviceProof created) to the outcome written, by purpose.",
+		Help:    "Time from the manager's first look at a DeviceProof (moments after the device's request reached the gateway) to its outcome written, by purpose; a proof begun before a manager restart is not observed.",
 		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"purpose"})
 
@@ -73,6 +75,13 @@ var (
 )
 
 func init() {
+	// The approver's series exist from the start, at 0: a first denial
+	// is then an increase (the alert rules also catch a series born at 1).
+	for _, k := range []requestKind{requestForDevice, requestForAccess, requestForTenantCA, requestRefused} {
+		for _, d := range []string{"approved", "denied"} {
+			requestDecisions.WithLabelValues(k.String(), d)
+		}
+	}
 	metrics.Registry.MustRegister(claimDecisions, claimFailures, claimLockouts, requestDecisions, proofOutcomes, proofDuration,
 		claimVerifications, notificationsDelivered, notificationsFailed,
 		verifierWait, verifierDuration, verifierInFlight, verifierPoolSize)

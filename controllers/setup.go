@@ -292,7 +292,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 				setup func(ctrl.Manager) error
 			}{"dataplane-client-cas", (&DataPlaneClientCAsReconciler{Client: mgr.GetClient(), Options: opts}).SetupWithManager})
 	}
-	watchFleet(mgr.GetCache(), opts.Clock)
+	watchFleet(mgr.GetCache(), opts.Clock, mgr.Elected(), opts.CertificateDuration)
 	for _, r := range reconcilers {
 		if err := r.setup(mgr); err != nil {
 			return fmt.Errorf("setting up the %s controller: %w", r.name, err)

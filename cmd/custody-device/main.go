@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -134,6 +135,9 @@ func cmdInit(args []string, stdout io.Writer) error {
 	if d == "" {
 		d = *out
 	}
+	if err := checkClaimURL(*claimURL); err != nil {
+		return err
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if set["count"] || set["serial-prefix"] || set["first"] {
@@ -167,6 +171,22 @@ type deviceFile struct {
 }
 
 // deviceFiles is what init writes into a device's directory.
+// checkClaimURL refuses a --claim-url the label's QR code would carry
+// wrongly: it must be an https URL with a host and no user, query or
+// fragment (the label adds /claim and its own query).
+func checkClaimURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("--claim-url %q: %w", s, err)
+	case u.Scheme != "https" || u.Host == "" || u.Opaque != "":
+		return fmt.Errorf("--claim-url %q: give an https URL with a host, e.g. https://claim.example.com", s)
+	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return fmt.Errorf("--claim-url %q: no user, query or fragment; the label adds /claim?serial=…&model=…&fp=… itself", s)
+	}
+	return nil
+}
+
 func deviceFiles(rec *factory.Record, claimURL string) ([]deviceFile, error) {
 	s := rec.Device.Spec
 	manifest, err := factory.Manifest(rec.Device)

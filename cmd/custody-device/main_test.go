@@ -492,3 +492,26 @@ func TestLabelSheetScans(t *testing.T) {
 		}
 	}
 }
+
+// TestInitRefusesBadClaimURLs: the claim URL goes into every label's QR
+// code; one a phone would open wrongly, or that carries a query of its
+// own, is refused before anything is made.
+func TestInitRefusesBadClaimURLs(t *testing.T) {
+	for _, u := range []string{"", "javascript:alert(1)", "http://claim.example.com", "https://", "https://a/p?x=1&y=\"<b>", "https://claim.example.com/#x", "https://user@claim.example.com", "https:claim.example.com"} {
+		dir := filepath.Join(t.TempDir(), "d")
+		for _, args := range [][]string{
+			{"--model", "XR200", "--serial", "SN-0001", "--dir", dir, "--claim-url", u},
+			{"--model", "XR200", "--count", "2", "--serial-prefix", "XR", "--dir", dir, "--claim-url", u},
+		} {
+			if _, err := runInit(t, args...); err == nil || !strings.Contains(err.Error(), "--claim-url") {
+				t.Errorf("init %v: %v", args, err)
+			}
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("init %v made %s before refusing", args, dir)
+			}
+		}
+	}
+	if _, err := runInit(t, "--model", "XR200", "--serial", "SN-0001", "--dir", filepath.Join(t.TempDir(), "ok"), "--claim-url", "https://claim.example.com/devices/"); err != nil {
+		t.Errorf("a good claim URL refused: %v", err)
+	}
+}

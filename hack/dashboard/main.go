@@ -79,7 +79,7 @@ func build() *dashboard.DashboardBuilder { //nolint:staticcheck // see above
 		WithRow(dashboard.NewRowBuilder("Fleet")).
 		WithPanel(single("Bound devices", "Devices bound to a tenant.", `sum(custody_devices{phase="Bound"})`, 1e12)).
 		WithPanel(single("Disputed devices", "Devices two tenants proved a claim on: support staff decide (alert CustodyDisputesWaiting).", `sum(custody_devices{phase="Disputed"})`, 1)).
-		WithPanel(single("Certificates lapsing", "Online devices whose certificate expires within the hour: renewals failing (alert CustodyDeviceCertificatesExpiring).", `sum(custody_device_certificates_expiring{within="1h"})`, 1)).
+		WithPanel(single("Renewals overdue", "Online devices with under a quarter of their certificate's lifetime left: renewals failing (alert CustodyDeviceRenewalsOverdue).", `sum(custody_device_certificates_renewal_overdue)`, 1)).
 		WithPanel(single("Cut-off p99", "99th percentile of the data-plane cut-off after an ownership change; objective 1 s (alert CustodyCutOffSlow).",
 			`histogram_quantile(0.99, sum by (le) (rate(custody_dataplane_cutoff_seconds_bucket[$__rate_interval])))`, 1).Unit("s")).
 		WithPanel(series("Devices by phase", "status.phase of every Device.", "short", query(`sum by (phase) (custody_devices)`, "{{phase}}"))).
@@ -94,7 +94,7 @@ func build() *dashboard.DashboardBuilder { //nolint:staticcheck // see above
 		WithPanel(series("Claim-code verification", "argon2id verifications per second, and the time a claim waits for the verifier pool (p99).", "short",
 			query(`sum(rate(custody_claim_code_verifications_total[$__rate_interval]))`, "verifications/s"),
 			query(`histogram_quantile(0.99, sum by (le) (rate(custody_claim_code_verify_wait_seconds_bucket[$__rate_interval])))`, "pool wait p99 (s)"))).
-		WithPanel(series("Device request to outcome", "Time from a device's request at the gateway to its DeviceProof's outcome, p50 and p99, by purpose.", "s",
+		WithPanel(series("Device request to outcome", "Time from the manager's first look at a device's DeviceProof to its outcome, p50 and p99, by purpose.", "s",
 			query(`histogram_quantile(0.5, sum by (le, purpose) (rate(custody_device_proof_duration_seconds_bucket[$__rate_interval])))`, "p50 {{purpose}}"),
 			query(`histogram_quantile(0.99, sum by (le, purpose) (rate(custody_device_proof_duration_seconds_bucket[$__rate_interval])))`, "p99 {{purpose}}"))).
 		WithRow(dashboard.NewRowBuilder("Certificates and approvals")).

@@ -169,7 +169,7 @@ const (
 	MsgThrottled          = "Too many failed claim attempts for this serial number from this tenant. The claim is verified automatically after status.retryAfter."
 	MsgSecretNotFound     = "The Secret named in spec.claimCode.secretRef does not exist in this namespace. Create it with the claim code; the claim proceeds when it appears."
 	MsgSecretKeyMissing   = "The Secret named in spec.claimCode.secretRef has no such key. Put the claim code under spec.claimCode.secretRef.key; the claim proceeds when the Secret changes."
-	MsgMalformed          = "The value in the Secret does not have the form of a claim code, which is exactly 20 letters and digits (never U, no other characters), printed on the label in five groups of four. Copy the whole code from the label into the Secret again; this did not count as a failed attempt."
+	MsgMalformed          = "The value in the Secret does not have the form of a claim code, which is exactly 20 letters and digits (never U), printed on the label in five groups of four; dashes and spaces between them do not matter, any other character does. Copy the whole code from the label into the Secret again; this did not count as a failed attempt."
 	MsgCheckCharacter     = "The claim code in the Secret has the right form, but its last character, a check character computed from the other 19, does not match them: at least one character was mistyped, or two were swapped. Compare the code with the label character by character and update the Secret; this did not count as a failed attempt."
 	MsgBound              = "The device is bound to this Claim."
 	MsgCodeUsed           = "The claim code is right but has already been used to claim this device. Ask the seller for a new claim code."
