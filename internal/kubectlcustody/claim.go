@@ -67,7 +67,7 @@ binding).`,
   kubectl custody claim SN-0002 --model XR200 -n acme --dry-run=server < code.txt`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if cmd.Flags().Changed("code") || len(args) > 1 {
+			if cmd.Flags().Changed("code") || cmd.Flags().Changed("claim-code") || len(args) > 1 {
 				return errCodeOnArgv
 			}
 			if len(args) != 1 {
