@@ -64,6 +64,7 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 				fmt.Fprintf(e.streams.ErrOut, "Apply the Secret in namespace %s. Give field staff this token (custody-device pair --token ...):\n%s\n", ns, tok)
 				return nil
 			}
+			until := s.StringData[claim.TokenKeyExpiration]
 			if dryRun != dryRunClient {
 				c, _, err := e.client()
 				if err != nil {
@@ -74,7 +75,7 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 				}
 			}
 			fmt.Fprintf(e.streams.ErrOut, "secret/%s created%s in namespace %s: tenant %s, %d device(s), until %s.\nGive field staff this token (custody-device pair --token ...):\n",
-				s.Name, dryRunSuffix(dryRun), ns, req.Tenant, req.UsageLimit, s.StringData[claim.TokenKeyExpiration])
+				s.Name, dryRunSuffix(dryRun), ns, req.Tenant, req.UsageLimit, until)
 			_, err = fmt.Fprintln(e.streams.Out, tok)
 			return err
 		},

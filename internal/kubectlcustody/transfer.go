@@ -130,7 +130,10 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 		ObjectMeta: metav1.ObjectMeta{Name: cl.Name + "-to-" + o.to, Namespace: ns},
 		Spec:       custodyv1alpha1.TransferSpec{ClaimName: cl.Name, Recipient: &custodyv1alpha1.TransferRecipient{Tenant: o.to}},
 	}
-	if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Offer %s %s (Device %s), held by tenant %s, to tenant %s? Once %s accepts, %s loses the device and its certificates stop working.",
+	if err := checkFirst(ctx, c, tr, o); err != nil {
+		return err
+	}
+if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Offer %s %s (Device %s), held by tenant %s, to tenant %s? Once %s accepts, %s loses the device and its certificates stop working.",
 		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, ns, o.to, o.to, ns)); err != nil {
 		return err
 	}
@@ -246,7 +249,10 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 		ObjectMeta: metav1.ObjectMeta{Name: cl.Name + "-release", Namespace: ns},
 		Spec:       custodyv1alpha1.TransferSpec{ClaimName: cl.Name, Release: &custodyv1alpha1.TransferRelease{RotateClaimCode: o.rotate}},
 	}
-	if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Release %s %s (Device %s) from tenant %s? The binding ends at once and the device's certificates stop working.",
+	if err := checkFirst(ctx, c, tr, o); err != nil {
+		return err
+	}
+if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Release %s %s (Device %s) from tenant %s? The binding ends at once and the device's certificates stop working.",
 		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, ns)); err != nil {
 		return err
 	}
@@ -268,6 +274,22 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 	fmt.Fprintf(e.streams.Out, "%s %s released from tenant %s\n", cl.Spec.Model, cl.Spec.SerialNumber, ns)
 	if s := got.Status.ClaimCodeSecretName; s != "" {
 		fmt.Fprintf(e.streams.Out, "The new claim code, to hand on with the device, is in Secret %s:\n  kubectl -n %s get secret %s -o jsonpath='{.data.code}' | base64 -d\n", s, ns, s)
+	}
+	return nil
+}
+
+// checkFirst has the API server check tr (RBAC, validation, admission)
+// with a dry run before the user is asked to confirm it, so that nobody
+// answers a question about something they may not do.
+func checkFirst(ctx context.Context, c client.Client, tr *custodyv1alpha1.Transfer, o transferOptions) error {
+	if o.yes || o.dryRun != dryRunNone {
+		return nil
+	}
+	if err := c.Create(ctx, tr.DeepCopy(), client.DryRunAll); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("transfer %s already exists in namespace %s: see it with kubectl -n %s get transfer %s (delete it to make a new one)", tr.Name, tr.Namespace, tr.Namespace, tr.Name)
+		}
+		return explain(err, "creating the Transfer in namespace "+tr.Namespace)
 	}
 	return nil
 }
