@@ -135,7 +135,7 @@ func (e *env) listTenantDevices(cmd *cobra.Command, c client.Client, ns, output 
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s", cl.Spec.SerialNumber, cl.Spec.Model, orNone(string(cl.Status.Phase)), lastSeen, expiry(now, notAfter))
 		if output == outputWide {
-			if owner == "" && cl.Status.DeviceName != "" {
+			if owner == "" && d == nil && cl.Status.DeviceName != "" {
 				owner = "<unknown>"
 			}
 			fmt.Fprintf(w, "\t%s\t%s\t%s\t%s", orNone(owner), orNone(cl.Status.DeviceName), cl.Name, orNone(certSerial))
