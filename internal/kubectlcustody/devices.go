@@ -66,6 +66,9 @@ func (e *env) listTenantDevices(cmd *cobra.Command, c client.Client, ns, output 
 	ctx := cmd.Context()
 	var claims custodyv1alpha1.ClaimList
 	if err := c.List(ctx, &claims, client.InNamespace(ns)); err != nil {
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("listing the Claims in namespace %s: forbidden (is %s your tenant's namespace? name it with -n): %w", ns, ns, err)
+		}
 		return explain(err, "listing the Claims in namespace "+ns)
 	}
 	slices.SortFunc(claims.Items, func(a, b custodyv1alpha1.Claim) int {

@@ -130,7 +130,7 @@ func TestKrewManifest(t *testing.T) {
 		Metadata   struct{ Name string }
 		Spec       struct {
 			Version, ShortDescription, Description, Homepage string
-			Platforms                 []struct {
+			Platforms                                        []struct {
 				Selector         struct{ MatchLabels map[string]string }
 				URI, Sha256, Bin string
 			}

@@ -133,7 +133,7 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 	if err := checkFirst(ctx, c, tr, o); err != nil {
 		return err
 	}
-if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Offer %s %s (Device %s), held by tenant %s, to tenant %s? Once %s accepts, %s loses the device and its certificates stop working.",
+	if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Offer %s %s (Device %s), held by tenant %s, to tenant %s? Once %s accepts, %s loses the device and its certificates stop working.",
 		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, ns, o.to, o.to, ns)); err != nil {
 		return err
 	}
@@ -252,7 +252,7 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 	if err := checkFirst(ctx, c, tr, o); err != nil {
 		return err
 	}
-if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Release %s %s (Device %s) from tenant %s? The binding ends at once and the device's certificates stop working.",
+	if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Release %s %s (Device %s) from tenant %s? The binding ends at once and the device's certificates stop working.",
 		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, ns)); err != nil {
 		return err
 	}
