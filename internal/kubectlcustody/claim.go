@@ -56,6 +56,10 @@ the same answer, and a tenant that keeps failing is locked out for a while.
 A code with a typo (a wrong check character) is caught here and nothing is
 created.
 
+With --possession no code is asked for: the Claim waits for the device to
+prove it holds its factory key, and this prints the pairing code to give the
+device (the device then confirms the Claim through the gateway).
+
 --release-policy says what deleting the Claim later does: Retain (the default:
 the device stays the tenant's) or Release (deleting the Claim ends the
 binding).`,
@@ -63,6 +67,8 @@ binding).`,
   kubectl custody claim SN-0002 --model XR200 -n acme
   # Pipe it (from a password manager, a file, ...):
   awk -F': *' '/Claim code/ {print $2}' /tmp/sn-0002/label.txt | kubectl custody claim xr200.sn-0002 -n acme
+  # By possession: prints the pairing code for the device:
+  kubectl custody claim SN-0003 --model XR200 -n acme --possession
   # Check with the API server and the admission webhooks, store nothing:
   kubectl custody claim SN-0002 --model XR200 -n acme --dry-run=server < code.txt`,
 		Args: cobra.ArbitraryArgs,
@@ -84,6 +90,7 @@ binding).`,
 	f := cmd.Flags()
 	f.StringVar(&o.model, "model", "", "the device's model, as on its label (e.g. XR200)")
 	f.StringVar(&o.name, "name", "", "the Claim's name (default: the serial number in lower case)")
+	f.BoolVar(&o.possession, "possession", false, "claim by possession instead of a code: the device proves it holds its factory key when given the pairing code this prints")
 	f.StringVar(&o.releasePolicy, "release-policy", "", "what deleting the Claim does: Retain (default) or Release")
 	f.BoolVar(&o.wait, "wait", true, "wait for the manager's decision and print it")
 	f.DurationVar(&o.timeout, "timeout", time.Minute, "how long --wait waits")
@@ -98,7 +105,7 @@ binding).`,
 
 type claimOptions struct {
 	model, serial, name, releasePolicy, dryRun string
-	wait                                       bool
+	wait, possession                           bool
 	timeout                                    time.Duration
 }
 
@@ -161,6 +168,9 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	default:
 		return fmt.Errorf("--release-policy must be Retain or Release, not %q", o.releasePolicy)
 	}
+	if o.possession {
+		return e.claimByPossession(ctx, o)
+	}
 	code, err := e.readCode(o.serial)
 	if err != nil {
 		return err
@@ -215,6 +225,38 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	return e.waitClaim(ctx, c, cl, o.timeout)
 }
 
+// claimByPossession creates a Claim with possession: {} and prints the
+// pairing code to give the device.
+func (e *env) claimByPossession(ctx context.Context, o claimOptions) error {
+	c, ns, err := e.client()
+	if err != nil {
+		return err
+	}
+	name := o.name
+	if name == "" {
+		name = strings.ToLower(o.serial)
+	}
+	cl := &custodyv1alpha1.Claim{
+		TypeMeta:   metav1.TypeMeta{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Claim"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: o.serial, Model: o.model, Possession: &custodyv1alpha1.PossessionProof{},
+			ReleasePolicy: custodyv1alpha1.ReleasePolicy(o.releasePolicy)},
+	}
+	if o.dryRun != dryRunClient {
+		if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
+			if apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("a Claim %s already exists in namespace %s: name this one with --name", name, ns)
+			}
+			return explain(err, "creating the Claim in namespace "+ns)
+		}
+	}
+	fmt.Fprintf(e.streams.Out, "claim.custody.dev/%s created%s\n", name, dryRunSuffix(o.dryRun))
+	if o.dryRun != dryRunNone || !o.wait {
+		return nil
+	}
+	return e.waitClaim(ctx, c, cl, o.timeout)
+}
+
 // waitClaim waits for the manager's decision on cl and prints it. A Denied
 // Claim is an error.
 func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha1.Claim, timeout time.Duration) error {
@@ -239,7 +281,8 @@ func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha
 	switch got.Status.Phase {
 	case custodyv1alpha1.ClaimPhaseAwaitingDevice:
 		if got.Status.Pairing != nil {
-			fmt.Fprintf(e.streams.Out, "Enter this pairing code into the device: %s (until %s)\n", got.Status.Pairing.Code, got.Status.Pairing.ExpiresAt.UTC().Format(time.RFC3339))
+			fmt.Fprintf(e.streams.Out, "Give the device this pairing code before %s (custody-device pair --code %s); it confirms the Claim when it next reaches the gateway.\n",
+				got.Status.Pairing.ExpiresAt.UTC().Format(time.RFC3339), got.Status.Pairing.Code)
 		}
 	case custodyv1alpha1.ClaimPhaseDenied:
 		return fmt.Errorf("claim %s was denied (%s): it is final; a new attempt needs a new Claim", cl.Name, reason)

@@ -184,6 +184,15 @@ func TestKubectlCustody(t *testing.T) {
 		}
 	})
 
+	t.Run("claim --possession prints the pairing code", func(t *testing.T) {
+		other := newDevice(t)
+		out := k.ok(t, "", "claim", other.Device.Name, "--possession", "-n", globexNS, "--as", eve)
+		cl := waitPhase(t, &custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Namespace: globexNS, Name: strings.ToLower(other.Device.Spec.SerialNumber)}}, custodyv1alpha1.ClaimPhaseAwaitingDevice)
+		if cl.Status.Pairing == nil || !strings.Contains(out, "custody-device pair --code "+cl.Status.Pairing.Code+")") {
+			t.Fatalf("the pairing code is not printed: %q", out)
+		}
+	})
+
 	// The device enrols, so that it has a certificate, and was seen 23h ago.
 	enrollAgent(t, newAgent(t, g, rec))
 	waitFor(t, "the Claim's certificate", func() bool {
