@@ -265,7 +265,10 @@ func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha
 		if err := c.Get(ctx, client.ObjectKeyFromObject(cl), got); err != nil {
 			return false, client.IgnoreNotFound(err)
 		}
-		return got.Status.ObservedGeneration >= got.Generation && got.Status.Phase != "" && got.Status.Phase != custodyv1alpha1.ClaimPhasePending, nil
+		if got.Status.ObservedGeneration < got.Generation || got.Status.Phase == "" {
+			return false, nil
+		}
+		return got.Status.Phase != custodyv1alpha1.ClaimPhasePending || waitsForSomeone(got), nil
 	})
 	reason, message := "", ""
 	if ready := meta.FindStatusCondition(got.Status.Conditions, custodyv1alpha1.ConditionReady); ready != nil {
@@ -284,10 +287,20 @@ func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha
 			fmt.Fprintf(e.streams.Out, "Give the device this pairing code before %s (custody-device pair --code %s); it confirms the Claim when it next reaches the gateway.\n",
 				got.Status.Pairing.ExpiresAt.UTC().Format(time.RFC3339), got.Status.Pairing.Code)
 		}
+	case custodyv1alpha1.ClaimPhasePending:
+		fmt.Fprintf(e.streams.Out, "The Claim stays Pending and is decided by itself once that changes: kubectl -n %s get claim %s\n", cl.Namespace, cl.Name)
 	case custodyv1alpha1.ClaimPhaseDenied:
 		return fmt.Errorf("claim %s was denied (%s): it is final; a new attempt needs a new Claim", cl.Name, reason)
 	}
 	return nil
+}
+
+// waitsForSomeone reports whether a Pending Claim waits for something
+// that does not come within a --wait: the end of a lockout after failed
+// attempts, or another tenant's transfer offer.
+func waitsForSomeone(cl *custodyv1alpha1.Claim) bool {
+	ready := meta.FindStatusCondition(cl.Status.Conditions, custodyv1alpha1.ConditionReady)
+	return ready != nil && (ready.Reason == custodyv1alpha1.ClaimReasonThrottled || ready.Reason == custodyv1alpha1.ClaimReasonNoTransferOffer)
 }
 
 // findClaim finds the Claim named ref in ns, or else the one for the

@@ -329,6 +329,11 @@ func TestKubectlCustody(t *testing.T) {
 			!strings.Contains(out, "kubectl custody transfer accept "+serial+" --model "+model+" --from "+acme.Name+" -n "+globex.Name) {
 			t.Fatalf("unexpected output %q", out)
 		}
+		// Accepting from a tenant that made no offer says so at once, and holds nothing.
+		out = k.ok(t, "", "transfer", "accept", rec.Device.Name, "--from", "no-such-tenant", "--name", "no-offer", "-n", globexNS, "--as", eve, "--timeout", "30s")
+		if !strings.Contains(out, "claim no-offer: Pending (NoTransferOffer)") {
+			t.Fatalf("unexpected output %q", out)
+		}
 		out = k.ok(t, "", "transfer", "accept", rec.Device.Name, "--from", acme.Name, "-n", globexNS, "--as", eve)
 		if !strings.Contains(out, "claim "+claimName+": Bound") {
 			t.Fatalf("unexpected output %q", out)
