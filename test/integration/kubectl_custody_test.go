@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/kubectlcustody"
 	"github.com/custody-dev/custody/pkg/protocol"
@@ -81,7 +83,9 @@ func secretsIn(t *testing.T, ns string) []corev1.Secret {
 // the README: a tenant Operator (bob) and Admin (alice), another tenant's
 // Admin (eve), and support staff (sam), impersonated with --as.
 func TestKubectlCustody(t *testing.T) {
-	startManager(t)
+	policy := claim.DefaultPolicy
+	policy.MaxFailedAttempts = 2
+	startManager(t, func(o *controllers.Options) { o.ClaimPolicy = policy })
 	g := startGateway(t)
 	const alice, bob, eve, sam = "alice@kc.example", "bob@kc.example", "eve@kc.example", "sam@kc.example"
 	acme := newTenant(t,
@@ -166,6 +170,17 @@ func TestKubectlCustody(t *testing.T) {
 		}
 		if answers[0] != answers[1] || !strings.Contains(answers[0], "Denied (ClaimNotVerified)") {
 			t.Fatalf("the answers differ or are not ClaimNotVerified:\n%q\n%q", answers[0], answers[1])
+		}
+	})
+
+	t.Run("a tenant locked out is told at once", func(t *testing.T) {
+		wrong := otherCode(t, rec.Code).String()
+		for i, want := range []string{"Denied (ClaimNotVerified)", "Pending (TooManyFailedAttempts)"} {
+			name := fmt.Sprintf("again-%d", i)
+			out, _, _ := k.run(wrong+"\n", "claim", "SN-KC-UNKNOWN", "--model", model, "--name", name, "-n", globexNS, "--as", eve, "--timeout", "30s")
+			if !strings.Contains(out, "claim "+name+": "+want) {
+				t.Fatalf("attempt %d: want %s, got %q", i+2, want, out)
+			}
 		}
 	})
 
