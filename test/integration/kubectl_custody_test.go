@@ -459,6 +459,45 @@ func TestKubectlCustodyPlugin(t *testing.T) {
 	if !strings.HasPrefix(stdout.String(), "SERIAL ") || !row.MatchString(stdout.String()) {
 		t.Fatalf("kubectl custody devices printed:\n%s", stdout.String())
 	}
+	t.Run("at a terminal the code is asked for and not echoed", func(t *testing.T) {
+		// script(1) (bsdutils, Essential in Debian) runs the plugin on a
+		// pseudo-terminal; were echo left on, the terminal would print the code.
+		scriptPath, err := exec.LookPath("script")
+		if err != nil {
+			if os.Getenv("CUSTODY_REQUIRE_TOOLS") == "" {
+				t.Skip("script(1) is not installed (Debian: bsdutils)")
+			}
+			t.Fatal("script(1) is required: ", err)
+		}
+		other := newDevice(t)
+		code := other.Code.String()
+		term := exec.Command(scriptPath, "-qec", strings.Join([]string{kubectl, "custody", "claim", other.Device.Name, "-n", tn.Status.Namespace, "--as", bob}, " "), "/dev/null")
+		term.Env = env
+		in, err := term.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out syncBuffer
+		term.Stdout, term.Stderr = &out, &out
+		if err := term.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Type the code only once asked, as a person does.
+		waitFor(t, "the prompt", func() bool { return strings.Contains(out.String(), "not shown as you type): ") })
+		if _, err := in.Write([]byte(code + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		if err := term.Wait(); err != nil {
+			t.Fatalf("claim at a terminal: %v\n%s", err, out.String())
+		}
+		if !strings.Contains(out.String(), ": Bound (Bound)") {
+			t.Fatalf("claim at a terminal:\n%s", out.String())
+		}
+		if strings.Contains(out.String(), code) {
+			t.Fatalf("the terminal showed the code:\n%s", out.String())
+		}
+	})
+
 	help := exec.Command(kubectl, "custody", "--help")
 	help.Env = env
 	if out, err := help.Output(); err != nil || !strings.Contains(string(out), "kubectl custody claim SN-0002 --model XR200") {
