@@ -131,11 +131,11 @@ func deviceArg(arg, model string) (string, string, error) {
 }
 
 // readCode reads the claim code from a prompt or from stdin.
-func (e *env) readCode(serial string) (claimcode.Code, error) {
+func (e *env) readCode(ctx context.Context, serial string) (claimcode.Code, error) {
 	var raw string
 	if fd, ok := e.stdinTerminal(); ok {
 		fmt.Fprintf(e.streams.ErrOut, "Claim code for %s (under the label's scratch-off; not shown as you type): ", serial)
-		b, err := term.ReadPassword(fd)
+		b, err := readPassword(ctx, fd)
 		fmt.Fprintln(e.streams.ErrOut)
 		if err != nil {
 			return "", fmt.Errorf("reading the claim code: %w", err)
@@ -159,6 +159,32 @@ func (e *env) readCode(serial string) (claimcode.Code, error) {
 	return code, nil
 }
 
+// readPassword reads a line from the terminal fd with echo off. Ctrl-C
+// (ctx cancelled) gives up and turns echo back on, which term.ReadPassword
+// alone would leave to the Enter key.
+func readPassword(ctx context.Context, fd int) ([]byte, error) {
+	state, err := term.GetState(fd)
+	if err != nil {
+		return nil, err
+	}
+	type result struct {
+		b   []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := term.ReadPassword(fd)
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		return r.b, r.err
+	case <-ctx.Done():
+		_ = term.Restore(fd, state)
+		return nil, errors.New("interrupted")
+	}
+}
+
 func (e *env) claim(ctx context.Context, o claimOptions) error {
 	if err := checkDryRun(o.dryRun); err != nil {
 		return err
@@ -171,7 +197,7 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	if o.possession {
 		return e.claimByPossession(ctx, o)
 	}
-	code, err := e.readCode(o.serial)
+	code, err := e.readCode(ctx, o.serial)
 	if err != nil {
 		return err
 	}
