@@ -107,6 +107,10 @@ func (e *env) listTenantDevices(cmd *cobra.Command, c client.Client, ns, output 
 			return err
 		}
 	}
+	tenant := ns
+	if output == outputWide {
+		tenant = tenantOf(ctx, c, ns)
+	}
 	now := e.now()
 	w := newTable(e.streams.Out)
 	fmt.Fprint(w, "SERIAL\tMODEL\tPHASE\tLAST SEEN\tCERT EXPIRY")
@@ -128,7 +132,7 @@ func (e *env) listTenantDevices(cmd *cobra.Command, c client.Client, ns, output 
 			lastSeen = "<none>"
 		}
 		if owner == "" && (cl.Status.Phase == custodyv1alpha1.ClaimPhaseBound || d == nil && cl.Status.Phase != custodyv1alpha1.ClaimPhaseLost && cl.Status.DeviceName != "") {
-			owner = ns
+			owner = tenant
 		}
 		var notAfter *metav1.Time
 		certSerial := ""

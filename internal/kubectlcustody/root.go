@@ -19,9 +19,12 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/contract"
 	"github.com/custody-dev/custody/internal/scheme"
 )
 
@@ -146,4 +149,25 @@ func (e *env) confirm(yes bool, question string) error {
 		return ErrAborted
 	}
 	return nil
+}
+
+// tenantOf is the name of the Tenant whose namespace is ns: from the label
+// the manager puts on the tenant's trust bundle, which every tenant role may
+// read; else from the Namespace's label (platform engineers); else ns, the
+// default (a Tenant's namespace is its name unless spec.namespace says
+// otherwise).
+func tenantOf(ctx context.Context, c client.Client, ns string) string {
+	cm := &corev1.ConfigMap{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: contract.TrustBundleName}, cm); err == nil {
+		if t := cm.Labels[custodyv1alpha1.LabelTenant]; t != "" {
+			return t
+		}
+	}
+	n := &corev1.Namespace{}
+	if err := c.Get(ctx, client.ObjectKey{Name: ns}, n); err == nil {
+		if t := n.Labels[custodyv1alpha1.LabelTenant]; t != "" {
+			return t
+		}
+	}
+	return ns
 }

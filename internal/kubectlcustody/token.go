@@ -52,6 +52,11 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 			req.Namespace = ns
 			if req.Tenant == "" {
 				req.Tenant = ns
+				if output == outputTable && dryRun != dryRunClient {
+					if c, _, err := e.client(); err == nil {
+						req.Tenant = tenantOf(cmd.Context(), c, ns)
+					}
+				}
 			}
 			s, tok, err := claim.NewPairingTokenSecret(req, e.now())
 			if err != nil {
@@ -81,7 +86,7 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 		},
 	}
 	f := create.Flags()
-	f.StringVar(&req.Tenant, "tenant", "", "the Tenant whose devices the token claims (default: the namespace's)")
+	f.StringVar(&req.Tenant, "tenant", "", "the Tenant whose devices the token claims (default: the one whose namespace is -n)")
 	f.DurationVar(&req.ExpiresIn, "expires-in", 72*time.Hour, "how long the token is valid")
 	f.IntVar(&req.UsageLimit, "usage-limit", 1, "how many devices the token may claim")
 	f.StringVar(&req.Serials, "serials", "", "comma-separated serial numbers the token is limited to (default: any)")

@@ -118,12 +118,13 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 	if err != nil {
 		return err
 	}
-	if o.to == ns {
-		return fmt.Errorf("the device is already tenant %s's: --to names another tenant", ns)
-	}
 	cl, err := boundClaim(ctx, c, ns, ref, "transferred")
 	if err != nil {
 		return err
+	}
+	tenant := tenantOf(ctx, c, ns)
+	if o.to == tenant {
+		return fmt.Errorf("the device is already tenant %s's: --to names another tenant", tenant)
 	}
 	tr := &custodyv1alpha1.Transfer{
 		TypeMeta:   metav1.TypeMeta{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Transfer"},
@@ -134,7 +135,7 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 		return err
 	}
 	if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Offer %s %s (Device %s), held by tenant %s, to tenant %s? Once %s accepts, %s loses the device and its certificates stop working.",
-		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, ns, o.to, o.to, ns)); err != nil {
+		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, tenant, o.to, o.to, tenant)); err != nil {
 		return err
 	}
 	if err := e.createTransfer(ctx, c, tr, o.dryRun, o.output); err != nil {
@@ -157,7 +158,7 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 			fmt.Fprintf(e.streams.Out, "transfer %s: %s until %s\n", tr.Name, got.Status.Phase, got.Status.ExpiresAt.UTC().Format(time.RFC3339))
 		}
 	}
-	fmt.Fprintf(e.streams.Out, "Tenant %s accepts with:\n  kubectl custody transfer accept %s --model %s --from %s -n %s\n", o.to, cl.Spec.SerialNumber, cl.Spec.Model, ns, o.to)
+	fmt.Fprintf(e.streams.Out, "Tenant %s accepts, in its namespace (-n), with:\n  kubectl custody transfer accept %s --model %s --from %s\n", o.to, cl.Spec.SerialNumber, cl.Spec.Model, tenant)
 	return nil
 }
 
@@ -252,8 +253,9 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 	if err := checkFirst(ctx, c, tr, o); err != nil {
 		return err
 	}
+	tenant := tenantOf(ctx, c, ns)
 	if err := e.confirm(o.yes || o.dryRun != dryRunNone, fmt.Sprintf("Release %s %s (Device %s) from tenant %s? The binding ends at once and the device's certificates stop working.",
-		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, ns)); err != nil {
+		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, tenant)); err != nil {
 		return err
 	}
 	if err := e.createTransfer(ctx, c, tr, o.dryRun, o.output); err != nil {
@@ -271,7 +273,7 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 	if got.Status.Phase != custodyv1alpha1.TransferPhaseCompleted {
 		return transferFailed(got)
 	}
-	fmt.Fprintf(e.streams.Out, "%s %s released from tenant %s\n", cl.Spec.Model, cl.Spec.SerialNumber, ns)
+	fmt.Fprintf(e.streams.Out, "%s %s released from tenant %s\n", cl.Spec.Model, cl.Spec.SerialNumber, tenant)
 	if s := got.Status.ClaimCodeSecretName; s != "" {
 		fmt.Fprintf(e.streams.Out, "The new claim code, to hand on with the device, is in Secret %s:\n  kubectl -n %s get secret %s -o jsonpath='{.data.code}' | base64 -d\n", s, ns, s)
 	}

@@ -91,9 +91,16 @@ func TestKubectlCustody(t *testing.T) {
 	acme := newTenant(t,
 		custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: alice, Role: custodyv1alpha1.TenantRoleAdmin},
 		custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: bob, Role: custodyv1alpha1.TenantRoleOperator})
-	globex := newTenant(t, custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: eve, Role: custodyv1alpha1.TenantRoleAdmin})
+	// Globex's namespace is not its name: the plugin names tenants, not namespaces.
+	globex := newTenantWith(t, func(tn *custodyv1alpha1.Tenant) {
+		tn.Spec.Namespace = uniq("globex-ns")
+		tn.Spec.Members = []custodyv1alpha1.TenantMember{{Kind: custodyv1alpha1.MemberKindUser, Name: eve, Role: custodyv1alpha1.TenantRoleAdmin}}
+	})
 	bindSupport(t, sam)
 	acmeNS, globexNS := acme.Status.Namespace, globex.Status.Namespace
+	if globexNS == globex.Name {
+		t.Fatal("globex's namespace should differ from its name")
+	}
 	k := newKubectlCustody(t)
 	rec := newDevice(t)
 	serial, model, code := rec.Device.Spec.SerialNumber, rec.Device.Spec.Model, rec.Code.String()
@@ -341,7 +348,7 @@ func TestKubectlCustody(t *testing.T) {
 		}
 		out := k.ok(t, "y\n", "transfer", claimName, "--to", globex.Name, "-n", acmeNS, "--as", alice)
 		if !strings.Contains(out, "transfer "+claimName+"-to-"+globex.Name+": Offered until") ||
-			!strings.Contains(out, "kubectl custody transfer accept "+serial+" --model "+model+" --from "+acme.Name+" -n "+globex.Name) {
+			!strings.Contains(out, "kubectl custody transfer accept "+serial+" --model "+model+" --from "+acme.Name+"\n") {
 			t.Fatalf("unexpected output %q", out)
 		}
 		// Accepting from a tenant that made no offer says so at once, and holds nothing.
@@ -354,6 +361,11 @@ func TestKubectlCustody(t *testing.T) {
 			t.Fatalf("unexpected output %q", out)
 		}
 		waitPhase(t, &custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Namespace: acmeNS, Name: claimName}}, custodyv1alpha1.ClaimPhaseLost)
+		// The new owner is named as a tenant, not as its namespace.
+		out = k.ok(t, "", "devices", "-o", "wide", "-n", globexNS, "--as", eve)
+		if !regexp.MustCompile(`(?m)^` + serial + `\s+` + model + `\s+Bound\s+<unknown>\s+\S+\s+` + globex.Name + `\s+` + regexp.QuoteMeta(rec.Device.Name) + `\s+` + claimName + `\s`).MatchString(out) {
+			t.Fatalf("eve's devices:\n%s", out)
+		}
 		assertChain(t, rec.Device.Name)
 	})
 
