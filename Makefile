@@ -111,6 +111,15 @@ build: ## Build the binaries into bin/.
 	$(GO) build -o bin/custody-gateway ./cmd/gateway
 	$(GO) build -o bin/custody-device ./cmd/custody-device
 	$(GO) build -o bin/custody-dev ./cmd/custody-dev
+	$(GO) build -o bin/kubectl-custody ./cmd/kubectl-custody
+
+.PHONY: kubectl-custody
+kubectl-custody: ## Build the kubectl plugin into bin/ (put bin/ on PATH, then `kubectl custody --help`).
+	$(GO) build -o bin/kubectl-custody ./cmd/kubectl-custody
+
+.PHONY: krew
+krew: ## Build the plugin's krew archives and dist/custody.yaml for VERSION (e.g. make krew VERSION=v0.1.0).
+	GO=$(GO) VERSION=$(VERSION) ./hack/krew-release.sh
 
 .PHONY: dev
 dev: envtest-assets ## Run the whole control plane locally (see README).

@@ -23,24 +23,17 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/history"
-	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 func main() {
@@ -87,7 +80,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return report(stdout, *deviceName, records, history.Options{FromGenesis: true, Anchors: anchors})
+		return history.Report(stdout, *deviceName, records, history.Options{FromGenesis: true, Anchors: anchors})
 	}
 	in := stdin
 	if *file != "-" {
@@ -98,57 +91,17 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		defer f.Close()
 		in = f
 	}
-	devices, err := ReadDevices(in)
+	devices, err := history.ReadDevices(in)
 	if err != nil {
 		return err
 	}
 	var failed error
 	for _, d := range devices {
-		if err := report(stdout, d.Name, d.Status.History, history.Options{Anchors: anchors}); err != nil {
+		if err := history.Report(stdout, d.Name, d.Status.History, history.Options{Anchors: anchors}); err != nil {
 			failed = errors.Join(failed, err)
 		}
 	}
 	return failed
-}
-
-func report(w io.Writer, name string, records []custodyv1alpha1.CustodyRecord, opts history.Options) error {
-	if err := history.Verify(records, opts); err != nil {
-		return fmt.Errorf("%s: history is NOT intact: %w", name, err)
-	}
-	if len(records) == 0 {
-		_, err := fmt.Fprintf(w, "%s: no history\n", name)
-		return err
-	}
-	last := records[len(records)-1]
-	_, err := fmt.Fprintf(w, "%s: history intact: entries %d..%d, head %s\n", name, records[0].Sequence, last.Sequence, last.Hash)
-	return err
-}
-
-// ReadDevices reads one Device or a List of Devices.
-func ReadDevices(r io.Reader) ([]custodyv1alpha1.Device, error) {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return nil, err
-	}
-	var kind struct{ Kind string }
-	if err := json.Unmarshal(data, &kind); err != nil {
-		return nil, fmt.Errorf("not a Device in JSON: %w", err)
-	}
-	switch kind.Kind {
-	case "Device":
-		var d custodyv1alpha1.Device
-		if err := json.Unmarshal(data, &d); err != nil {
-			return nil, err
-		}
-		return []custodyv1alpha1.Device{d}, nil
-	case "List", "DeviceList":
-		var l custodyv1alpha1.DeviceList
-		if err := json.Unmarshal(data, &l); err != nil {
-			return nil, err
-		}
-		return l.Items, nil
-	}
-	return nil, fmt.Errorf("expected a Device or a List of Devices, got kind %q", kind.Kind)
 }
 
 // pairingToken prints a pairing-token Secret for the tenant's namespace on
@@ -163,27 +116,15 @@ func pairingToken(args []string, stdout, stderr io.Writer, now time.Time) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if !protocol.ValidPairingTokenTenant(*tenant) || *expiresIn <= 0 || *limit < 1 || *limit > claim.MaxTokenUsageLimit {
+	if *tenant == "" {
 		return errors.New(usage)
 	}
 	if *namespace == "" {
 		*namespace = *tenant
 	}
-	tok, err := protocol.GeneratePairingToken(*tenant)
+	s, tok, err := claim.NewPairingTokenSecret(claim.PairingTokenRequest{Tenant: *tenant, Namespace: *namespace, ExpiresIn: *expiresIn, UsageLimit: *limit, Serials: *serials}, now)
 	if err != nil {
-		return err
-	}
-	s := corev1.Secret{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-		ObjectMeta: metav1.ObjectMeta{Name: claim.PairingTokenSecretPrefix + tok.ID, Namespace: *namespace},
-		Type:       claim.PairingTokenSecretType,
-		StringData: map[string]string{
-			claim.TokenKeyID: tok.ID, claim.TokenKeySecret: tok.Secret,
-			claim.TokenKeyExpiration: now.Add(*expiresIn).UTC().Format(time.RFC3339), claim.TokenKeyUsageLimit: strconv.Itoa(*limit),
-		},
-	}
-	if *serials != "" {
-		s.StringData[claim.TokenKeyAllowedSerials] = *serials
+		return fmt.Errorf("%w\n%s", err, usage)
 	}
 	out, err := yaml.Marshal(s)
 	if err != nil {
@@ -202,11 +143,10 @@ type anchorFlag []history.Anchor
 func (a *anchorFlag) String() string { return fmt.Sprint(*a) }
 
 func (a *anchorFlag) Set(v string) error {
-	seq, hash, ok := strings.Cut(v, ":")
-	n, err := strconv.ParseInt(seq, 10, 64)
-	if !ok || err != nil || !strings.HasPrefix(hash, history.HashPrefix) {
-		return fmt.Errorf("anchor %q: want SEQ:sha256:HEX", v)
+	anchor, err := history.ParseAnchor(v)
+	if err != nil {
+		return err
 	}
-	*a = append(*a, history.Anchor{Sequence: n, Hash: hash})
+	*a = append(*a, anchor)
 	return nil
 }
