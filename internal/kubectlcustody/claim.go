@@ -76,6 +76,9 @@ binding).`,
 			if cmd.Flags().Changed("code") || cmd.Flags().Changed("claim-code") || len(args) > 1 {
 				return errCodeOnArgv
 			}
+			if len(args) == 1 && isClaimCode(args[0]) {
+				return errCodeOnArgv
+			}
 			if len(args) != 1 {
 				return errors.New("name the device: kubectl custody claim SERIAL --model MODEL (or claim DEVICE, e.g. xr200.sn-0002)")
 			}
@@ -107,6 +110,22 @@ type claimOptions struct {
 	model, serial, name, releasePolicy, dryRun string
 	wait, possession                           bool
 	timeout                                    time.Duration
+}
+
+// isClaimCode reports whether arg, or its part after a model's ".", is a
+// well-formed claim code: typed where the serial number goes, it must not
+// reach the cluster (as a Secret's name) or an error message. The admission
+// webhook refuses such serial numbers anyway.
+func isClaimCode(arg string) bool {
+	if _, err := claimcode.Parse(arg); err == nil {
+		return true
+	}
+	if _, s, ok := strings.Cut(arg, "."); ok {
+		if _, err := claimcode.Parse(s); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // deviceArg reads SERIAL (with --model) or a Device name (model.serial).

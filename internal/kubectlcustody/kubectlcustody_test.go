@@ -3,6 +3,7 @@ package kubectlcustody
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,6 +91,51 @@ func TestClaimRefusesACodeOnArgvWithoutTheCluster(t *testing.T) {
 	out, _, _ := run(t, "", "claim", "--help")
 	if strings.Contains(out, "--code") {
 		t.Fatalf("claim --help mentions a code flag:\n%s", out)
+	}
+}
+
+// TestClaimRefusesACodeAsTheDeviceArgument: a claim code typed where the
+// serial number goes (the likeliest slip: "kubectl custody claim <code>")
+// is refused as a code on argv, before stdin is read or the cluster is
+// asked, and is not echoed. The webhook would refuse the Claim too, but
+// only after the plugin had created the Secret <code>-code (a name the
+// API server logs and keeps) and printed the code in the webhook's error.
+func TestClaimRefusesACodeAsTheDeviceArgument(t *testing.T) {
+	_, rec := deviceDir(t)
+	code := rec.Code.String()
+	for _, arg := range []string{code, strings.ToLower(code), "xr200." + code, "XR200." + strings.ToLower(code)} {
+		args := []string{"claim", arg}
+		if !strings.Contains(arg, ".") {
+			args = append(args, "--model", "XR200")
+		}
+		out, errOut, err := run(t, code+"\n", args...)
+		if !errors.Is(err, errCodeOnArgv) {
+			t.Fatalf("%v: want the code-on-argv refusal, got %v", args, err)
+		}
+		all := strings.ToLower(out + errOut + err.Error())
+		if strings.Contains(all, strings.ToLower(code)) || strings.Contains(all, strings.ToLower(strings.ReplaceAll(code, "-", ""))) {
+			t.Fatalf("%v: the code was echoed: %q %q %v", args, out, errOut, err)
+		}
+	}
+}
+
+// TestLabelSVGIsPrivateOverAnExistingFile: --svg FILE holds the claim code
+// and is "mode 0600" even when FILE already exists with a looser mode
+// (os.WriteFile keeps an existing file's mode).
+func TestLabelSVGIsPrivateOverAnExistingFile(t *testing.T) {
+	dir, _ := deviceDir(t)
+	svgFile := filepath.Join(t.TempDir(), "label.svg")
+	if err := os.WriteFile(svgFile, nil, 0o644); err != nil { //nolint:gosec // the loose mode is the test
+		t.Fatal(err)
+	}
+	if err := os.Chmod(svgFile, 0o644); err != nil { //nolint:gosec // the loose mode is the test
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, "", "label", dir, "--svg", svgFile); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(svgFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the SVG holds the code but is mode %v (%v)", st.Mode().Perm(), err)
 	}
 }
 

@@ -130,7 +130,7 @@ func (e *env) labelFromDir(dir, svg string, showCode bool) error {
 			_, err = e.streams.Out.Write(out)
 			return err
 		}
-		if err := os.WriteFile(svg, out, 0o600); err != nil {
+		if err := writePrivate(svg, out); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.streams.ErrOut, "wrote the label of %s %s to %s (it holds the claim code: print it under a scratch-off cover)\n", l.Model, l.SerialNumber, svg)
@@ -142,4 +142,27 @@ func (e *env) labelFromDir(dir, svg string, showCode bool) error {
 	}
 	_, err = fmt.Fprintf(e.streams.Out, "Model:       %s\nSerial:      %s\nKey:         %s\nClaim URL:   %s\nClaim code:  %s\n", l.Model, l.SerialNumber, l.Fingerprint, l.URL(), shown)
 	return err
+}
+
+// writePrivate writes data to path with mode 0600, also when path exists
+// with a looser mode (which os.WriteFile would keep): the mode is set
+// before anything is written.
+func writePrivate(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600) //nolint:gosec // the user names the file
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Truncate(0); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

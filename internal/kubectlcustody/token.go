@@ -1,6 +1,7 @@
 package kubectlcustody
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -51,11 +52,14 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 			}
 			req.Namespace = ns
 			if req.Tenant == "" {
+				// The tenant of -n from the cluster when it can be asked, also
+				// for -o and --dry-run=client (a tenant's namespace need not be
+				// its name); else -n.
 				req.Tenant = ns
-				if output == outputTable && dryRun != dryRunClient {
-					if c, _, err := e.client(); err == nil {
-						req.Tenant = tenantOf(cmd.Context(), c, ns)
-					}
+				if c, _, err := e.client(); err == nil {
+					ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+					req.Tenant = tenantOf(ctx, c, ns)
+					cancel()
 				}
 			}
 			s, tok, err := claim.NewPairingTokenSecret(req, e.now())

@@ -132,6 +132,29 @@ func TestKubectlCustody(t *testing.T) {
 		}
 	})
 
+	t.Run("a code typed as the device argument is refused before anything is created", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"claim", code, "--model", model},
+			{"claim", strings.ToLower(code), "--model", model},
+			{"claim", strings.ToLower(model) + "." + code},
+		} {
+			out, errOut, err := k.run(code+"\n", append(args, asBob...)...)
+			if err == nil || !strings.Contains(err.Error(), "never taken from the command line") {
+				t.Fatalf("%v: want a refusal naming the command line, got %v", args, err)
+			}
+			all := strings.ToLower(out + errOut + err.Error())
+			noCode(t, all, strings.ToUpper(all))
+		}
+		if n := len(claimsIn(t, acmeNS)); n != 0 {
+			t.Fatalf("a refused command created %d Claims", n)
+		}
+		for _, sec := range secretsIn(t, acmeNS) {
+			if strings.Contains(strings.ToUpper(sec.Name), strings.ReplaceAll(code, "-", "")) || strings.Contains(strings.ToUpper(sec.Name), code) {
+				t.Fatalf("a refused command left Secret %s, named after the code", sec.Name)
+			}
+		}
+	})
+
 	t.Run("a typo is caught before anything is created", func(t *testing.T) {
 		typo := []byte(code)
 		last := len(typo) - 1
@@ -412,6 +435,23 @@ func TestKubectlCustody(t *testing.T) {
 		}
 		if n := tokens(); n != 0 {
 			t.Fatalf("a dry run or -o yaml created %d tokens", n)
+		}
+		// -o yaml and --dry-run=client name the tenant of -n too, also when
+		// its namespace is not its name: a token for "<namespace>" claims
+		// nothing.
+		for _, args := range [][]string{{"-o", "yaml"}, {"--dry-run=client"}} {
+			out, errOut, err := k.run("", append([]string{"pairing-token", "create", "-n", globexNS, "--as", eve}, args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last := strings.TrimSpace(out)
+			if args[0] == "-o" {
+				last = strings.TrimSpace(errOut)
+			}
+			tok, err := protocol.ParsePairingToken(last[strings.LastIndex(last, "\n")+1:])
+			if err != nil || tok.Tenant != globex.Name {
+				t.Fatalf("pairing-token create %v in namespace %s: a token for tenant %q, want %q (%v)", args, globexNS, tok.Tenant, globex.Name, err)
+			}
 		}
 		out, errOut, err := k.run("", append([]string{"pairing-token", "create", "--usage-limit", "5", "--expires-in", "24h"}, asBob...)...)
 		if err != nil {
