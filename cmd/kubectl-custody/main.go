@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -19,6 +20,9 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
+		if errors.Is(err, kubectlcustody.ErrUndecided) {
+			os.Exit(2) // neither bound nor denied: a script can tell "not yet" from "no"
+		}
 		os.Exit(1)
 	}
 }

@@ -23,8 +23,16 @@ func Report(w io.Writer, name string, records []custodyv1alpha1.CustodyRecord, o
 		return err
 	}
 	last := records[len(records)-1]
-	_, err := fmt.Fprintf(w, "%s: history intact: entries %d..%d, head %s\n", name, records[0].Sequence, last.Sequence, last.Hash)
-	return err
+	if _, err := fmt.Fprintf(w, "%s: history intact: entries %d..%d, head %s\n", name, records[0].Sequence, last.Sequence, last.Hash); err != nil {
+		return err
+	}
+	if first := records[0].Sequence; first > 1 && !opts.FromGenesis {
+		// A Device keeps its newest entries, and a window that does not
+		// start at 1 verifies on its own: say what it cannot show.
+		_, err := fmt.Fprintf(w, "%s: entries before %d are not on the Device: verify them, and that none was removed, with the manager's audit log (--audit-log) or an anchor you kept (--anchor)\n", name, first)
+		return err
+	}
+	return nil
 }
 
 // ReadDevices reads one Device or a List of Devices in JSON, as `kubectl

@@ -303,7 +303,7 @@ func (e *env) claimByPossession(ctx context.Context, o claimOptions) error {
 }
 
 // waitClaim waits for the manager's decision on cl and prints it. A Denied
-// Claim is an error.
+// Claim is an error; one that stays Pending is ErrUndecided.
 func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha1.Claim, timeout time.Duration) error {
 	got := &custodyv1alpha1.Claim{}
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
@@ -321,7 +321,7 @@ func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha
 	}
 	if err != nil {
 		if wait.Interrupted(err) {
-			return fmt.Errorf("claim %s is still %s after %s (%s: %s); see it with kubectl -n %s get claim %s", cl.Name, orNone(string(got.Status.Phase)), timeout, orNone(reason), message, cl.Namespace, cl.Name)
+			return fmt.Errorf("%w: claim %s is still %s after %s (%s: %s); see it with kubectl -n %s get claim %s", ErrUndecided, cl.Name, orNone(string(got.Status.Phase)), timeout, orNone(reason), message, cl.Namespace, cl.Name)
 		}
 		return err
 	}
@@ -334,6 +334,7 @@ func (e *env) waitClaim(ctx context.Context, c client.Client, cl *custodyv1alpha
 		}
 	case custodyv1alpha1.ClaimPhasePending:
 		fmt.Fprintf(e.streams.Out, "The Claim stays Pending and is decided by itself once that changes: kubectl -n %s get claim %s\n", cl.Namespace, cl.Name)
+		return fmt.Errorf("%w: claim %s is Pending (%s)", ErrUndecided, cl.Name, reason)
 	case custodyv1alpha1.ClaimPhaseDenied:
 		return fmt.Errorf("claim %s was denied (%s): it is final; a new attempt needs a new Claim", cl.Name, reason)
 	}

@@ -38,6 +38,12 @@ type Streams struct {
 // ErrAborted is returned when the user answers no to a confirmation.
 var ErrAborted = errors.New("aborted: nothing was changed")
 
+// ErrUndecided: a Claim waited on is neither bound nor denied; it stays
+// Pending, and is decided by itself once what it waits for changes (a
+// lockout ending, a transfer offer). kubectl-custody exits 2 for it, 1 for
+// other errors, so that a script can tell "not yet" from "no".
+var ErrUndecided = errors.New("not decided yet")
+
 // Run runs `kubectl custody` with args (without the program name).
 func Run(ctx context.Context, args []string, streams Streams) error {
 	cmd := NewCommand(streams)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -207,9 +208,13 @@ func TestKubectlCustody(t *testing.T) {
 		wrong := otherCode(t, rec.Code).String()
 		for i, want := range []string{"Denied (ClaimNotVerified)", "Pending (TooManyFailedAttempts)"} {
 			name := fmt.Sprintf("again-%d", i)
-			out, _, _ := k.run(wrong+"\n", "claim", "SN-KC-UNKNOWN", "--model", model, "--name", name, "-n", globexNS, "--as", eve, "--timeout", "30s")
+			out, _, err := k.run(wrong+"\n", "claim", "SN-KC-UNKNOWN", "--model", model, "--name", name, "-n", globexNS, "--as", eve, "--timeout", "30s")
 			if !strings.Contains(out, "claim "+name+": "+want) {
 				t.Fatalf("attempt %d: want %s, got %q", i+2, want, out)
+			}
+			// Denied is an error; Pending is "not decided yet" (exit 2), never success.
+			if undecided := errors.Is(err, kubectlcustody.ErrUndecided); err == nil || undecided != (i == 1) {
+				t.Fatalf("attempt %d: error %v (undecided %v)", i+2, err, undecided)
 			}
 		}
 	})
@@ -375,9 +380,9 @@ func TestKubectlCustody(t *testing.T) {
 			t.Fatalf("unexpected output %q", out)
 		}
 		// Accepting from a tenant that made no offer says so at once, and holds nothing.
-		out = k.ok(t, "", "transfer", "accept", rec.Device.Name, "--from", "no-such-tenant", "--name", "no-offer", "-n", globexNS, "--as", eve, "--timeout", "30s")
-		if !strings.Contains(out, "claim no-offer: Pending (NoTransferOffer)") {
-			t.Fatalf("unexpected output %q", out)
+		out, _, err = k.run("", "transfer", "accept", rec.Device.Name, "--from", "no-such-tenant", "--name", "no-offer", "-n", globexNS, "--as", eve, "--timeout", "30s")
+		if !strings.Contains(out, "claim no-offer: Pending (NoTransferOffer)") || !errors.Is(err, kubectlcustody.ErrUndecided) {
+			t.Fatalf("unexpected output %q, error %v (want not decided yet)", out, err)
 		}
 		out = k.ok(t, "", "transfer", "accept", rec.Device.Name, "--from", acme.Name, "-n", globexNS, "--as", eve)
 		if !strings.Contains(out, "claim "+claimName+": Bound") {
