@@ -242,28 +242,37 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	}
 	out := e.streams.Out
 	if o.dryRun == dryRunClient {
-		fmt.Fprintf(out, "secret/%s created (dry run)\nclaim.custody.dev/%s created (dry run)\n", secret.Name, name)
+		fmt.Fprintf(out, "claim.custody.dev/%s created (dry run)\nsecret/%s created (dry run)\n", name, secret.Name)
 		return nil
 	}
 	if err := c.Get(ctx, client.ObjectKeyFromObject(cl), &custodyv1alpha1.Claim{}); err == nil {
 		return fmt.Errorf("a Claim %s already exists in namespace %s: name this one with --name, or see it with kubectl -n %s get claim %s", name, ns, ns, name)
 	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(secret), &corev1.Secret{}); err == nil {
+		return fmt.Errorf("secret %s already exists in namespace %s (left from an earlier claim?): delete it, or name this Claim with --name", secret.Name, ns)
+	}
+	// The Claim first, then the code's Secret, owned by the Claim: a Claim
+	// the API server refuses leaves no Secret holding the code behind
+	// (tenant Operators, who claim, may not delete Secrets), and deleting
+	// the Claim deletes its Secret. Until the Secret exists the Claim
+	// waits (ClaimCodeSecretNotFound), which counts no attempt.
+	if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
+		return explain(err, "creating the Claim in namespace "+ns)
+	}
+	if o.dryRun == dryRunNone {
+		secret.OwnerReferences = []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Claim", Name: cl.Name, UID: cl.UID}}
+	}
 	if err := c.Create(ctx, secret, createOpts(o.dryRun)...); err != nil {
+		if o.dryRun == dryRunNone {
+			fmt.Fprintf(e.streams.ErrOut, "The Claim %s waits for its code's Secret, which could not be created: delete the Claim (kubectl -n %s delete claim %s) or create the Secret %s with key code.\n", cl.Name, ns, cl.Name, secret.Name)
+		}
 		if apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("secret %s already exists in namespace %s (left from an earlier claim?): delete it, or name this Claim with --name", secret.Name, ns)
 		}
 		return explain(err, "creating the code's Secret in namespace "+ns)
 	}
-	if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
-		if o.dryRun == dryRunNone {
-			if derr := c.Delete(ctx, secret); derr != nil && !apierrors.IsNotFound(derr) {
-				fmt.Fprintf(e.streams.ErrOut, "The code's Secret %s could not be deleted (%v): ask a tenant Admin to delete it.\n", secret.Name, apierrors.ReasonForError(derr))
-			}
-		}
-		return explain(err, "creating the Claim in namespace "+ns)
-	}
 	suffix := dryRunSuffix(o.dryRun)
-	fmt.Fprintf(out, "secret/%s created%s\nclaim.custody.dev/%s created%s\n", secret.Name, suffix, name, suffix)
+	fmt.Fprintf(out, "claim.custody.dev/%s created%s\nsecret/%s created%s\n", name, suffix, secret.Name, suffix)
 	if o.dryRun != dryRunNone || !o.wait {
 		return nil
 	}

@@ -198,6 +198,18 @@ func TestKubectlCustody(t *testing.T) {
 				t.Fatalf("%s: want a denial, got %v (%s)", s, err, out)
 			}
 			answers = append(answers, out[strings.Index(out, "claim "+name+":")+len("claim "+name):])
+			// The denied Claim owns its code's Secret: deleting the Claim
+			// deletes the code with it.
+			cl, sec := &custodyv1alpha1.Claim{}, &corev1.Secret{}
+			if err := admin.Get(context.Background(), client.ObjectKey{Namespace: globexNS, Name: name}, cl); err != nil {
+				t.Fatal(err)
+			}
+			if err := admin.Get(context.Background(), client.ObjectKey{Namespace: globexNS, Name: name + "-code"}, sec); err != nil {
+				t.Fatal(err)
+			}
+			if refs := sec.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Claim" || refs[0].UID != cl.UID {
+				t.Fatalf("the code's Secret is owned by %+v, not its Claim %s", refs, cl.UID)
+			}
 		}
 		if answers[0] != answers[1] || !strings.Contains(answers[0], "Denied (ClaimNotVerified)") {
 			t.Fatalf("the answers differ or are not ClaimNotVerified:\n%q\n%q", answers[0], answers[1])
