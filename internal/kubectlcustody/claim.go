@@ -169,7 +169,7 @@ func (e *env) readCode(ctx context.Context, serial string) (claimcode.Code, erro
 	}
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
-		return "", errors.New("no claim code: type it at the prompt, or pipe it on stdin")
+		return "", errors.New("no claim code: type it at the prompt, or pipe it on stdin (only the first line is read)")
 	}
 	code, err := claimcode.Parse(raw)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -75,8 +76,15 @@ func dryRunSuffix(d string) string {
 	return ""
 }
 
-// printObject writes obj as JSON or YAML.
+// printObject writes obj as JSON or YAML, without managedFields (as
+// kubectl get -o yaml shows objects).
 func printObject(w io.Writer, format string, obj any) error {
+	if o, ok := obj.(metav1.Object); ok && len(o.GetManagedFields()) > 0 {
+		if c, ok := obj.(runtime.Object); ok {
+			obj = c.DeepCopyObject()
+			obj.(metav1.Object).SetManagedFields(nil)
+		}
+	}
 	var data []byte
 	var err error
 	if format == outputJSON {
