@@ -62,7 +62,12 @@ device (the device then confirms the Claim through the gateway).
 
 --release-policy says what deleting the Claim later does: Retain (the default:
 the device stays the tenant's) or Release (deleting the Claim ends the
-binding).`,
+binding).
+
+Exit status: 0 when the device is bound (or, with --possession, waits for
+it); 2 when the Claim is not decided yet (it stays Pending, or --timeout
+passed first: the manager decides it later by itself); 1 otherwise, a
+denied Claim included.`,
 		Example: `  # Type the code at the prompt:
   kubectl custody claim SN-0002 --model XR200 -n acme
   # Pipe it (from a password manager, a file, ...):
