@@ -8,29 +8,16 @@ import (
 	"slices"
 	"strings"
 	"testing"
-)
 
-// needTool returns the path of a third-party tool the test drives, and
-// skips the test when it is missing, unless CUSTODY_REQUIRE_TOOLS is set
-// (as .ci/run sets it): CI never skips.
-func needTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CUSTODY_REQUIRE_TOOLS") != "" {
-			t.Fatalf("%s is not installed (Debian package %s) and CUSTODY_REQUIRE_TOOLS is set", name, pkg)
-		}
-		t.Skipf("%s is not installed (Debian package %s)", name, pkg)
-	}
-	return path
-}
+	"github.com/custody-dev/custody/internal/testtools"
+)
 
 // TestAlertRules checks the alert rules with Prometheus's own promtool:
 // the file is valid, and its unit tests (each alert fires on the series
 // that should raise it, with its labels and text, and stays quiet
 // otherwise) pass.
 func TestAlertRules(t *testing.T) {
-	promtool := needTool(t, "promtool", "prometheus")
+	promtool := testtools.Need(t, "promtool", "prometheus")
 	for _, args := range [][]string{
 		{"check", "rules", "custody.rules.yaml"},
 		{"test", "rules", "custody.rules.test.yaml"},

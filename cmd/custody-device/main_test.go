@@ -19,6 +19,7 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
 	"github.com/custody-dev/custody/internal/label"
+	"github.com/custody-dev/custody/internal/testtools"
 	"github.com/custody-dev/custody/pkg/device"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
@@ -406,23 +407,6 @@ func TestInitBatchFlags(t *testing.T) {
 	}
 }
 
-// requireTool returns the path of a third-party program a test needs.
-// Without it the test is skipped, unless CUSTODY_REQUIRE_TOOLS is set (as
-// .ci/run sets it, after installing it): then it fails.
-func requireTool(t *testing.T, name, debPackage string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	msg := fmt.Sprintf("%s is not installed (apt-get install %s)", name, debPackage)
-	if os.Getenv("CUSTODY_REQUIRE_TOOLS") != "" {
-		t.Fatal(msg + "; CUSTODY_REQUIRE_TOOLS is set")
-	}
-	t.Skip(msg)
-	return ""
-}
-
 // TestLabelSheetScans prints a batch's label sheets to PNG with a
 // third-party SVG renderer (librsvg's rsvg-convert) and reads every
 // label's QR code back with a third-party decoder (zbar's zbarimg): each
@@ -430,8 +414,8 @@ func requireTool(t *testing.T, name, debPackage string) string {
 // and it is that device's claim URL, with the fingerprint of the key in
 // the device's directory.
 func TestLabelSheetScans(t *testing.T) {
-	rsvg := requireTool(t, "rsvg-convert", "librsvg2-bin")
-	zbar := requireTool(t, "zbarimg", "zbar-tools")
+	rsvg := testtools.Need(t, "rsvg-convert", "librsvg2-bin")
+	zbar := testtools.Need(t, "zbarimg", "zbar-tools")
 	dir, devs := testBatch(t)
 	work := t.TempDir()
 	// render prints the region (x, y, w, h) of a page, in mm, to PNG at

@@ -16,6 +16,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"github.com/custody-dev/custody/internal/testtools"
 )
 
 // TestImages builds both images for linux/amd64 twice, from different
@@ -174,13 +176,7 @@ func TestImages(t *testing.T) {
 			}
 
 			// A third-party OCI tool reads the same image.
-			skopeo, err := exec.LookPath("skopeo")
-			if err != nil {
-				if os.Getenv("CUSTODY_REQUIRE_TOOLS") != "" {
-					t.Fatal("skopeo is not installed (Debian package skopeo) and CUSTODY_REQUIRE_TOOLS is set")
-				}
-				t.Skip("skopeo is not installed (Debian package skopeo)")
-			}
+			skopeo := testtools.Need(t, "skopeo", "skopeo")
 			raw, err := exec.Command(skopeo, "inspect", "--config", "oci:"+dir+":v9.9.9-test").Output() //nolint:gosec // a test directory
 			if err != nil {
 				t.Fatalf("skopeo inspect: %v", err)

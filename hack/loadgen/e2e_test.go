@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,18 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// freeAddr returns a 127.0.0.1 address no one listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+	"github.com/custody-dev/custody/internal/testtools"
+)
 
 // stopProcess ends custody-dev (which stops its etcd and kube-apiserver)
 // and waits for it, killing it after a minute.
@@ -55,17 +45,12 @@ func TestLoadHarnessEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custody-dev")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/custody-dev")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building custody-dev: %v\n%s", err, out)
-	}
+	bin := testtools.BuildCustodyDev(t, root, dir)
 
 	data := filepath.Join(dir, "data")
-	metrics, health := freeAddr(t), freeAddr(t)
+	metrics, health := testtools.FreeAddr(t), testtools.FreeAddr(t)
 	dev := exec.Command(bin, "--data-dir", data, "--gateway-addr", "none",
-		"--metrics-addr", metrics, "--health-addr", health, "--nats-addr", freeAddr(t), "--mqtt-addr", freeAddr(t))
+		"--metrics-addr", metrics, "--health-addr", health, "--nats-addr", testtools.FreeAddr(t), "--mqtt-addr", testtools.FreeAddr(t))
 	logs, err := os.Create(filepath.Join(dir, "custody-dev.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +95,7 @@ func TestLoadHarnessEndToEnd(t *testing.T) {
 		"LOAD_HEARTBEAT_CONCURRENCY=2", "LOAD_HEARTBEAT_DURATION=1s",
 		"LOAD_SCALE=8,"+strconv.Itoa(scale), "LOAD_SCALE_BOUND=10",
 		"LOAD_MANAGER_METRICS="+metrics, "LOAD_MANAGER_HEALTH="+health,
-		"LOAD_GATEWAY_PORT="+strings.Split(freeAddr(t), ":")[1],
+		"LOAD_GATEWAY_PORT="+strings.Split(testtools.FreeAddr(t), ":")[1],
 		"LOAD_OUT="+out, "LOAD_PUBLISH_DURATION=2s", "LOAD_PUBLISH_INTERVAL=500ms")
 	printed, err := load.CombinedOutput()
 	// The resync phase leaves a new custody-dev running: stop it too.

@@ -81,9 +81,6 @@ func (e *env) listTenantDevices(cmd *cobra.Command, c client.Client, ns, output 
 		for i := range claims.Items {
 			claims.Items[i].APIVersion, claims.Items[i].Kind = custodyv1alpha1.GroupVersion.String(), "Claim"
 		}
-		for i := range claims.Items {
-			claims.Items[i].ManagedFields = nil
-		}
 		return printObject(e.streams.Out, output, listOf(claims.Items))
 	}
 	if len(claims.Items) == 0 {
@@ -173,9 +170,6 @@ func (e *env) listDevices(cmd *cobra.Command, c client.Client, output string) er
 	if output == outputJSON || output == outputYAML {
 		for i := range devices.Items {
 			devices.Items[i].APIVersion, devices.Items[i].Kind = custodyv1alpha1.GroupVersion.String(), "Device"
-		}
-		for i := range devices.Items {
-			devices.Items[i].ManagedFields = nil
 		}
 		return printObject(e.streams.Out, output, listOf(devices.Items))
 	}

@@ -100,10 +100,16 @@ func printObject(w io.Writer, format string, obj any) error {
 	return err
 }
 
-// listOf wraps items in a v1 List, as kubectl prints several objects.
+// listOf wraps items in a v1 List, as kubectl prints several objects,
+// without their managedFields (as printObject prints one).
 func listOf[T any](items []T) map[string]any {
 	if items == nil {
 		items = []T{}
+	}
+	for i := range items {
+		if o, ok := any(&items[i]).(metav1.Object); ok {
+			o.SetManagedFields(nil)
+		}
 	}
 	return map[string]any{"apiVersion": "v1", "kind": "List", "metadata": map[string]any{"resourceVersion": ""}, "items": items}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
 	"github.com/custody-dev/custody/internal/kubectlcustody"
+	"github.com/custody-dev/custody/internal/testtools"
 	"github.com/custody-dev/custody/pkg/protocol"
 )
 
@@ -491,13 +492,7 @@ func TestKubectlCustody(t *testing.T) {
 // TestKubectlCustodyPlugin runs the built plugin through the real kubectl,
 // as a platform engineer installs it: kubectl-custody on PATH.
 func TestKubectlCustodyPlugin(t *testing.T) {
-	kubectl, err := exec.LookPath("kubectl")
-	if err != nil {
-		if os.Getenv("CUSTODY_REQUIRE_TOOLS") == "" {
-			t.Skip("kubectl is not installed (Debian: kubernetes-client); CI sets CUSTODY_REQUIRE_TOOLS and never skips")
-		}
-		t.Fatal("kubectl is required: ", err)
-	}
+	kubectl := testtools.Need(t, "kubectl", "kubernetes-client")
 	startManager(t)
 	const bob = "bob@plugin.example"
 	tn := newTenant(t, custodyv1alpha1.TenantMember{Kind: custodyv1alpha1.MemberKindUser, Name: bob, Role: custodyv1alpha1.TenantRoleOperator})
@@ -531,13 +526,7 @@ func TestKubectlCustodyPlugin(t *testing.T) {
 	t.Run("at a terminal the code is asked for and not echoed", func(t *testing.T) {
 		// script(1) (bsdutils, Essential in Debian) runs the plugin on a
 		// pseudo-terminal; were echo left on, the terminal would print the code.
-		scriptPath, err := exec.LookPath("script")
-		if err != nil {
-			if os.Getenv("CUSTODY_REQUIRE_TOOLS") == "" {
-				t.Skip("script(1) is not installed (Debian: bsdutils)")
-			}
-			t.Fatal("script(1) is required: ", err)
-		}
+		scriptPath := testtools.Need(t, "script", "bsdutils")
 		other := newDevice(t)
 		code := other.Code.String()
 		term := exec.Command(scriptPath, "-qec", strings.Join([]string{kubectl, "custody", "claim", other.Device.Name, "-n", tn.Status.Namespace, "--as", bob}, " "), "/dev/null")

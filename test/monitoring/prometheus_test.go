@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,17 +28,8 @@ import (
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
 	"github.com/custody-dev/custody/internal/claimcode"
 	"github.com/custody-dev/custody/internal/scheme"
+	"github.com/custody-dev/custody/internal/testtools"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // start runs a command in its own process group, logging to dir/name.log,
 // and kills the group when the test ends.
@@ -136,34 +126,23 @@ func TestPrometheusScrapesCustodyDev(t *testing.T) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		t.Fatal("KUBEBUILDER_ASSETS is not set: run make test (it builds kube-apiserver and etcd with hack/envtest-assets.sh)")
 	}
-	prometheus, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CUSTODY_REQUIRE_TOOLS") != "" {
-			t.Fatal("prometheus is not installed (Debian package prometheus) and CUSTODY_REQUIRE_TOOLS is set")
-		}
-		t.Skip("prometheus is not installed (Debian package prometheus)")
-	}
+	prometheus := testtools.Need(t, "prometheus", "prometheus")
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "custody-dev")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/custody-dev")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building custody-dev: %v\n%s", err, out)
-	}
+	bin := testtools.BuildCustodyDev(t, root, dir)
 
 	data := filepath.Join(dir, "data")
-	metrics, health := freeAddr(t), freeAddr(t)
-	start(t, dir, "custody-dev", exec.Command(bin, "--data-dir", data, "--gateway-addr", freeAddr(t), //nolint:gosec // the binary just built
-		"--metrics-addr", metrics, "--health-addr", health, "--nats-addr", freeAddr(t), "--mqtt-addr", freeAddr(t)))
+	metrics, health := testtools.FreeAddr(t), testtools.FreeAddr(t)
+	start(t, dir, "custody-dev", exec.Command(bin, "--data-dir", data, "--gateway-addr", testtools.FreeAddr(t), //nolint:gosec // the binary just built
+		"--metrics-addr", metrics, "--health-addr", health, "--nats-addr", testtools.FreeAddr(t), "--mqtt-addr", testtools.FreeAddr(t)))
 
 	// Prometheus, scraping every second and evaluating the rules every
 	// second (their `for:` durations are longer than this test: the rules
 	// are evaluated, not expected to fire; promtool's unit tests fire them).
-	promAddr := freeAddr(t)
+	promAddr := testtools.FreeAddr(t)
 	rules := filepath.Join(root, "config", "prometheus", "custody.rules.yaml")
 	cfg := map[string]any{
 		"global":     map[string]any{"scrape_interval": "1s", "evaluation_interval": "1s"},
