@@ -111,11 +111,11 @@ func Parse(token string) (Claims, string, []byte, error) {
 	if !ok {
 		return Claims{}, "", nil, ErrInvalid
 	}
-	raw, err := b64.DecodeString(p)
+	raw, err := decodeExact(p)
 	if err != nil {
 		return Claims{}, "", nil, ErrInvalid
 	}
-	sig, err := b64.DecodeString(s)
+	sig, err := decodeExact(s)
 	if err != nil || len(sig) != sha256.Size {
 		return Claims{}, "", nil, ErrInvalid
 	}
@@ -135,6 +135,15 @@ func Parse(token string) (Claims, string, []byte, error) {
 		return Claims{}, "", nil, ErrInvalid
 	}
 	return Claims{Purpose: purpose, SerialNumber: f[2], Model: f[3], Nonce: f[4], ExpiresAt: time.Unix(exp, 0)}, string(raw), sig, nil
+}
+
+// decodeExact decodes s, refusing the line breaks encoding/base64 skips,
+// so that a token has one spelling only.
+func decodeExact(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, ErrInvalid
+	}
+	return b64.DecodeString(s)
 }
 
 func mac(key []byte, payload string) []byte {

@@ -87,6 +87,25 @@ func TestChallengeChecks(t *testing.T) {
 	}
 }
 
+// encoding/base64 skips line breaks: a token spelt with them is refused,
+// so that each token has one spelling.
+func TestLineBreaksAreRefused(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_800_000_000, 0))
+	iss := newIssuer(t, clk, keyA)
+	tok, _, err := iss.Issue(protocol.PurposeEnroll, "SN-1", "XR200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := Parse(tok); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{tok[:4] + "\n" + tok[4:], tok[:4] + "\r" + tok[4:], tok + "\n", tok[:len(tok)-3] + "\r\n" + tok[len(tok)-3:]} {
+		if _, _, _, err := Parse(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
 func TestShortKeysAreRefused(t *testing.T) {
 	if _, err := NewIssuer([][]byte{[]byte("short")}, time.Minute, nil); err == nil {
 		t.Fatal("accepted a 5-byte key")

@@ -251,6 +251,10 @@ func decode(verifier string) (decoded, error) {
 	if p.MemoryKiB < minMemoryKiB || p.MemoryKiB > maxMemoryKiB || p.Iterations < minIterations || p.Iterations > maxIterations || p.Threads < 1 || p.Threads > maxThreads {
 		return decoded{}, ErrInvalidVerifier
 	}
+	// encoding/base64 skips line breaks; a verifier has none.
+	if strings.ContainsAny(parts[4]+parts[5], "\r\n") {
+		return decoded{}, ErrInvalidVerifier
+	}
 	var err error
 	if d.salt, err = base64.RawStdEncoding.DecodeString(parts[4]); err != nil || len(d.salt) < saltBytes {
 		return decoded{}, ErrInvalidVerifier

@@ -126,6 +126,9 @@ func TestVerifierBounds(t *testing.T) {
 		"short salt":  encode(DefaultParams, salt[:8], hash),
 		"short hash":  encode(DefaultParams, salt, hash[:16]),
 		"extra param": strings.Replace(encode(DefaultParams, salt, hash), "p=1", "p=1,x=2", 1),
+		// encoding/base64 skips line breaks; a second spelling is refused.
+		"line break in salt": strings.Replace(encode(DefaultParams, salt, hash), "$AAAA", "$AA\nAA", 1),
+		"CR in hash":         encode(DefaultParams, salt, hash) + "\r",
 	} {
 		if err := ValidateVerifier(v); err != ErrInvalidVerifier {
 			t.Errorf("%s: accepted", name)

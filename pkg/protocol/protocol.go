@@ -383,7 +383,8 @@ func (l Label) URL() string {
 // ParseLabelURL parses a claim URL made by Label.URL.
 func ParseLabelURL(s string) (Label, error) {
 	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || !strings.HasSuffix(u.Path, "/claim") {
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || !strings.HasSuffix(u.Path, "/claim") ||
+		u.User != nil || u.Fragment != "" {
 		return Label{}, errors.New("not a Custody claim URL")
 	}
 	q := u.Query()
@@ -394,8 +395,11 @@ func ParseLabelURL(s string) (Label, error) {
 	if _, err := hex.DecodeString(l.Fingerprint[7:]); err != nil {
 		return Label{}, errors.New("claim URL has a malformed key fingerprint")
 	}
-	u.RawQuery, u.Path = "", strings.TrimSuffix(u.Path, "/claim")
-	l.BaseURL = u.String()
+	// The base URL is kept in the one form Label.URL writes back: without
+	// trailing slashes ("https://h//claim" is "https://h"), its path escaped
+	// as it was given, so a label read and written again is the same.
+	base := strings.TrimRight(strings.TrimSuffix(u.EscapedPath(), "/claim"), "/")
+	l.BaseURL = u.Scheme + "://" + u.Host + base
 	return l, nil
 }
 

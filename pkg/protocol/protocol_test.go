@@ -84,6 +84,34 @@ func FuzzParseLabelURL(f *testing.F) {
 	})
 }
 
+// A claim URL's base is kept in the form Label.URL writes; URLs a label
+// never carries (a user name, a fragment) are refused rather than kept.
+func TestParseLabelURLCanonicalBase(t *testing.T) {
+	q := "/claim?serial=SN-1&model=XR200&fp=sha256:" + strings.Repeat("0a", 32)
+	for in, base := range map[string]string{
+		"https://claim.example" + q:       "https://claim.example",
+		"https://claim.example/" + q:      "https://claim.example",
+		"https://claim.example/x//" + q:   "https://claim.example/x",
+		"https://claim.example/a%2Fb" + q: "https://claim.example/a%2Fb",
+		"http://claim.example:8080/x" + q: "http://claim.example:8080/x",
+	} {
+		l, err := ParseLabelURL(in)
+		if err != nil || l.BaseURL != base {
+			t.Errorf("%s: base %q, %v; want %q", in, l.BaseURL, err, base)
+		}
+	}
+	for _, in := range []string{
+		"https://user@claim.example" + q,
+		"https://claim.example" + q + "#frag",
+		"ftp://claim.example" + q,
+		"https:///claim.example" + q,
+	} {
+		if l, err := ParseLabelURL(in); err == nil {
+			t.Errorf("%s: parsed to %+v", in, l)
+		}
+	}
+}
+
 // A pairing token parses only in its one canonical form, and formats back
 // to it.
 func FuzzParsePairingToken(f *testing.F) {
