@@ -20,6 +20,9 @@
 #   LOAD_HEARTBEAT_DEVICES [every bound device]
 #   LOAD_SCALE             Device counts for rss; resync at the largest [10000,100000]
 #   LOAD_SCALE_BOUND       Devices rss binds at most, in all [every one]
+#   LOAD_SCALE_BIND        how rss binds them: sale (the ERP sells each, the
+#                          manager binds it) or restore (re-created bound,
+#                          as a restore of a backup) [sale]
 #   LOAD_MANAGER_METRICS   custody-dev's --metrics-addr [127.0.0.1:8080]
 #   LOAD_MANAGER_HEALTH    custody-dev's --health-addr [127.0.0.1:8081]
 #   LOAD_GATEWAY_PORT      the harness's custody-gateway [8444]
@@ -56,11 +59,11 @@ KUBECONFIG=$data/gateway/kubeconfig "$bin/custody-gateway" --listen "127.0.0.1:$
 gw_pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
 
-echo "command: hack/load.sh $* (LOAD_PHASES=$phases${LOAD_SCALE:+ LOAD_SCALE=$LOAD_SCALE}${LOAD_SCALE_BOUND:+ LOAD_SCALE_BOUND=$LOAD_SCALE_BOUND}${LOAD_DEVICES:+ LOAD_DEVICES=$LOAD_DEVICES})"
+echo "command: hack/load.sh $* (LOAD_PHASES=$phases${LOAD_SCALE:+ LOAD_SCALE=$LOAD_SCALE}${LOAD_SCALE_BOUND:+ LOAD_SCALE_BOUND=$LOAD_SCALE_BOUND}${LOAD_SCALE_BIND:+ LOAD_SCALE_BIND=$LOAD_SCALE_BIND}${LOAD_DEVICES:+ LOAD_DEVICES=$LOAD_DEVICES})"
 "$bin/loadgen" --data-dir "$data" --phases "$phases" --claims "$claims" --concurrency "$conc" \
   --devices "${LOAD_DEVICES:-$((3 * claims))}" --writers "${LOAD_WRITERS:-32}" --ceiling-writes "${LOAD_CEILING_WRITES:-2000}" \
   --heartbeat-concurrency "${LOAD_HEARTBEAT_CONCURRENCY:-32}" --heartbeat-duration "${LOAD_HEARTBEAT_DURATION:-10s}" \
-  --heartbeat-devices "${LOAD_HEARTBEAT_DEVICES:-0}" --scale "${LOAD_SCALE:-10000,100000}" --scale-bound "${LOAD_SCALE_BOUND:-0}" \
+  --heartbeat-devices "${LOAD_HEARTBEAT_DEVICES:-0}" --scale "${LOAD_SCALE:-10000,100000}" --scale-bound "${LOAD_SCALE_BOUND:-0}" --scale-bind "${LOAD_SCALE_BIND:-sale}" \
   --manager-metrics "${LOAD_MANAGER_METRICS:-127.0.0.1:8080}" --manager-health "${LOAD_MANAGER_HEALTH:-127.0.0.1:8081}" \
   --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" --gateway-pid "$gw_pid" \
   --custody-device "$bin/custody-device" --work "$work" --out "${LOAD_OUT:-load-report.json}"

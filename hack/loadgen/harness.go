@@ -71,6 +71,9 @@ type fleetDevice struct {
 	serial, model string
 	rec           *factory.Record
 	code          claimcode.Code
+	// dev is the Device as the ERP created it, kept for the rss phase's
+	// restore once rec (with the private key) is dropped.
+	dev *custodyv1alpha1.Device
 }
 
 type poolCode struct {

@@ -54,6 +54,7 @@ type config struct {
 	hbDuration     time.Duration
 	scales         []int
 	scaleBound     int
+	scaleBind      string
 	tenant         string
 	gatewayURL     string
 	gatewayCA      string
@@ -91,6 +92,7 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&c.hbDuration, "heartbeat-duration", 10*time.Second, "how long each heartbeat measurement runs")
 	scales := fs.String("scale", "10000,100000", "comma-separated Device counts for the rss phase; resync runs at the largest")
 	fs.IntVar(&c.scaleBound, "scale-bound", 0, "in the rss phase, bind at most this many Devices in all (0: every one at each scale); the rest stay unbound, and the report says so")
+	fs.StringVar(&c.scaleBind, "scale-bind", bindSale, "how the rss phase binds its Devices: "+bindSale+" (the ERP sells each directly to the tenant, the manager binds it: about 20/s) or "+bindRestore+" (they are deleted and re-created bound, as a restore of a backup would, by the restore identity: for 100,000)")
 	fs.StringVar(&c.tenant, "tenant", "load", "the Tenant that claims the devices (created if missing)")
 	fs.StringVar(&c.gatewayURL, "gateway", "", "the custody-gateway the devices use (hack/load.sh starts one)")
 	fs.StringVar(&c.gatewayCA, "gateway-ca", "", "the gateway's CA bundle (default DATA_DIR/gateway-ca.crt)")
@@ -124,6 +126,9 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("--scale: %q is not a Device count", s)
 		}
 		c.scales = append(c.scales, n)
+	}
+	if c.scaleBind != bindSale && c.scaleBind != bindRestore {
+		return fmt.Errorf("--scale-bind: %q is neither %s nor %s", c.scaleBind, bindSale, bindRestore)
 	}
 	if c.devices < 3*c.claims {
 		c.devices = 3 * c.claims
