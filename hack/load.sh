@@ -23,6 +23,7 @@
 #   LOAD_SCALE_BIND        how rss binds them: sale (the ERP sells each, the
 #                          manager binds it) or restore (re-created bound,
 #                          as a restore of a backup) [sale]
+#   LOAD_TIMEOUT           how long to wait for the manager at each step [30m]
 #   LOAD_MANAGER_METRICS   custody-dev's --metrics-addr [127.0.0.1:8080]
 #   LOAD_MANAGER_HEALTH    custody-dev's --health-addr [127.0.0.1:8081]
 #   LOAD_GATEWAY_PORT      the harness's custody-gateway [8444]
@@ -66,7 +67,7 @@ echo "command: hack/load.sh $* (LOAD_PHASES=$phases${LOAD_SCALE:+ LOAD_SCALE=$LO
   --heartbeat-devices "${LOAD_HEARTBEAT_DEVICES:-0}" --scale "${LOAD_SCALE:-10000,100000}" --scale-bound "${LOAD_SCALE_BOUND:-0}" --scale-bind "${LOAD_SCALE_BIND:-sale}" \
   --manager-metrics "${LOAD_MANAGER_METRICS:-127.0.0.1:8080}" --manager-health "${LOAD_MANAGER_HEALTH:-127.0.0.1:8081}" \
   --gateway "https://127.0.0.1:$port" --gateway-ca "$data/gateway-ca.crt" --gateway-pid "$gw_pid" \
-  --custody-device "$bin/custody-device" --work "$work" --out "${LOAD_OUT:-load-report.json}"
+  --custody-device "$bin/custody-device" --work "$work" --out "${LOAD_OUT:-load-report.json}" --timeout "${LOAD_TIMEOUT:-30m}"
 
 if [ -f "$data/mqtt-url" ] && [ "${LOAD_PUBLISH_DURATION:-20s}" != 0 ] && [[ ",$phases," == *,enroll,* ]]; then
   n=$(find "$work/bound" -mindepth 1 -maxdepth 1 -type d | wc -l)
