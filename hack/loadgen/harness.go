@@ -63,6 +63,9 @@ type harness struct {
 	nBound   int
 	keepWork bool
 
+	// retried counts creates retried after a transient error.
+	retried atomic.Int64
+
 	token     protocol.PairingToken
 	devClient *device.Client
 }
@@ -71,9 +74,6 @@ type fleetDevice struct {
 	serial, model string
 	rec           *factory.Record
 	code          claimcode.Code
-	// dev is the Device as the ERP created it, kept for the rss phase's
-	// restore once rec (with the private key) is dropped.
-	dev *custodyv1alpha1.Device
 }
 
 type poolCode struct {
@@ -268,12 +268,7 @@ const (
 func (h *harness) createDevices(ctx context.Context, devs []*fleetDevice, writers int) (time.Duration, int, error) {
 	start := time.Now()
 	errs := parallel(len(devs), writers, func(i int) error {
-		d := devs[i].rec.Device.DeepCopy()
-		err := h.erp.Create(ctx, d)
-		if apierrors.IsAlreadyExists(err) {
-			return nil
-		}
-		return err
+		return h.retry(ctx, func() error { return h.erp.Create(ctx, devs[i].rec.Device.DeepCopy()) })
 	})
 	return time.Since(start), len(errs), firstError(errs)
 }

@@ -86,57 +86,118 @@ func (h *harness) restoredBound(d *custodyv1alpha1.Device, boundAt time.Time) (*
 	return dev, c
 }
 
-// bindByRestore deletes the unsold Devices and re-creates them bound, as a
-// restore would; it returns when the restore identity's writes are done.
-func (h *harness) bindByRestore(ctx context.Context, unsold []*fleetDevice) error {
-	restorer, err := h.restoreClient()
+// growByRestore grows the cluster to size Devices: the new ones are
+// restored bound (up to --scale-bound in all; the rest are created
+// unsold by the ERP), the manager binds them, its queues drain, and the
+// memory is sampled.
+func (h *harness) growByRestore(ctx context.Context, size int, idle *memoryRow, boundNow func() int) (memoryRow, error) {
+	have, err := h.countDevices(ctx)
 	if err != nil {
-		return err
+		return memoryRow{}, err
+	}
+	need := max(0, size-have)
+	bind := need
+	if c := h.cfg.scaleBound; c > 0 {
+		bind = min(need, max(0, c-boundNow()))
 	}
 	start := time.Now()
-	errs := parallel(len(unsold), h.cfg.writers, func(i int) error {
-		d := &custodyv1alpha1.Device{}
-		d.Name = custodyv1alpha1.DeviceName(unsold[i].model, unsold[i].serial)
-		return client.IgnoreNotFound(h.admin.Delete(ctx, d))
-	})
-	if err := firstError(errs); err != nil {
-		return fmt.Errorf("deleting the unsold Devices: %w", err)
+	if need > bind {
+		devs, err := h.makeDevices(kindScale, need-bind)
+		if err != nil {
+			return memoryRow{}, err
+		}
+		elapsed, failed, err := h.createDevices(ctx, devs, h.cfg.writers)
+		if err != nil {
+			return memoryRow{}, err
+		}
+		h.printf("  created %d unsold Devices in %.1fs (%.0f/s, %d failed)\n", len(devs), elapsed.Seconds(), float64(len(devs)-failed)/elapsed.Seconds(), failed)
 	}
-	for {
-		left := 0
-		for _, d := range unsold[:min(len(unsold), 50)] {
-			if err := h.admin.Get(ctx, client.ObjectKey{Name: custodyv1alpha1.DeviceName(d.model, d.serial)}, &custodyv1alpha1.Device{}); err == nil {
-				left++
+	if bind > 0 {
+		restorer, err := h.restoreClient()
+		if err != nil {
+			return memoryRow{}, err
+		}
+		// Made and restored in batches, so that the harness never holds
+		// 100,000 devices' keys at once.
+		const batch = 2000
+		serials := make([]string, 0, bind)
+		var restored, failed int
+		h.retried.Store(0)
+		t0 := time.Now()
+		for done := 0; done < bind; done += batch {
+			devs, err := h.makeDevices(kindScale, min(batch, bind-done))
+			if err != nil {
+				return memoryRow{}, err
+			}
+			errs := parallel(len(devs), h.cfg.writers, func(i int) error {
+				dev, c := h.restoredBound(devs[i].rec.Device, t0)
+				if err := h.retry(ctx, func() error { return restorer.Create(ctx, dev.DeepCopy(), client.FieldOwner(restoreFieldManager)) }); err != nil {
+					return fmt.Errorf("restoring Device %s: %w", dev.Name, err)
+				}
+				if err := h.retry(ctx, func() error { return restorer.Create(ctx, c.DeepCopy(), client.FieldOwner(restoreFieldManager)) }); err != nil {
+					return fmt.Errorf("restoring Claim %s/%s: %w", c.Namespace, c.Name, err)
+				}
+				return nil
+			})
+			if len(errs) > 0 {
+				h.printf("  %d restores failed: %v\n", len(errs), errs[0])
+			}
+			failed += len(errs)
+			restored += len(devs) - len(errs)
+			for _, d := range devs {
+				serials = append(serials, d.serial)
+				d.rec = nil
 			}
 		}
-		if left == 0 {
-			break
+		h.printf("  restored %d bound Devices and their Claims in %.1fs (%.0f/s, 2 creates each, %d writers; %d creates retried, %d failed)\n",
+			restored, time.Since(t0).Seconds(), float64(restored)/time.Since(t0).Seconds(), h.cfg.writers, h.retried.Load(), failed)
+		n := h.watcher.waitBound(ctx, serials, h.cfg.timeout)
+		h.printf("  %d of %d bound %.1fs after the first restore (%.0f bindings/s)\n", n, len(serials), time.Since(t0).Seconds(), float64(n)/time.Since(t0).Seconds())
+		recorded, checked := 0, min(len(serials), 20)
+		for _, serial := range serials[:checked] {
+			if ok, err := h.restoredRecorded(ctx, custodyv1alpha1.DeviceName("LOAD", serial)); err == nil && ok {
+				recorded++
+			}
 		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+		h.printf("  the manager recorded Restored on %d of the first %d restored Devices\n", recorded, checked)
+		if recorded < checked {
+			return memoryRow{}, fmt.Errorf("the manager recorded Restored on %d of %d restored Devices", recorded, checked)
+		}
+	}
+	if _, err := h.settle(ctx); err != nil {
+		return memoryRow{}, err
+	}
+	row, err := h.sampleMemory(ctx, fmt.Sprintf("%d, %d bound", size, boundNow()), boundNow(), idle)
+	row.SettleSecs = time.Since(start).Seconds()
+	return row, err
+}
+
+// retry runs a create until it succeeds, finds the object already there
+// (an earlier attempt that answered too late), or fails for a reason a
+// retry would not change; as a restore tool would, it retries what an
+// overloaded control plane answers (timeouts, webhooks that did not answer
+// in time, 429 and 5xx), up to five times, and counts the retries.
+func (h *harness) retry(ctx context.Context, create func() error) error {
+	var err error
+	for attempt := range 5 {
+		err = create()
+		if err == nil || apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		if !transient(err) {
 			return err
 		}
-	}
-	h.printf("  deleted the %d unsold Devices in %.1fs\n", len(unsold), time.Since(start).Seconds())
-	if _, err := h.settle(ctx); err != nil {
-		return err
-	}
-	start = time.Now()
-	errs = parallel(len(unsold), h.cfg.writers, func(i int) error {
-		dev, c := h.restoredBound(unsold[i].dev, start)
-		if err := restorer.Create(ctx, dev, client.FieldOwner(restoreFieldManager)); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("restoring Device %s: %w", dev.Name, err)
+		h.retried.Add(1)
+		if serr := sleep(ctx, time.Duration(attempt+1)*time.Second); serr != nil {
+			return serr
 		}
-		if err := restorer.Create(ctx, c, client.FieldOwner(restoreFieldManager)); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("restoring Claim %s/%s: %w", c.Namespace, c.Name, err)
-		}
-		return nil
-	})
-	if len(errs) > 0 {
-		h.printf("  %d restores failed: %v\n", len(errs), errs[0])
 	}
-	h.printf("  restored %d bound Devices and their Claims in %.1fs (%.0f/s, 2 creates each, %d writers)\n",
-		len(unsold)-len(errs), time.Since(start).Seconds(), float64(len(unsold)-len(errs))/time.Since(start).Seconds(), h.cfg.writers)
-	return firstError(errs)
+	return err
+}
+
+func transient(err error) bool {
+	return apierrors.IsInternalError(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
+		apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err)
 }
 
 // restoredRecorded reports whether the manager recorded the restore of the
