@@ -135,6 +135,15 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 	}
 
 	if err := r.act(ctx, c, in, d); err != nil {
+		if errors.Is(err, custody.ErrRestorePending) {
+			// The Device was re-created from a backup and the device
+			// controller has not recorded the restore yet (it waits up to
+			// RestoreGrace for the Claims it names). That write changes
+			// the Device's spec, which brings this Claim back
+			// (byDeviceName); retrying meanwhile would only spin: a
+			// restore of 10,000 Devices made 430,000 failed reconciles.
+			return reconcile.Result{}, nil
+		}
 		// Someone else wrote the Device or Tenant first: look again.
 		return reconcile.Result{}, err
 	}

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/internal/loadtest"
 	"github.com/custody-dev/custody/internal/webhooks"
 )
 
@@ -117,6 +118,7 @@ func (h *harness) growByRestore(ctx context.Context, size int, idle *memoryRow, 
 		if err != nil {
 			return memoryRow{}, err
 		}
+		reconciles := h.reconcileCounts(ctx)
 		// Made and restored in batches, so that the harness never holds
 		// 100,000 devices' keys at once.
 		const batch = 2000
@@ -160,6 +162,13 @@ func (h *harness) growByRestore(ctx context.Context, size int, idle *memoryRow, 
 			}
 		}
 		h.printf("  the manager recorded Restored on %d of the first %d restored Devices\n", recorded, checked)
+		if _, err := h.settle(ctx); err != nil {
+			return memoryRow{}, err
+		}
+		after := h.reconcileCounts(ctx)
+		h.printf("  reconciles meanwhile, by controller (ok/failed): device %.0f/%.0f, claim %.0f/%.0f\n",
+			after["device/ok"]-reconciles["device/ok"], after["device/error"]-reconciles["device/error"],
+			after["claim/ok"]-reconciles["claim/ok"], after["claim/error"]-reconciles["claim/error"])
 		if recorded < checked {
 			return memoryRow{}, fmt.Errorf("the manager recorded Restored on %d of %d restored Devices", recorded, checked)
 		}
@@ -208,4 +217,19 @@ func (h *harness) restoredRecorded(ctx context.Context, name string) (bool, erro
 		return false, err
 	}
 	return d.Spec.Custody != nil && d.Spec.Custody.Head.Type == custodyv1alpha1.CustodyEventRestored && d.Spec.Custody.DeviceUID == d.UID, nil
+}
+
+// reconcileCounts reads the manager's reconciles of the device and claim
+// controllers, by "<controller>/ok" and "<controller>/error".
+func (h *harness) reconcileCounts(ctx context.Context) map[string]float64 {
+	out := map[string]float64{}
+	s, err := h.managerMetrics(ctx)
+	if err != nil {
+		return out
+	}
+	for _, c := range []string{"device", "claim"} {
+		out[c+"/error"] = loadtest.Sum(s, "controller_runtime_reconcile_total", map[string]string{"controller": c, "result": "error"})
+		out[c+"/ok"] = loadtest.Sum(s, "controller_runtime_reconcile_total", map[string]string{"controller": c}) - out[c+"/error"]
+	}
+	return out
 }
