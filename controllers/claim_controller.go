@@ -88,6 +88,16 @@ func (r *ClaimReconciler) Reconcile(ctx context.Context, req reconcile.Request) 
 		// the optimistic lock. The write's own event brings it back.
 		return reconcile.Result{}, nil
 	}
+	if r.Custody.Applying(c.DeviceName()) {
+		// Another controller of this manager (the device controller
+		// recording a restore or a sale, or this one for another Claim)
+		// is writing a change of this Claim's Device and completes it
+		// itself; its write brings this Claim back. Deciding now, from a
+		// Device that shows that change unfinished, would race it to the
+		// same status append: a restore of 10,000 Devices lost about one
+		// such race per binding, each a refused write and a read.
+		return reconcile.Result{RequeueAfter: applyingRecheck}, nil
+	}
 	if c.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(c, custodyv1alpha1.FinalizerName) {
 		rv := c.ResourceVersion
 		if err := r.Client.Update(ctx, c, client.FieldOwner(FieldOwner)); err != nil {
@@ -818,5 +828,5 @@ func (r *ClaimReconciler) SetupWithManager(mgr manager.Manager) error {
 		WatchesMetadata(&corev1.Secret{}, bySecret).
 		WithOptions(controllerOptions(r.Options.workers("claim"))).
 		Named("claim").
-		Complete(r)
+		Complete(lookingAgain(r))
 }

@@ -177,7 +177,7 @@ func (r *DataPlaneReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.Device{}, builder.WithPredicates(stamp)).
 		WithOptions(controllerOptions(r.Options.workers("dataplane"))).
 		Named("dataplane").
-		Complete(r)
+		Complete(lookingAgain(r))
 }
 
 // DataAccessCutOffReconciler ends data-plane access a DataAccess no longer

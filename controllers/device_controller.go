@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -96,6 +97,21 @@ const RestoreGrace = 2 * time.Minute
 // Device another controller was changing (its writes' events usually come
 // first).
 const applyingRecheck = 100 * time.Millisecond
+
+// lookingAgain wraps a reconciler that changes Devices (custody.Apply):
+// a Device read from a cache that has not yet seen this manager's own
+// last write of it (custody.ErrCompleting) is looked at again shortly,
+// as that write's event would bring it, rather than retried with
+// back-off and logged as a failure.
+func lookingAgain(r reconcile.Reconciler) reconcile.Reconciler {
+	return reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+		res, err := r.Reconcile(ctx, req)
+		if errors.Is(err, custody.ErrCompleting) {
+			return reconcile.Result{RequeueAfter: applyingRecheck}, nil
+		}
+		return res, err
+	})
+}
 
 // restoreRecheck is how often a restored Device looks for its Claims.
 const restoreRecheck = 2 * time.Second
@@ -318,7 +334,7 @@ func (r *DeviceReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.Device{}).
 		WithOptions(controllerOptions(r.Options.workers("device"))).
 		Named("device").
-		Complete(r)
+		Complete(lookingAgain(r))
 }
 
 // fieldManagerOf names the field manager that owns the field at path in

@@ -249,7 +249,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, opts Options) error {
 		audit = auditLog
 	}
 	applier := &custody.Applier{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: recorder, FieldOwner: FieldOwner, Audit: audit,
-		DeriveStatus: DeriveDeviceStatus(mgr.GetClient())}
+		DeriveStatus: DeriveDeviceStatus(mgr.GetClient()), Clock: opts.Clock}
 	if fp := opts.FailPoint; fp != nil {
 		applier.FailPoint = func(step, device string) error { return fp(step, client.ObjectKey{Name: device}) }
 	}

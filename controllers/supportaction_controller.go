@@ -141,5 +141,5 @@ func (r *SupportActionReconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&custodyv1alpha1.SupportAction{}).
 		WithOptions(controllerOptions(r.Options.workers("supportaction"))).
 		Named("supportaction").
-		Complete(r)
+		Complete(lookingAgain(r))
 }

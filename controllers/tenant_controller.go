@@ -484,5 +484,5 @@ func (r *TenantReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&cmapi.Issuer{}, byTenantLabel).
 		WithOptions(controllerOptions(r.Options.workers("tenant"))).
 		Named("tenant").
-		Complete(r)
+		Complete(lookingAgain(r))
 }

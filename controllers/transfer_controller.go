@@ -376,5 +376,5 @@ func (r *TransferReconciler) SetupWithManager(mgr manager.Manager) error {
 		Watches(&custodyv1alpha1.Tenant{}, byTenant, builder.WithPredicates(readinessChanged)).
 		WithOptions(controllerOptions(r.Options.workers("transfer"))).
 		Named("transfer").
-		Complete(r)
+		Complete(lookingAgain(r))
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
@@ -64,10 +65,38 @@ type Applier struct {
 	// status.observedGeneration.
 	DeriveStatus func(ctx context.Context, d *custodyv1alpha1.Device) error
 
+	// Clock tells how long ago this process completed a change
+	// (ErrCompleting); the real clock when nil.
+	Clock clock.PassiveClock
+
 	// applying holds the names of the Devices an Apply of this process is
 	// writing now (Applying).
 	applying sync.Map
+	// appended holds, by Device UID, the head this process last appended
+	// to status.history (an appendedHead), until a Complete sees it
+	// there: a Device read from a cache that has not seen the append yet
+	// shows the head unfinished (ErrCompleting).
+	appended sync.Map
 }
+
+// appendedHead is a head this process appended, and when.
+type appendedHead struct {
+	hash string
+	at   time.Time
+}
+
+// ErrCompleting is returned by Complete (and Apply) for a Device that
+// shows a change unfinished which this process finished moments ago: a
+// view older than that write, as a cache shows it until the write's own
+// event arrives (and brings the caller back). Appended again, the head
+// would be refused by the API server and cost a read; the caller looks
+// again shortly instead. Past AppendedWindow the head is appended as any
+// unfinished one, so a status someone else rewrote is repaired.
+var ErrCompleting = errors.New("the device's last ownership change was just completed by this manager; its view of the device is older than that write")
+
+// AppendedWindow is how long after appending a head this process takes a
+// Device showing that head unfinished for a stale view (ErrCompleting).
+const AppendedWindow = 5 * time.Second
 
 // Applying reports whether an Apply of this process is writing the Device
 // name now: it completes its own change, so another controller of the
@@ -133,10 +162,21 @@ func (a *Applier) Apply(ctx context.Context, d *custodyv1alpha1.Device, ch Chang
 // appends the head to status.history. It is idempotent, and a no-op for a
 // complete device. On success d.Status.History ends with the head.
 func (a *Applier) Complete(ctx context.Context, d *custodyv1alpha1.Device) error {
-	if d.Spec.Custody == nil || complete(d) {
+	if d.Spec.Custody == nil {
 		return nil
 	}
 	head := d.Spec.Custody.Head
+	if complete(d) {
+		if v, ok := a.appended.Load(d.UID); ok && v.(appendedHead).hash == head.Hash {
+			a.appended.Delete(d.UID)
+		}
+		return nil
+	}
+	if v, ok := a.appended.Load(d.UID); ok {
+		if h := v.(appendedHead); h.hash == head.Hash && a.now().Sub(h.at) < AppendedWindow {
+			return fmt.Errorf("device %s: %w", d.Name, ErrCompleting)
+		}
+	}
 	// The change landed with its head; the audit line follows it, and
 	// precedes the status entry, so that a crash loses neither.
 	a.Audit.Info(history.AuditMessage, "device", d.Name, "entry", head)
@@ -148,7 +188,12 @@ func (a *Applier) Complete(ctx context.Context, d *custodyv1alpha1.Device) error
 			return nil
 		}
 		err := a.appendHead(ctx, d)
+		if err == nil {
+			a.appended.Store(d.UID, appendedHead{hash: head.Hash, at: a.now()})
+		}
 		if IsStale(err) {
+			logr.FromContextOrDiscard(ctx).V(1).Info("status.history append refused as stale; reading the Device again",
+				"device", d.Name, "resourceVersion", d.ResourceVersion, "cause", staleCause(err))
 			fresh := &custodyv1alpha1.Device{}
 			if gerr := a.Reader.Get(ctx, client.ObjectKeyFromObject(d), fresh); gerr != nil {
 				return client.IgnoreNotFound(gerr)
@@ -273,6 +318,30 @@ func IsStale(err error) bool {
 	var status apierrors.APIStatus
 	return errors.As(err, &status) && status.Status().Code == http.StatusUnprocessableEntity &&
 		strings.Contains(status.Status().Message, "rejected our request due to an error in our request")
+}
+
+func (a *Applier) now() time.Time {
+	if a.Clock == nil {
+		return time.Now()
+	}
+	return a.Clock.Now()
+}
+
+// staleCause is what the API server said about a refused write: a
+// failed JSON-patch test is named only in the status's causes.
+func staleCause(err error) string {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return err.Error()
+	}
+	s := status.Status()
+	msg := s.Message
+	if s.Details != nil {
+		for _, c := range s.Details.Causes {
+			msg += "; " + c.Message
+		}
+	}
+	return msg
 }
 
 func (a *Applier) failPoint(step, device string) error {

@@ -2,11 +2,13 @@ package custody_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
@@ -72,5 +74,71 @@ func TestApplyRefusesAChangeDecidedOnAnOlderDevice(t *testing.T) {
 			types = append(types, string(h.Type)+" "+string(h.ClaimUID))
 		}
 		t.Fatalf("Apply of a change decided before another landed: err %v; the device is bound to %+v; history %v", errX, after.Spec.ClaimRef, types)
+	}
+}
+
+// TestCompleteKnowsItsOwnAppend: a Device read from a cache that has not
+// seen this process's append of its head shows the head unfinished.
+// Complete does not append it again (the API server would refuse the
+// JSON-patch test, and the caller would read the Device afresh): it says
+// ErrCompleting, for the caller to look again. After AppendedWindow it
+// repairs such a Device as any other (someone may have rewritten the
+// status), and a view that shows another head is not affected.
+func TestCompleteKnowsItsOwnAppend(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(now)
+	d0 := &custodyv1alpha1.Device{ObjectMeta: metav1.ObjectMeta{Name: "xr200-sn2", UID: "dev-uid-2"},
+		Spec: custodyv1alpha1.DeviceSpec{SerialNumber: "SN2", Model: "XR200"}}
+	head := history.Link(nil, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventSold, Time: metav1.NewTime(now), Actor: "erp:test", Reference: "PO-2"})
+	d0.Spec.Custody = &custodyv1alpha1.DeviceCustody{Head: head, DeviceUID: d0.UID}
+	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithStatusSubresource(&custodyv1alpha1.Device{}).WithObjects(d0).Build()
+	a := &custody.Applier{Client: c, Reader: c, FieldOwner: "custody-manager", Audit: logr.Discard(), Clock: clk}
+	get := func() *custodyv1alpha1.Device {
+		d := &custodyv1alpha1.Device{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(d0), d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	stale := get()
+	if err := a.Complete(ctx, get()); err != nil {
+		t.Fatal(err)
+	}
+	written := get().ResourceVersion
+	if err := a.Complete(ctx, stale.DeepCopy()); !errors.Is(err, custody.ErrCompleting) {
+		t.Fatalf("Complete of a view older than its own append: %v, want ErrCompleting", err)
+	}
+	if d := get(); d.ResourceVersion != written || len(d.Status.History) != 1 {
+		t.Fatalf("the Device was written again: resourceVersion %s → %s, %d history entries", written, d.ResourceVersion, len(d.Status.History))
+	}
+	// Another Device's view, or this one's once complete, is not affected.
+	if err := a.Complete(ctx, get()); err != nil {
+		t.Fatalf("Complete of the complete Device: %v", err)
+	}
+	// Past the window the head is appended as any unfinished one: here
+	// the Device's status lost it meanwhile.
+	d := get()
+	d.Status.History = nil
+	if err := c.Status().Update(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Complete(ctx, get()); err != nil {
+		t.Fatalf("Complete after the status lost the head (within the window, but the entry was forgotten once seen): %v", err)
+	}
+	d = get()
+	d.Status.History = nil
+	if err := c.Status().Update(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Complete(ctx, get()); !errors.Is(err, custody.ErrCompleting) {
+		t.Fatalf("within the window: %v, want ErrCompleting", err)
+	}
+	clk.SetTime(now.Add(custody.AppendedWindow))
+	if err := a.Complete(ctx, get()); err != nil {
+		t.Fatalf("past the window: %v", err)
+	}
+	if d := get(); len(d.Status.History) != 1 || d.Status.History[0].Hash != head.Hash {
+		t.Fatalf("past the window the head was not appended again: %+v", d.Status.History)
 	}
 }
