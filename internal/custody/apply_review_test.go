@@ -38,18 +38,9 @@ func TestApplyRefusesAChangeDecidedOnAnOlderDevice(t *testing.T) {
 	// step 1 and step 3 of Apply.
 	d0 := &custodyv1alpha1.Device{ObjectMeta: metav1.ObjectMeta{Name: "xr200-sn1", UID: "dev-uid"},
 		Spec: custodyv1alpha1.DeviceSpec{SerialNumber: "SN1", Model: "XR200", ClaimCode: &custodyv1alpha1.DeviceClaimCode{Verifier: "v1"}}}
-	head := history.Link(nil, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventSold, Time: metav1.NewTime(now), Actor: "erp:test", Reference: "PO-1"})
-	d0.Spec.Custody = &custodyv1alpha1.DeviceCustody{Head: head, DeviceUID: d0.UID}
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithStatusSubresource(&custodyv1alpha1.Device{}).WithObjects(d0).Build()
+	c, get, _ := soldUnfinished(t, d0, now, "PO-1")
 	a := &custody.Applier{Client: c, Reader: c, FieldOwner: "custody-manager", Audit: logr.Discard()}
 
-	get := func() *custodyv1alpha1.Device {
-		d := &custodyv1alpha1.Device{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(d0), d); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
 	// Claim X's reconcile observes the device (unbound) and decides.
 	seenByX := get()
 	chX, err := custody.Bind(seenByX, x, "ClaimCode", custody.Consume{Code: true}, by)
@@ -90,17 +81,8 @@ func TestCompleteKnowsItsOwnAppend(t *testing.T) {
 	clk := clocktesting.NewFakePassiveClock(now)
 	d0 := &custodyv1alpha1.Device{ObjectMeta: metav1.ObjectMeta{Name: "xr200-sn2", UID: "dev-uid-2"},
 		Spec: custodyv1alpha1.DeviceSpec{SerialNumber: "SN2", Model: "XR200"}}
-	head := history.Link(nil, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventSold, Time: metav1.NewTime(now), Actor: "erp:test", Reference: "PO-2"})
-	d0.Spec.Custody = &custodyv1alpha1.DeviceCustody{Head: head, DeviceUID: d0.UID}
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithStatusSubresource(&custodyv1alpha1.Device{}).WithObjects(d0).Build()
+	c, get, head := soldUnfinished(t, d0, now, "PO-2")
 	a := &custody.Applier{Client: c, Reader: c, FieldOwner: "custody-manager", Audit: logr.Discard(), Clock: clk}
-	get := func() *custodyv1alpha1.Device {
-		d := &custodyv1alpha1.Device{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(d0), d); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
 	stale := get()
 	if err := a.Complete(ctx, get()); err != nil {
 		t.Fatal(err)
@@ -112,7 +94,22 @@ func TestCompleteKnowsItsOwnAppend(t *testing.T) {
 	if d := get(); d.ResourceVersion != written || len(d.Status.History) != 1 {
 		t.Fatalf("the Device was written again: resourceVersion %s → %s, %d history entries", written, d.ResourceVersion, len(d.Status.History))
 	}
-	// Another Device's view, or this one's once complete, is not affected.
+	// A view showing another head unfinished (a change written since, by
+	// anyone) is completed at once, though this process appended the
+	// first head moments ago.
+	next := get()
+	next.Spec.Custody.Head = history.Link(&head, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventSold, Time: metav1.NewTime(now), Actor: "erp:test", Reference: "PO-3"})
+	if err := c.Update(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Complete(ctx, get()); err != nil {
+		t.Fatalf("Complete of a Device showing another head unfinished: %v", err)
+	}
+	if d := get(); len(d.Status.History) != 2 || d.Status.History[1].Hash != next.Spec.Custody.Head.Hash {
+		t.Fatalf("the other head was not appended: %+v", d.Status.History)
+	}
+	head = next.Spec.Custody.Head
+	// The Device once complete is not affected.
 	if err := a.Complete(ctx, get()); err != nil {
 		t.Fatalf("Complete of the complete Device: %v", err)
 	}
@@ -138,7 +135,26 @@ func TestCompleteKnowsItsOwnAppend(t *testing.T) {
 	if err := a.Complete(ctx, get()); err != nil {
 		t.Fatalf("past the window: %v", err)
 	}
-	if d := get(); len(d.Status.History) != 1 || d.Status.History[0].Hash != head.Hash {
+	if d := get(); len(d.Status.History) == 0 || d.Status.History[len(d.Status.History)-1].Hash != head.Hash {
 		t.Fatalf("past the window the head was not appended again: %+v", d.Status.History)
 	}
+}
+
+// soldUnfinished stores d0 as a Device whose recorded sale (reference ref)
+// is written to spec but not yet to status.history, the state every
+// watcher sees between step 1 and step 3 of Apply, in a fake API server;
+// get reads it back.
+func soldUnfinished(t *testing.T, d0 *custodyv1alpha1.Device, now time.Time, ref string) (client.Client, func() *custodyv1alpha1.Device, custodyv1alpha1.CustodyRecord) {
+	t.Helper()
+	head := history.Link(nil, custodyv1alpha1.CustodyRecord{Type: custodyv1alpha1.CustodyEventSold, Time: metav1.NewTime(now), Actor: "erp:test", Reference: ref})
+	d0.Spec.Custody = &custodyv1alpha1.DeviceCustody{Head: head, DeviceUID: d0.UID}
+	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithStatusSubresource(&custodyv1alpha1.Device{}).WithObjects(d0).Build()
+	get := func() *custodyv1alpha1.Device {
+		d := &custodyv1alpha1.Device{}
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(d0), d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	return c, get, head
 }

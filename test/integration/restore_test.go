@@ -406,22 +406,13 @@ func TestRestoredClaimWaitsForItsDevice(t *testing.T) {
 	r.BoundAt = &boundAt
 	dev.Spec.ClaimRef = &r
 	dev.Spec.PendingClaim = &custodyv1alpha1.PendingClaim{DeviceClaimReference: ref(later, "00000000-0000-0000-0000-000000000002"), Proof: "ClaimCode", Until: metav1.NewTime(m.Clock.Now().Add(24 * time.Hour).Truncate(time.Second))}
-	dev.Spec.Custody = &custodyv1alpha1.DeviceCustody{
-		DeviceUID: "00000000-0000-0000-0000-0000000000aa",
-		Head: custodyv1alpha1.CustodyRecord{Sequence: 7, Time: boundAt, Type: custodyv1alpha1.CustodyEventBound, Tenant: tn.Name,
-			Claim: ns + "/" + held, ClaimUID: r.UID, Proof: custody.ProofRetained, Actor: "tenant:" + tn.Name,
-			PreviousHash: "sha256:" + strings.Repeat("1", 64), Hash: "sha256:" + strings.Repeat("2", 64)},
-	}
+	dev.Spec.Custody = backedUpCustody("00000000-0000-0000-0000-0000000000aa", 7, r)
 	if err := restorer.Create(ctx, dev, client.FieldOwner("velero")); err != nil {
 		t.Fatal(err)
 	}
 	errorsBefore := counterSum(t, "controller_runtime_reconcile_errors_total", "controller", "claim")
 	reconcilesBefore := counterSum(t, "controller_runtime_reconcile_total", "controller", "claim")
-	cl := &custodyv1alpha1.Claim{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: held},
-		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: dev.Spec.SerialNumber, Model: dev.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{},
-			ReleasePolicy: custodyv1alpha1.ReleasePolicyRetain, RequestedBy: "tenant-admin"},
-	}
+	cl := backedUpClaim(dev, ns, held)
 	if err := restorer.Create(ctx, cl, client.FieldOwner("velero")); err != nil {
 		t.Fatal(err)
 	}
@@ -471,20 +462,11 @@ func TestRestoreBindsWithoutRacingItself(t *testing.T) {
 		boundAt := metav1.NewTime(m.Clock.Now().Add(-time.Hour).Truncate(time.Second))
 		uid := uuid.NewUUID()
 		dev.Spec.ClaimRef = &custodyv1alpha1.DeviceClaimReference{Tenant: tn.Name, Namespace: ns, Name: name, UID: uid, BoundAt: &boundAt}
-		dev.Spec.Custody = &custodyv1alpha1.DeviceCustody{
-			DeviceUID: uuid.NewUUID(),
-			Head: custodyv1alpha1.CustodyRecord{Sequence: 2, Time: boundAt, Type: custodyv1alpha1.CustodyEventBound, Tenant: tn.Name,
-				Claim: ns + "/" + name, ClaimUID: uid, Proof: custody.ProofRetained, Actor: "tenant:" + tn.Name,
-				PreviousHash: "sha256:" + strings.Repeat("1", 64), Hash: "sha256:" + strings.Repeat("2", 64)},
-		}
+		dev.Spec.Custody = backedUpCustody(uuid.NewUUID(), 2, *dev.Spec.ClaimRef)
 		if err := restorer.Create(ctx, dev, client.FieldOwner("velero")); err != nil {
 			t.Fatal(err)
 		}
-		cl := &custodyv1alpha1.Claim{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-			Spec: custodyv1alpha1.ClaimSpec{SerialNumber: dev.Spec.SerialNumber, Model: dev.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{},
-				ReleasePolicy: custodyv1alpha1.ReleasePolicyRetain, RequestedBy: "tenant-admin"},
-		}
+		cl := backedUpClaim(dev, ns, name)
 		if err := restorer.Create(ctx, cl, client.FieldOwner("velero")); err != nil {
 			t.Fatal(err)
 		}
@@ -505,5 +487,27 @@ func TestRestoreBindsWithoutRacingItself(t *testing.T) {
 	// Claim's reconcile, a status write); it must not be the rule.
 	if refused > n/4 {
 		t.Fatalf("%d refused devices/status patches for %d restored bindings: the manager races itself", refused, n)
+	}
+}
+
+// backedUpCustody is the custody a backup holds of a Device bound through
+// ref (ref.BoundAt set): a head at sequence seq whose earlier entries are
+// in no audit log of this control plane.
+func backedUpCustody(deviceUID types.UID, seq int64, ref custodyv1alpha1.DeviceClaimReference) *custodyv1alpha1.DeviceCustody {
+	return &custodyv1alpha1.DeviceCustody{
+		DeviceUID: deviceUID,
+		Head: custodyv1alpha1.CustodyRecord{Sequence: seq, Time: *ref.BoundAt, Type: custodyv1alpha1.CustodyEventBound, Tenant: ref.Tenant,
+			Claim: ref.Namespace + "/" + ref.Name, ClaimUID: ref.UID, Proof: custody.ProofRetained, Actor: "tenant:" + ref.Tenant,
+			PreviousHash: "sha256:" + strings.Repeat("1", 64), Hash: "sha256:" + strings.Repeat("2", 64)},
+	}
+}
+
+// backedUpClaim is the Claim a backup holds for dev, as a tenant admin
+// made it, without status.
+func backedUpClaim(dev *custodyv1alpha1.Device, ns, name string) *custodyv1alpha1.Claim {
+	return &custodyv1alpha1.Claim{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: custodyv1alpha1.ClaimSpec{SerialNumber: dev.Spec.SerialNumber, Model: dev.Spec.Model, SaleRecord: &custodyv1alpha1.SaleRecordProof{},
+			ReleasePolicy: custodyv1alpha1.ReleasePolicyRetain, RequestedBy: "tenant-admin"},
 	}
 }
