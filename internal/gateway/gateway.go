@@ -205,6 +205,11 @@ func New(opts Options) (*Gateway, error) {
 // ServeHTTP implements http.Handler.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.mux.ServeHTTP(w, r) }
 
+// noteRecent records name as the last Device a request named. It stores
+// a copy: a pointer into the request's Device would race with the decode
+// of a later write's answer into that Device (the race detector saw it).
+func (g *Gateway) noteRecent(name string) { g.recent.Store(&name) }
+
 // Start runs the cache, waits for it to sync (until then every request is
 // answered 503), then spot-checks it every CheckInterval until ctx ends.
 func (g *Gateway) Start(ctx context.Context) error {
@@ -440,7 +445,7 @@ func (g *Gateway) proveDevice(ctx context.Context, token string, purpose protoco
 		}
 		return fail(unavailable())
 	}
-	g.recent.Store(&dev.Name)
+	g.noteRecent(dev.Name)
 	key, err := contract.DeviceKey(dev)
 	if err != nil || contract.CheckChallengeProof(dev, key, c, purpose, payload, sig) != contract.ChallengeProven {
 		return fail(notAccepted())
@@ -658,7 +663,7 @@ func (g *Gateway) authenticate(ctx context.Context, r *http.Request) (*custodyv1
 		}
 		return nil, nil, nil, unavailable(), false
 	}
-	g.recent.Store(&dev.Name)
+	g.noteRecent(dev.Name)
 	ref := dev.Spec.ClaimRef
 	if ref == nil || ref.Tenant != tenant {
 		refused.device = dev.Name
