@@ -69,11 +69,20 @@ func (r *TransferReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	default:
 		res, err = r.reconcile(ctx, tr)
 	}
-	if err == nil {
-		err = r.recordDurably(ctx, before, tr)
+	if err != nil {
+		return reconcile.Result{}, err
 	}
+	err = r.recordDurably(ctx, before, tr)
 	if err == nil && !equality.Semantic.DeepEqual(before.Status, tr.Status) {
 		err = client.IgnoreNotFound(r.Client.Status().Patch(ctx, tr, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)))
+	}
+	if apierrors.IsConflict(err) {
+		// Decided from a cached Transfer older than the stored one (most
+		// often a step behind this manager's own last write of it). The
+		// newer version's watch event brings it back, and it is decided
+		// again from that: nothing failed, so nothing is logged or backed
+		// off. A Device change made above is found in its history then.
+		return reconcile.Result{}, nil
 	}
 	if err != nil {
 		return reconcile.Result{}, err

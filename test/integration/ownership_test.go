@@ -7,9 +7,12 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/controllers"
 	"github.com/custody-dev/custody/internal/claim"
 )
 
@@ -245,4 +248,65 @@ func TestTransferAppliedBeforeItsClaimWaits(t *testing.T) {
 		t.Fatal("the release did not happen once the Claim held the device")
 	}
 	assertChain(t, rec.Device.Name)
+}
+
+// staleTransfer is the manager's cache client, except that it answers a
+// Get of one Transfer with an older copy: a cache one write behind the
+// stored Transfer.
+type staleTransfer struct {
+	client.Client
+	key   client.ObjectKey
+	stale *custodyv1alpha1.Transfer
+}
+
+func (c staleTransfer) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if tr, ok := obj.(*custodyv1alpha1.Transfer); ok && key == c.key {
+		c.stale.DeepCopyInto(tr)
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// TestTransferDecidedFromAStaleCacheIsNotAFailure: a Transfer decided from
+// a cached copy older than the stored one loses its optimistic-locked
+// write to kube-apiserver's conflict. That is the normal lag of a cache,
+// not a failure: the reconcile ends without an error (which
+// controller-runtime would log as "Reconciler error" with a stack trace
+// and retry with back-off), and the stored Transfer is untouched until
+// the newer version is decided.
+func TestTransferDecidedFromAStaleCacheIsNotAFailure(t *testing.T) {
+	var opts controllers.Options
+	m := startManager(t, func(o *controllers.Options) { opts = *o })
+	tn := newTenant(t)
+	tr := &custodyv1alpha1.Transfer{}
+	tr.Namespace, tr.Name = tn.Status.Namespace, uniq("release")
+	tr.Spec = custodyv1alpha1.TransferSpec{ClaimName: uniq("claim"), Release: &custodyv1alpha1.TransferRelease{}}
+	if err := admin.Create(context.Background(), tr); err != nil {
+		t.Fatal(err)
+	}
+	stale := waitTransfer(t, tr, custodyv1alpha1.TransferPhasePending)
+	// The cached copy predates the manager's status write, and someone
+	// has written the Transfer since.
+	stale.Status = custodyv1alpha1.TransferStatus{}
+	current := stale.DeepCopy()
+	metav1.SetMetaDataLabel(&current.ObjectMeta, "example.com/touched", "yes")
+	if err := admin.Update(context.Background(), current); err != nil {
+		t.Fatal(err)
+	}
+
+	r := &controllers.TransferReconciler{Client: staleTransfer{Client: m.Manager.GetClient(), key: clientKey(tr), stale: stale}, APIReader: admin, Options: opts}
+	res, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: clientKey(tr)})
+	if err != nil {
+		t.Fatalf("a stale cache's conflict was returned as a failure: %v", err)
+	}
+	if res.RequeueAfter != 0 {
+		t.Fatalf("result %+v: the newer version's event brings the Transfer back", res)
+	}
+	got := &custodyv1alpha1.Transfer{}
+	if err := admin.Get(context.Background(), clientKey(tr), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ResourceVersion != current.ResourceVersion || got.Status.Phase != custodyv1alpha1.TransferPhasePending {
+		t.Fatalf("the stale decision was written: resourceVersion %s (was %s), phase %q", got.ResourceVersion, current.ResourceVersion, got.Status.Phase)
+	}
 }
