@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -247,7 +248,12 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	}
 	out := e.streams.Out
 	if o.dryRun == dryRunClient {
-		fmt.Fprintf(out, "claim.custody.dev/%s created (dry run)\nsecret/%s created (dry run)\n", name, secret.Name)
+		policy := o.releasePolicy
+		if policy == "" {
+			policy = string(custodyv1alpha1.ReleasePolicyRetain)
+		}
+		fmt.Fprintf(out, "claim.custody.dev/%s created (dry run): %s %s for tenant namespace %s, code from secret %s (key code), release policy %s\nsecret/%s created (dry run): the claim code, not shown\n",
+			name, o.model, o.serial, ns, secret.Name, policy, secret.Name)
 		return nil
 	}
 	if err := c.Get(ctx, client.ObjectKeyFromObject(cl), &custodyv1alpha1.Claim{}); err == nil {
@@ -256,25 +262,34 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	if err := c.Get(ctx, client.ObjectKeyFromObject(secret), &corev1.Secret{}); err == nil {
 		return fmt.Errorf("secret %s already exists in namespace %s (left from an earlier claim?): delete it, or name this Claim with --name", secret.Name, ns)
 	}
-	// The Claim first, then the code's Secret, owned by the Claim: a Claim
-	// the API server refuses leaves no Secret holding the code behind
-	// (tenant Operators, who claim, may not delete Secrets), and deleting
-	// the Claim deletes its Secret. Until the Secret exists the Claim
-	// waits (ClaimCodeSecretNotFound), which counts no attempt.
-	if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
-		return explain(err, "creating the Claim in namespace "+ns)
-	}
-	if o.dryRun == dryRunNone {
-		secret.OwnerReferences = []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Claim", Name: cl.Name, UID: cl.UID}}
-	}
+	// The code's Secret first, then the Claim, so that the manager finds
+	// the code when it first looks (a Claim made first would wait, and be
+	// counted, in ClaimCodeSecretNotFound). Then the Claim is made the
+	// Secret's owner: deleting the Claim deletes its code. A Claim the API
+	// server refuses leaves no code behind: its Secret is deleted, or
+	// emptied where the user may not delete Secrets (tenant Operators).
 	if err := c.Create(ctx, secret, createOpts(o.dryRun)...); err != nil {
-		if o.dryRun == dryRunNone {
-			fmt.Fprintf(e.streams.ErrOut, "The Claim %s waits for its code's Secret, which could not be created: delete the Claim (kubectl -n %s delete claim %s) or create the Secret %s with key code.\n", cl.Name, ns, cl.Name, secret.Name)
-		}
 		if apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("secret %s already exists in namespace %s (left from an earlier claim?): delete it, or name this Claim with --name", secret.Name, ns)
 		}
 		return explain(err, "creating the code's Secret in namespace "+ns)
+	}
+	if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
+		if o.dryRun == dryRunNone {
+			e.withdrawCode(ctx, c, secret)
+		}
+		if apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("a Claim %s already exists in namespace %s: name this one with --name, or see it with kubectl -n %s get claim %s", name, ns, ns, name)
+		}
+		return explain(err, "creating the Claim in namespace "+ns)
+	}
+	if o.dryRun == dryRunNone {
+		owned := secret.DeepCopy()
+		owned.OwnerReferences = []metav1.OwnerReference{{APIVersion: custodyv1alpha1.GroupVersion.String(), Kind: "Claim", Name: cl.Name, UID: cl.UID}}
+		// Not found: the manager has used the code and deleted it already.
+		if err := client.IgnoreNotFound(c.Patch(ctx, owned, client.MergeFrom(secret))); err != nil {
+			fmt.Fprintf(e.streams.ErrOut, "Warning: the Claim could not be made the owner of its code's Secret %s (%v); the manager deletes it once the code is used, or delete it yourself.\n", secret.Name, err)
+		}
 	}
 	suffix := dryRunSuffix(o.dryRun)
 	fmt.Fprintf(out, "claim.custody.dev/%s created%s\nsecret/%s created%s\n", name, suffix, secret.Name, suffix)
@@ -282,6 +297,23 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 		return nil
 	}
 	return e.waitClaim(ctx, c, cl, o.timeout)
+}
+
+// withdrawCode removes the claim code of a Claim the API server refused:
+// it deletes the code's Secret, or, where the user may not delete Secrets
+// (tenant Operators), empties it, and says which.
+func (e *env) withdrawCode(ctx context.Context, c client.Client, secret *corev1.Secret) {
+	err := c.Delete(ctx, secret)
+	if err == nil || apierrors.IsNotFound(err) {
+		return
+	}
+	empty := client.RawPatch(types.MergePatchType, []byte(`{"data":null}`))
+	if perr := c.Patch(ctx, secret.DeepCopy(), empty); perr != nil {
+		fmt.Fprintf(e.streams.ErrOut, "Warning: the Secret %s still holds the claim code and could not be deleted (%v) or emptied (%v): have a tenant Admin delete it (kubectl -n %s delete secret %s).\n",
+			secret.Name, err, perr, secret.Namespace, secret.Name)
+		return
+	}
+	fmt.Fprintf(e.streams.ErrOut, "The Secret %s no longer holds the claim code; a tenant Admin may delete it (kubectl -n %s delete secret %s).\n", secret.Name, secret.Namespace, secret.Name)
 }
 
 // claimByPossession creates a Claim with possession: {} and prints the

@@ -30,7 +30,8 @@ installation (custody-device pair --token ...); the device then claims itself
 for the tenant.
 
 The token is printed alone on stdout, for field staff; keep it as you would a
-password. What was created goes to stderr. With -o yaml|json the Secret is
+password. What was created goes to stderr. A --dry-run prints no token: none
+was stored, so none would pair a device. With -o yaml|json the Secret is
 printed instead of created (apply it yourself), and the token goes to stderr.
 
 Uses and revocations are recorded by the manager in the ConfigMap
@@ -83,8 +84,15 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 					return explain(err, "creating the pairing token's Secret in namespace "+ns)
 				}
 			}
-			fmt.Fprintf(e.streams.ErrOut, "secret/%s created%s in namespace %s: tenant %s, %d device(s), until %s.\nGive field staff this token (custody-device pair --token ...):\n",
+			fmt.Fprintf(e.streams.ErrOut, "secret/%s created%s in namespace %s: tenant %s, %d device(s), until %s.\n",
 				s.Name, dryRunSuffix(dryRun), ns, req.Tenant, req.UsageLimit, until)
+			if dryRun != dryRunNone {
+				// Nothing was stored: a token printed now would pair no
+				// device, and field staff must never be handed one.
+				fmt.Fprintln(e.streams.ErrOut, "No token is printed: a dry run stores none that a device could use. Run again without --dry-run to make one.")
+				return nil
+			}
+			fmt.Fprintln(e.streams.ErrOut, "Give field staff this token (custody-device pair --token ...):")
 			_, err = fmt.Fprintln(e.streams.Out, tok)
 			return err
 		},

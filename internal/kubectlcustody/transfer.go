@@ -138,14 +138,15 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, tenant, o.to, o.to, tenant)); err != nil {
 		return err
 	}
-	if err := e.createTransfer(ctx, c, tr, o.dryRun, o.output); err != nil {
+	waits := o.dryRun == dryRunNone && o.wait
+	if err := e.createTransfer(ctx, c, tr, o.dryRun, o.output, waits); err != nil {
 		return err
 	}
-	if o.dryRun != dryRunNone || o.output != outputTable {
+	if o.dryRun != dryRunNone {
 		return nil
 	}
-	if o.wait {
-		got, err := e.waitTransfer(ctx, c, tr, o.timeout, func(p custodyv1alpha1.TransferPhase) bool {
+	if waits {
+		got, err := e.waitTransfer(ctx, c, tr, o.timeout, o.output, func(p custodyv1alpha1.TransferPhase) bool {
 			return p != "" && p != custodyv1alpha1.TransferPhasePending
 		})
 		if err != nil {
@@ -154,9 +155,12 @@ func (e *env) transfer(ctx context.Context, ref string, o transferOptions) error
 		if got.Status.Phase != custodyv1alpha1.TransferPhaseOffered && got.Status.Phase != custodyv1alpha1.TransferPhaseCompleted {
 			return transferFailed(got)
 		}
-		if got.Status.ExpiresAt != nil {
+		if got.Status.ExpiresAt != nil && o.output == outputTable {
 			fmt.Fprintf(e.streams.Out, "transfer %s: %s until %s\n", tr.Name, got.Status.Phase, got.Status.ExpiresAt.UTC().Format(time.RFC3339))
 		}
+	}
+	if o.output != outputTable {
+		return nil
 	}
 	fmt.Fprintf(e.streams.Out, "Tenant %s accepts, in its namespace (-n), with:\n  kubectl custody transfer accept %s --model %s --from %s\n", o.to, cl.Spec.SerialNumber, cl.Spec.Model, tenant)
 	return nil
@@ -258,13 +262,14 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 		cl.Spec.Model, cl.Spec.SerialNumber, cl.Status.DeviceName, tenant)); err != nil {
 		return err
 	}
-	if err := e.createTransfer(ctx, c, tr, o.dryRun, o.output); err != nil {
+	waits := o.dryRun == dryRunNone && o.wait
+	if err := e.createTransfer(ctx, c, tr, o.dryRun, o.output, waits); err != nil {
 		return err
 	}
-	if o.dryRun != dryRunNone || o.output != outputTable || !o.wait {
+	if !waits {
 		return nil
 	}
-	got, err := e.waitTransfer(ctx, c, tr, o.timeout, func(p custodyv1alpha1.TransferPhase) bool {
+	got, err := e.waitTransfer(ctx, c, tr, o.timeout, o.output, func(p custodyv1alpha1.TransferPhase) bool {
 		return p != "" && p != custodyv1alpha1.TransferPhasePending && p != custodyv1alpha1.TransferPhaseOffered
 	})
 	if err != nil {
@@ -272,6 +277,9 @@ func (e *env) release(ctx context.Context, ref string, o transferOptions) error 
 	}
 	if got.Status.Phase != custodyv1alpha1.TransferPhaseCompleted {
 		return transferFailed(got)
+	}
+	if o.output != outputTable {
+		return nil
 	}
 	fmt.Fprintf(e.streams.Out, "%s %s released from tenant %s\n", cl.Spec.Model, cl.Spec.SerialNumber, tenant)
 	if s := got.Status.ClaimCodeSecretName; s != "" {
@@ -296,7 +304,10 @@ func checkFirst(ctx context.Context, c client.Client, tr *custodyv1alpha1.Transf
 	return nil
 }
 
-func (e *env) createTransfer(ctx context.Context, c client.Client, tr *custodyv1alpha1.Transfer, dryRun, output string) error {
+// createTransfer creates tr (or checks it, for a dry run) and says so. With
+// -o it prints the Transfer as created, unless waiting: then waitTransfer
+// prints it as decided.
+func (e *env) createTransfer(ctx context.Context, c client.Client, tr *custodyv1alpha1.Transfer, dryRun, output string, waiting bool) error {
 	if dryRun != dryRunClient {
 		if err := c.Create(ctx, tr, createOpts(dryRun)...); err != nil {
 			if apierrors.IsAlreadyExists(err) {
@@ -306,14 +317,19 @@ func (e *env) createTransfer(ctx context.Context, c client.Client, tr *custodyv1
 		}
 		tr.APIVersion, tr.Kind = custodyv1alpha1.GroupVersion.String(), "Transfer"
 	}
-	if output != outputTable {
+	switch {
+	case output == outputTable:
+		fmt.Fprintf(e.streams.Out, "transfer.custody.dev/%s created%s\n", tr.Name, dryRunSuffix(dryRun))
+	case !waiting:
 		return printObject(e.streams.Out, output, tr)
 	}
-	fmt.Fprintf(e.streams.Out, "transfer.custody.dev/%s created%s\n", tr.Name, dryRunSuffix(dryRun))
 	return nil
 }
 
-func (e *env) waitTransfer(ctx context.Context, c client.Client, tr *custodyv1alpha1.Transfer, timeout time.Duration, done func(custodyv1alpha1.TransferPhase) bool) (*custodyv1alpha1.Transfer, error) {
+// waitTransfer waits until done says tr's phase is what the command waits
+// for, and returns tr as read then. With -o (output json or yaml) it prints
+// that Transfer, status included, whether or not it succeeded.
+func (e *env) waitTransfer(ctx context.Context, c client.Client, tr *custodyv1alpha1.Transfer, timeout time.Duration, output string, done func(custodyv1alpha1.TransferPhase) bool) (*custodyv1alpha1.Transfer, error) {
 	got := &custodyv1alpha1.Transfer{}
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(tr), got); err != nil {
@@ -324,7 +340,16 @@ func (e *env) waitTransfer(ctx context.Context, c client.Client, tr *custodyv1al
 	if wait.Interrupted(err) {
 		return nil, fmt.Errorf("transfer %s is still %s after %s; see it with kubectl -n %s get transfer %s", tr.Name, orNone(string(got.Status.Phase)), timeout, tr.Namespace, tr.Name)
 	}
-	return got, err
+	if err != nil {
+		return nil, err
+	}
+	if output != outputTable {
+		got.APIVersion, got.Kind = custodyv1alpha1.GroupVersion.String(), "Transfer"
+		if err := printObject(e.streams.Out, output, got); err != nil {
+			return nil, err
+		}
+	}
+	return got, nil
 }
 
 func transferFailed(tr *custodyv1alpha1.Transfer) error {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -232,10 +234,69 @@ func TestKubectlCustody(t *testing.T) {
 		}
 	})
 
+	t.Run("--dry-run=client says what it would create", func(t *testing.T) {
+		out := k.ok(t, code+"\n", append([]string{"claim", serial, "--model", model, "--dry-run=client", "--release-policy", "Release"}, asBob...)...)
+		for _, want := range []string{"claim.custody.dev/" + claimName + " created (dry run): " + model + " " + serial, "secret " + claimName + "-code", "release policy Release", "not shown"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("the dry run does not say %q: %q", want, out)
+			}
+		}
+		noCode(t, out)
+		if n := len(claimsIn(t, acmeNS)); n != 0 {
+			t.Fatalf("a client dry run created %d Claims", n)
+		}
+	})
+
+	t.Run("a Claim the API server refuses leaves no code behind", func(t *testing.T) {
+		// A quota of no Claims: the API server refuses the Claim after
+		// the code's Secret was created.
+		quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: acmeNS, Name: "no-claims"},
+			Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{"count/claims.custody.dev": resource.MustParse("0")}}}
+		if err := admin.Create(context.Background(), quota); err != nil {
+			t.Fatal(err)
+		}
+		// What kube-controller-manager's quota controller would write.
+		quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: corev1.ResourceList{"count/claims.custody.dev": resource.MustParse("0")}}
+		if err := admin.Status().Update(context.Background(), quota); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the quota to refuse Claims", func() bool {
+			probe := &custodyv1alpha1.Claim{ObjectMeta: metav1.ObjectMeta{Namespace: acmeNS, Name: "quota-probe"},
+				Spec: custodyv1alpha1.ClaimSpec{SerialNumber: serial, Model: model, Possession: &custodyv1alpha1.PossessionProof{}}}
+			return apierrors.IsForbidden(admin.Create(context.Background(), probe, client.DryRunAll))
+		})
+		out, errOut, err := k.run(code+"\n", append([]string{"claim", serial, "--model", model, "--name", "refused"}, asBob...)...)
+		if err := admin.Delete(context.Background(), quota); err != nil {
+			t.Fatal(err)
+		}
+		if err == nil || !strings.Contains(err.Error(), "creating the Claim") {
+			t.Fatalf("want the Claim refused, got %v\n%s%s", err, out, errOut)
+		}
+		noCode(t, out, errOut, err.Error())
+		if n := len(claimsIn(t, acmeNS)); n != 0 {
+			t.Fatalf("a refused Claim was created (%d)", n)
+		}
+		// Bob, an Operator, may not delete Secrets: the Secret is emptied,
+		// and he is told so.
+		left := readSecret(t, acmeNS, "refused-code")
+		if len(left.Data) != 0 || !strings.Contains(errOut, "no longer holds the claim code") {
+			t.Fatalf("the refused Claim's Secret still holds %d keys; stderr %q", len(left.Data), errOut)
+		}
+		if err := admin.Delete(context.Background(), left); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("claim reads the code from stdin and waits for the decision", func(t *testing.T) {
+		// The code's Secret is there when the manager first looks: the
+		// Claim never waits for it.
+		waitedForSecret := counterSum(t, "custody_claim_decisions_total", "reason", custodyv1alpha1.ClaimReasonSecretNotFound)
 		out, errOut, err := k.run(code+"\n", append([]string{"claim", serial, "--model", model}, asBob...)...)
 		if err != nil {
 			t.Fatalf("%v\n%s%s", err, out, errOut)
+		}
+		if n := counterSum(t, "custody_claim_decisions_total", "reason", custodyv1alpha1.ClaimReasonSecretNotFound) - waitedForSecret; n != 0 {
+			t.Fatalf("the Claim waited %v times for its code's Secret", n)
 		}
 		noCode(t, out, errOut)
 		if !strings.Contains(out, "claim "+claimName+": Bound (Bound)") {
@@ -436,6 +497,19 @@ func TestKubectlCustody(t *testing.T) {
 		}
 	})
 
+	t.Run("release -o yaml prints the Transfer as decided", func(t *testing.T) {
+		next := newDevice(t)
+		k.ok(t, next.Code.String()+"\n", append([]string{"claim", next.Device.Name}, asBob...)...)
+		out := k.ok(t, "", "release", next.Device.Name, "-n", acmeNS, "--as", alice, "--yes", "-o", "yaml")
+		var tr custodyv1alpha1.Transfer
+		if err := yaml.Unmarshal([]byte(out), &tr); err != nil {
+			t.Fatalf("-o yaml: %v\n%s", err, out)
+		}
+		if tr.Kind != "Transfer" || tr.Status.Phase != custodyv1alpha1.TransferPhaseCompleted || tr.Status.CompletionTime == nil || tr.Status.DeviceName != next.Device.Name {
+			t.Fatalf("-o yaml printed the Transfer before it was decided:\n%s", out)
+		}
+	})
+
 	t.Run("pairing-token create", func(t *testing.T) {
 		tokens := func() int {
 			n := 0
@@ -446,7 +520,14 @@ func TestKubectlCustody(t *testing.T) {
 			}
 			return n
 		}
-		k.ok(t, "", append([]string{"pairing-token", "create", "--dry-run=server"}, asBob...)...)
+		// A dry run prints no token: none was stored, and one printed
+		// would pair no device.
+		for _, dry := range []string{"--dry-run=server", "--dry-run=client"} {
+			out, errOut, err := k.run("", append([]string{"pairing-token", "create", dry}, asBob...)...)
+			if err != nil || out != "" || !strings.Contains(errOut, "No token is printed") || strings.Contains(errOut, "Give field staff") {
+				t.Fatalf("pairing-token create %s: %v\nstdout: %q\nstderr: %q", dry, err, out, errOut)
+			}
+		}
 		var s corev1.Secret
 		if err := yaml.Unmarshal([]byte(k.ok(t, "", append([]string{"pairing-token", "create", "-o", "yaml"}, asBob...)...)), &s); err != nil || s.Type != claim.PairingTokenSecretType {
 			t.Fatalf("-o yaml: %v %+v", err, s)
@@ -457,25 +538,23 @@ func TestKubectlCustody(t *testing.T) {
 		// -o yaml and --dry-run=client name the tenant of -n too, also when
 		// its namespace is not its name: a token for "<namespace>" claims
 		// nothing.
-		for _, args := range [][]string{{"-o", "yaml"}, {"--dry-run=client"}} {
-			out, errOut, err := k.run("", append([]string{"pairing-token", "create", "-n", globexNS, "--as", eve}, args...)...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			last := strings.TrimSpace(out)
-			if args[0] == "-o" {
-				last = strings.TrimSpace(errOut)
-			}
-			tok, err := protocol.ParsePairingToken(last[strings.LastIndex(last, "\n")+1:])
-			if err != nil || tok.Tenant != globex.Name {
-				t.Fatalf("pairing-token create %v in namespace %s: a token for tenant %q, want %q (%v)", args, globexNS, tok.Tenant, globex.Name, err)
-			}
+		_, errOut, err := k.run("", "pairing-token", "create", "-n", globexNS, "--as", eve, "-o", "yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := strings.TrimSpace(errOut)
+		tok, err := protocol.ParsePairingToken(last[strings.LastIndex(last, "\n")+1:])
+		if err != nil || tok.Tenant != globex.Name {
+			t.Fatalf("pairing-token create -o yaml in namespace %s: a token for tenant %q, want %q (%v)", globexNS, tok.Tenant, globex.Name, err)
+		}
+		if _, errOut, err = k.run("", "pairing-token", "create", "-n", globexNS, "--as", eve, "--dry-run=client"); err != nil || !strings.Contains(errOut, ": tenant "+globex.Name+",") {
+			t.Fatalf("pairing-token create --dry-run=client in namespace %s does not name tenant %s: %v %q", globexNS, globex.Name, err, errOut)
 		}
 		out, errOut, err := k.run("", append([]string{"pairing-token", "create", "--usage-limit", "5", "--expires-in", "24h"}, asBob...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tok, err := protocol.ParsePairingToken(strings.TrimSpace(out))
+		tok, err = protocol.ParsePairingToken(strings.TrimSpace(out))
 		if err != nil || tok.Tenant != acme.Name {
 			t.Fatalf("stdout is not a pairing token of %s: %q (%v)", acme.Name, out, err)
 		}
