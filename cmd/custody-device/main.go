@@ -315,9 +315,13 @@ func initBatch(dir, model, prefix string, first, count int, claimURL string, std
 			return err
 		}
 	}
-	fmt.Fprintf(stdout, "made %d %s devices, %s to %s, in %s in %s: apply %s as the ERP (or import %s); print %s to %s (%d labels per A4 page), then destroy the files; each key stays in %s.\n",
+	sheetNames := fmt.Sprintf(batchSheet, 1)
+	if pages > 1 {
+		sheetNames += " to " + fmt.Sprintf(batchSheet, pages)
+	}
+	fmt.Fprintf(stdout, "made %d %s devices, %s to %s, in %s in %s: apply %s as the ERP (or import %s); print %s (%d labels per A4 page), then destroy %s; each key stays in %s.\n",
 		count, model, serials[0], serials[len(serials)-1], dir, time.Since(start).Round(time.Millisecond), batchManifest, batchCSV,
-		fmt.Sprintf(batchSheet, 1), fmt.Sprintf(batchSheet, pages), label.PerPage, filepath.Join(dir, "<serial>"))
+		sheetNames, label.PerPage, map[bool]string{true: "the sheet files", false: "the sheet file"}[pages > 1], filepath.Join(dir, "<serial>"))
 	return nil
 }
 

@@ -119,6 +119,14 @@ func makeTestBatch(t *testing.T, n int) (string, []batchDevice) {
 	if !strings.Contains(out, fmt.Sprintf("made %d XR200 devices, XR-T-000001 to XR-T-%06d", n, n)) {
 		t.Fatalf("init said %q", out)
 	}
+	// The sheets to print, by name: one, or the first to the last.
+	sheets := fmt.Sprintf("print %s (", fmt.Sprintf(batchSheet, 1))
+	if pages := (n + label.PerPage - 1) / label.PerPage; pages > 1 {
+		sheets = fmt.Sprintf("print %s to %s (", fmt.Sprintf(batchSheet, 1), fmt.Sprintf(batchSheet, pages))
+	}
+	if !strings.Contains(out, sheets) {
+		t.Fatalf("init said %q, not %q", out, sheets)
+	}
 	var devs []batchDevice
 	for _, s := range serialsOf("XR-T", 1, n) {
 		devs = append(devs, readBatchDevice(t, dir, s))
