@@ -54,9 +54,11 @@ type Agent struct {
 
 	identity *protocol.Identity
 	backoff  time.Duration
-	// proved: possession was proved since the last NotBound answer, so the
-	// next enrollment step need not prove it again.
-	proved bool
+	// proved holds the pairing codes and tokens proved since provedAt
+	// (the first of them): none is proved again before reproveAfter, and a
+	// new one is proved at once.
+	proved   map[string]bool
+	provedAt time.Time
 
 	// state is what the agent last told at Info (see say), and toldAt when.
 	state  string
@@ -271,20 +273,41 @@ func (a *Agent) fail(err error) (time.Duration, error) {
 	return a.backoff, err
 }
 
+// reproveAfter is how long a device that proved possession (or presented a
+// pairing token) and is still not bound waits before it proves again. Its
+// owner's Claim binds within moments of the proof; proved again at once,
+// on the first NotBound, the proof would only find that Claim already
+// confirmed (a DeviceProof Rejected, NoMatchingClaim, for nothing).
+const reproveAfter = time.Minute
+
+// mayProve says whether the pairing code or token with is to be proved
+// now: it was not proved since provedAt.
+func (a *Agent) mayProve(with []byte) bool {
+	return !a.proved[string(with)]
+}
+
+func (a *Agent) provedNow(with []byte) {
+	if len(a.proved) == 0 {
+		a.proved, a.provedAt = map[string]bool{}, a.Clock.Now()
+	}
+	a.proved[string(with)] = true
+}
+
 // pairedRetry is how soon a device that has just sent its possession proof tries
 // to enroll again: its owner's Claim binds within moments of the proof.
 const pairedRetry = 2 * time.Second
 
 func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 	paired := false
-	if code, err := os.ReadFile(filepath.Join(a.Dir, FilePairing)); err == nil && !a.proved { //nolint:gosec // the device directory
+	if code, err := os.ReadFile(filepath.Join(a.Dir, FilePairing)); err == nil && a.mayProve(code) { //nolint:gosec // the device directory
 		if err := a.Client.Possession(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, string(code)); err != nil {
 			return a.fail(err)
 		}
 		a.sayOncePerWait("sent its proof of possession with the pairing code (a Claim with the same code binds the device)")
-		paired, a.proved = true, true
+		a.provedNow(code)
+		paired = true
 	}
-	if raw, err := os.ReadFile(filepath.Join(a.Dir, FilePairingToken)); err == nil && !a.proved { //nolint:gosec // the device directory
+	if raw, err := os.ReadFile(filepath.Join(a.Dir, FilePairingToken)); err == nil && !paired && a.mayProve(raw) { //nolint:gosec // the device directory
 		token, err := protocol.ParsePairingToken(string(raw))
 		if err != nil {
 			return a.fail(err)
@@ -293,7 +316,8 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 			return a.fail(err)
 		}
 		a.sayOncePerWait("presented the tenant's pairing token (the manager binds the device if the token holds)", "tenant", token.Tenant)
-		paired, a.proved = true, true
+		a.provedNow(raw)
+		paired = true
 	}
 	id := protocol.Identity{CommonName: a.ID.SerialNumber, URI: "spiffe://unknown/"}
 	if a.identity != nil {
@@ -319,7 +343,11 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		iss, err = a.Client.Enrollment(ctx, pending.Ticket)
 	}
 	if IsCode(err, protocol.ErrNotBound) {
-		a.proved = false // the Claim may come later: prove again next time
+		if len(a.proved) > 0 && a.Clock.Now().Sub(a.provedAt) >= reproveAfter {
+			// Still not bound long after the proof: it may have been lost
+			// (or the Claim made later); prove again.
+			a.proved = nil
+		}
 		next, err := pairedRetry, err
 		if !paired {
 			next, err = a.fail(err)

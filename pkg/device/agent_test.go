@@ -31,11 +31,12 @@ import (
 // issues a 24 h certificate for the CSR; it accepts every heartbeat, and
 // answers failWith (a status) to every challenge when set.
 type fakeGateway struct {
-	srv        *httptest.Server
-	notBound   atomic.Int64
-	failWith   atomic.Int64
-	heartbeats atomic.Int64
-	now        time.Time
+	srv         *httptest.Server
+	notBound    atomic.Int64
+	failWith    atomic.Int64
+	heartbeats  atomic.Int64
+	possessions atomic.Int64
+	now         time.Time
 }
 
 func newFakeGateway(t *testing.T, now time.Time) *fakeGateway {
@@ -90,6 +91,7 @@ func newFakeGateway(t *testing.T, now time.Time) *fakeGateway {
 				Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 				CA:          string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))})
 		case protocol.PathPossession:
+			g.possessions.Add(1)
 			w.WriteHeader(http.StatusNoContent)
 		case protocol.PathHeartbeat:
 			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
@@ -251,8 +253,8 @@ func TestHeartbeatsAreToldOnChangeAndHourly(t *testing.T) {
 	}
 }
 
-// A paired device proves possession again at every retry until its owner's
-// Claim binds: the proof and the wait are told once, not at every retry.
+// A paired device waits, enrolling again, until its owner's Claim binds:
+// the proof and the wait are told once, not at every retry.
 func TestAPairedDeviceTellsItsWaitOnce(t *testing.T) {
 	now := time.Now()
 	g := newFakeGateway(t, now)
@@ -271,5 +273,63 @@ func TestAPairedDeviceTellsItsWaitOnce(t *testing.T) {
 	}
 	if logs.count("sent its proof of possession") != 1 || logs.count("waiting for the device to be bound") != 1 || logs.count("failed") != 0 {
 		t.Fatalf("want one proof and one wait at Info, no failure:\n%s", logs)
+	}
+}
+
+// A paired device proves possession once, and does not prove it again at
+// the retries while its owner's Claim binds: a second proof would only
+// find that Claim confirmed already (a DeviceProof Rejected for nothing).
+// Still not bound reproveAfter after the proof, it proves again (the
+// proof may have been lost).
+func TestAPairedDeviceProvesOnceWhileItsClaimBinds(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		notBound int64
+		proofs   int64
+	}{
+		{"bound a few retries later", 3, 1},
+		{"not bound long after the proof", 1000, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := time.Now()
+			g := newFakeGateway(t, now)
+			g.notBound.Store(tc.notBound)
+			clk := clocktesting.NewFakeClock(now)
+			a, _ := newTestAgent(t, g, clk)
+			if err := os.WriteFile(filepath.Join(a.Dir, FilePairing), []byte("ABCD1234"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// Steps, each after the wait the last one asked for, until the
+			// device is enrolled or 3 minutes have passed (the agent's
+			// back-off between NotBound answers grows meanwhile).
+			for cert, _ := a.Certificate(); cert == nil && clk.Since(now) <= 3*time.Minute; cert, _ = a.Certificate() {
+				next, _ := a.Step(context.Background())
+				clk.Step(next)
+			}
+			if n := g.possessions.Load(); n != tc.proofs {
+				t.Fatalf("%d proofs of possession, want %d", n, tc.proofs)
+			}
+		})
+	}
+}
+
+// A device given a new pairing code (field staff entered a wrong one
+// first) proves it at once, not after reproveAfter.
+func TestANewPairingCodeIsProvedAtOnce(t *testing.T) {
+	now := time.Now()
+	g := newFakeGateway(t, now)
+	g.notBound.Store(1000)
+	clk := clocktesting.NewFakeClock(now)
+	a, _ := newTestAgent(t, g, clk)
+	ctx := context.Background()
+	for i, code := range []string{"ABCD1234", "ABCD1234", "EFGH5678", "EFGH5678"} {
+		if err := os.WriteFile(filepath.Join(a.Dir, FilePairing), []byte(code), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		next, _ := a.Step(ctx)
+		clk.Step(next)
+		if want := int64(1 + i/2); g.possessions.Load() != want {
+			t.Fatalf("step %d (code %s): %d proofs, want %d", i+1, code, g.possessions.Load(), want)
+		}
 	}
 }
