@@ -468,7 +468,7 @@ func (r *EnrollmentReconciler) publish(ctx context.Context, dev *custodyv1alpha1
 		}
 		before := d.DeepCopy()
 		d.Status.Certificates = addCertificate(d.Status.Certificates, custodyv1alpha1.DeviceCertificate{
-			Fingerprint: fp, SerialNumber: fmt.Sprintf("%x", leaf.SerialNumber), NotAfter: metav1.NewTime(leaf.NotAfter),
+			Fingerprint: fp, SerialNumber: protocol.CertSerial(leaf.SerialNumber), NotAfter: metav1.NewTime(leaf.NotAfter),
 			Tenant: ref.Tenant, ClaimUID: ref.UID,
 		}, r.Options.Clock.Now())
 		if equality.Semantic.DeepEqual(before.Status, d.Status) {

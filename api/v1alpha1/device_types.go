@@ -451,7 +451,8 @@ type DeviceCertificate struct {
 	// +kubebuilder:validation:MaxLength=71
 	Fingerprint string `json:"fingerprint"`
 
-	// serialNumber is the certificate's serial number in hex.
+	// serialNumber is the certificate's serial number as `openssl x509 -serial`
+	// prints it: upper-case hex, an even number of digits.
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	SerialNumber string `json:"serialNumber,omitempty"`

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	custodyv1alpha1 "github.com/custody-dev/custody/api/v1alpha1"
+	"github.com/custody-dev/custody/pkg/protocol"
 )
 
 func devicesCommand(e *env) *cobra.Command {
@@ -233,7 +234,7 @@ func pemSerial(bundle string) string {
 	if err != nil {
 		return ""
 	}
-	return fmt.Sprintf("%x", cert.SerialNumber)
+	return protocol.CertSerial(cert.SerialNumber)
 }
 
 // explain adds what was being done, and for a refusal who may do it, to an

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -530,4 +531,33 @@ func FuzzCheckCertificateIdentity(f *testing.F) {
 	ca, _ := testCA(f)
 	f.Add(ca.Raw)
 	f.Fuzz(func(_ *testing.T, der []byte) { _ = CheckCertificateIdentity(der, testID) })
+}
+
+// TestCertSerialAsOpenSSLPrintsIt: CertSerial gives what `openssl x509
+// -serial` prints, for serials with a leading zero nibble too (about one
+// certificate in sixteen), so a serial copied from one is found in the
+// other.
+func TestCertSerialAsOpenSSLPrintsIt(t *testing.T) {
+	bin, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("openssl not found")
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, hexSerial := range []string{"22e24205aa", "022e24205aa1", "1", "ff", "0100", "7fffffffffffffffffffffffffffffffffffffff"} {
+		n, _ := new(big.Int).SetString(hexSerial, 16)
+		tmpl := &x509.Certificate{SerialNumber: n, Subject: pkix.Name{CommonName: "SN-1"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "x509", "-noout", "-serial")
+		cmd.Stdin = bytes.NewReader(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, got := strings.TrimPrefix(strings.TrimSpace(string(out)), "serial="), CertSerial(n); got != want {
+			t.Errorf("serial %s: CertSerial %q, openssl %q", hexSerial, got, want)
+		}
+	}
 }

@@ -311,6 +311,20 @@ func CertFingerprint(der []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
+// CertSerial is a certificate serial number as openssl x509 -serial
+// prints it: upper-case hex, an even number of digits (a leading zero
+// kept), so that a serial copied from either is found in the other.
+func CertSerial(n *big.Int) string {
+	if n == nil {
+		return ""
+	}
+	b := n.Bytes()
+	if len(b) == 0 {
+		b = []byte{0}
+	}
+	return strings.ToUpper(hex.EncodeToString(b))
+}
+
 // ParseCSRPEM parses one PEM CERTIFICATE REQUEST, checks its self-signature
 // and its key type, and returns it with its DER.
 func ParseCSRPEM(data []byte) (*x509.CertificateRequest, error) {

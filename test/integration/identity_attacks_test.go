@@ -346,7 +346,7 @@ func TestGatewayRefusesCertificatesWithExtraContent(t *testing.T) {
 			d := getDevice(t, name)
 			ref := d.Spec.ClaimRef
 			d.Status.Certificates = []custodyv1alpha1.DeviceCertificate{{Fingerprint: protocol.CertFingerprint(c.Leaf.Raw),
-				SerialNumber: c.Leaf.SerialNumber.Text(16), NotAfter: metav1.NewTime(c.Leaf.NotAfter), Tenant: ref.Tenant, ClaimUID: ref.UID}}
+				SerialNumber: protocol.CertSerial(c.Leaf.SerialNumber), NotAfter: metav1.NewTime(c.Leaf.NotAfter), Tenant: ref.Tenant, ClaimUID: ref.UID}}
 			return admin.Status().Update(ctx, d)
 		})
 		if err != nil {
