@@ -248,12 +248,8 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 	}
 	out := e.streams.Out
 	if o.dryRun == dryRunClient {
-		policy := o.releasePolicy
-		if policy == "" {
-			policy = string(custodyv1alpha1.ReleasePolicyRetain)
-		}
-		fmt.Fprintf(out, "claim.custody.dev/%s created (dry run): %s %s for tenant namespace %s, code from secret %s (key code), release policy %s\nsecret/%s created (dry run): the claim code, not shown\n",
-			name, o.model, o.serial, ns, secret.Name, policy, secret.Name)
+		fmt.Fprintf(out, "secret/%s created (dry run): the claim code, not shown\nclaim.custody.dev/%s created (dry run): %s\n",
+			secret.Name, name, describeClaim(cl, "code from secret "+secret.Name+" (key code)"))
 		return nil
 	}
 	if err := c.Get(ctx, client.ObjectKeyFromObject(cl), &custodyv1alpha1.Claim{}); err == nil {
@@ -292,7 +288,7 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 		}
 	}
 	suffix := dryRunSuffix(o.dryRun)
-	fmt.Fprintf(out, "claim.custody.dev/%s created%s\nsecret/%s created%s\n", name, suffix, secret.Name, suffix)
+	fmt.Fprintf(out, "secret/%s created%s\nclaim.custody.dev/%s created%s\n", secret.Name, suffix, name, suffix)
 	if o.dryRun != dryRunNone || !o.wait {
 		return nil
 	}
@@ -305,6 +301,7 @@ func (e *env) claim(ctx context.Context, o claimOptions) error {
 func (e *env) withdrawCode(ctx context.Context, c client.Client, secret *corev1.Secret) {
 	err := c.Delete(ctx, secret)
 	if err == nil || apierrors.IsNotFound(err) {
+		fmt.Fprintf(e.streams.ErrOut, "The Secret %s that held the claim code was deleted.\n", secret.Name)
 		return
 	}
 	empty := client.RawPatch(types.MergePatchType, []byte(`{"data":null}`))
@@ -313,7 +310,8 @@ func (e *env) withdrawCode(ctx context.Context, c client.Client, secret *corev1.
 			secret.Name, err, perr, secret.Namespace, secret.Name)
 		return
 	}
-	fmt.Fprintf(e.streams.ErrOut, "The Secret %s no longer holds the claim code; a tenant Admin may delete it (kubectl -n %s delete secret %s).\n", secret.Name, secret.Namespace, secret.Name)
+	fmt.Fprintf(e.streams.ErrOut, "The Secret %s no longer holds the claim code, but you may not delete it: until a tenant Admin does (kubectl -n %s delete secret %s), claim again with --name and another name.\n",
+		secret.Name, secret.Namespace, secret.Name)
 }
 
 // claimByPossession creates a Claim with possession: {} and prints the
@@ -341,11 +339,25 @@ func (e *env) claimByPossession(ctx context.Context, o claimOptions) error {
 			return explain(err, "creating the Claim in namespace "+ns)
 		}
 	}
+	if o.dryRun == dryRunClient {
+		fmt.Fprintf(e.streams.Out, "claim.custody.dev/%s created (dry run): %s\n", name, describeClaim(cl, "by possession (the device proves it with the pairing code the Claim will show)"))
+		return nil
+	}
 	fmt.Fprintf(e.streams.Out, "claim.custody.dev/%s created%s\n", name, dryRunSuffix(o.dryRun))
 	if o.dryRun != dryRunNone || !o.wait {
 		return nil
 	}
 	return e.waitClaim(ctx, c, cl, o.timeout)
+}
+
+// describeClaim says what a Claim a client dry run did not send would
+// ask for: the device, the tenant namespace, the proof, the release policy.
+func describeClaim(cl *custodyv1alpha1.Claim, proof string) string {
+	policy := cl.Spec.ReleasePolicy
+	if policy == "" {
+		policy = custodyv1alpha1.ReleasePolicyRetain
+	}
+	return fmt.Sprintf("%s %s for tenant namespace %s, %s, release policy %s", cl.Spec.Model, cl.Spec.SerialNumber, cl.Namespace, proof, policy)
 }
 
 // waitClaim waits for the manager's decision on cl and prints it. A Denied

@@ -31,8 +31,12 @@ for the tenant.
 
 The token is printed alone on stdout, for field staff; keep it as you would a
 password. What was created goes to stderr. A --dry-run prints no token: none
-was stored, so none would pair a device. With -o yaml|json the Secret is
-printed instead of created (apply it yourself), and the token goes to stderr.
+was stored, so none would pair a device.
+
+With -o yaml|json the Secret is printed instead of created (apply it
+yourself; as kubectl's --dry-run=client -o yaml does), and the token goes to
+stderr: it works once the Secret is applied. --dry-run=server -o yaml has the
+API server check the Secret first.
 
 Uses and revocations are recorded by the manager in the ConfigMap
 custody-pairing-tokens; revoke a token by deleting its Secret.`,
@@ -68,6 +72,18 @@ custody-pairing-tokens; revoke a token by deleting its Secret.`,
 				return err
 			}
 			if output != outputTable {
+				if dryRun == dryRunServer {
+					// The API server checks the Secret (RBAC, validation)
+					// and stores nothing; what is printed is still for
+					// applying.
+					c, _, err := e.client()
+					if err != nil {
+						return err
+					}
+					if err := c.Create(cmd.Context(), s.DeepCopy(), createOpts(dryRun)...); err != nil {
+						return explain(err, "checking the pairing token's Secret in namespace "+ns)
+					}
+				}
 				if err := printObject(e.streams.Out, output, s); err != nil {
 					return err
 				}

@@ -185,13 +185,15 @@ func (e *env) accept(ctx context.Context, from string, o claimOptions) error {
 			Transfer: &custodyv1alpha1.TransferAcceptance{FromTenant: from}},
 	}
 	suffix := dryRunSuffix(o.dryRun)
-	if o.dryRun != dryRunClient {
-		if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
-			if apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("a Claim %s already exists in namespace %s: name this one with --name", name, ns)
-			}
-			return explain(err, "creating the Claim in namespace "+ns)
+	if o.dryRun == dryRunClient {
+		fmt.Fprintf(e.streams.Out, "claim.custody.dev/%s created (dry run): %s\n", name, describeClaim(cl, "accepting the transfer offered by tenant "+from))
+		return nil
+	}
+	if err := c.Create(ctx, cl, createOpts(o.dryRun)...); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("a Claim %s already exists in namespace %s: name this one with --name", name, ns)
 		}
+		return explain(err, "creating the Claim in namespace "+ns)
 	}
 	fmt.Fprintf(e.streams.Out, "claim.custody.dev/%s created%s\n", name, suffix)
 	if o.dryRun != dryRunNone || !o.wait {

@@ -242,6 +242,10 @@ func TestKubectlCustody(t *testing.T) {
 			}
 		}
 		noCode(t, out)
+		out = k.ok(t, "", append([]string{"claim", serial, "--model", model, "--dry-run=client", "--possession"}, asBob...)...)
+		if !strings.Contains(out, "claim.custody.dev/"+claimName+" created (dry run): "+model+" "+serial+" for tenant namespace "+acmeNS+", by possession") || !strings.Contains(out, "release policy Retain") {
+			t.Fatalf("the possession dry run does not say what it would create: %q", out)
+		}
 		if n := len(claimsIn(t, acmeNS)); n != 0 {
 			t.Fatalf("a client dry run created %d Claims", n)
 		}
@@ -265,25 +269,35 @@ func TestKubectlCustody(t *testing.T) {
 				Spec: custodyv1alpha1.ClaimSpec{SerialNumber: serial, Model: model, Possession: &custodyv1alpha1.PossessionProof{}}}
 			return apierrors.IsForbidden(admin.Create(context.Background(), probe, client.DryRunAll))
 		})
-		out, errOut, err := k.run(code+"\n", append([]string{"claim", serial, "--model", model, "--name", "refused"}, asBob...)...)
+		refused := func(who, name string) string {
+			t.Helper()
+			out, errOut, err := k.run(code+"\n", "claim", serial, "--model", model, "--name", name, "-n", acmeNS, "--as", who)
+			if err == nil || !strings.Contains(err.Error(), "creating the Claim") {
+				t.Fatalf("%s: want the Claim refused, got %v\n%s%s", who, err, out, errOut)
+			}
+			noCode(t, out, errOut, err.Error())
+			if n := len(claimsIn(t, acmeNS)); n != 0 {
+				t.Fatalf("a refused Claim was created (%d)", n)
+			}
+			return errOut
+		}
+		// Bob, an Operator, may not delete Secrets: the Secret is emptied,
+		// and he is told so, and how to claim again meanwhile.
+		errOut := refused(bob, "refused")
+		// Alice, an Admin, may: the Secret is deleted, and she is told so.
+		adminErrOut := refused(alice, "refused-by-admin")
 		if err := admin.Delete(context.Background(), quota); err != nil {
 			t.Fatal(err)
 		}
-		if err == nil || !strings.Contains(err.Error(), "creating the Claim") {
-			t.Fatalf("want the Claim refused, got %v\n%s%s", err, out, errOut)
-		}
-		noCode(t, out, errOut, err.Error())
-		if n := len(claimsIn(t, acmeNS)); n != 0 {
-			t.Fatalf("a refused Claim was created (%d)", n)
-		}
-		// Bob, an Operator, may not delete Secrets: the Secret is emptied,
-		// and he is told so.
 		left := readSecret(t, acmeNS, "refused-code")
-		if len(left.Data) != 0 || !strings.Contains(errOut, "no longer holds the claim code") {
+		if len(left.Data) != 0 || !strings.Contains(errOut, "no longer holds the claim code") || !strings.Contains(errOut, "--name") {
 			t.Fatalf("the refused Claim's Secret still holds %d keys; stderr %q", len(left.Data), errOut)
 		}
 		if err := admin.Delete(context.Background(), left); err != nil {
 			t.Fatal(err)
+		}
+		if err := admin.Get(context.Background(), client.ObjectKey{Namespace: acmeNS, Name: "refused-by-admin-code"}, &corev1.Secret{}); !apierrors.IsNotFound(err) || !strings.Contains(adminErrOut, "refused-by-admin-code that held the claim code was deleted") {
+			t.Fatalf("an Admin's refused Claim: the Secret is %v; stderr %q", err, adminErrOut)
 		}
 	})
 
@@ -508,6 +522,10 @@ func TestKubectlCustody(t *testing.T) {
 		if tr.Kind != "Transfer" || tr.Status.Phase != custodyv1alpha1.TransferPhaseCompleted || tr.Status.CompletionTime == nil || tr.Status.DeviceName != next.Device.Name {
 			t.Fatalf("-o yaml printed the Transfer before it was decided:\n%s", out)
 		}
+		// A release offers nothing, so nothing expires.
+		if _, ok := tr.Annotations["custody.dev/offer-expires-at"]; ok || tr.Status.ExpiresAt != nil {
+			t.Fatalf("a release has an offer's expiry:\n%s", out)
+		}
 	})
 
 	t.Run("pairing-token create", func(t *testing.T) {
@@ -534,6 +552,11 @@ func TestKubectlCustody(t *testing.T) {
 		}
 		if n := tokens(); n != 0 {
 			t.Fatalf("a dry run or -o yaml created %d tokens", n)
+		}
+		// --dry-run=server with -o has the API server check the Secret:
+		// another tenant's user may not create it.
+		if _, _, err := k.run("", "pairing-token", "create", "-n", acmeNS, "--as", eve, "-o", "yaml", "--dry-run=server"); err == nil || !strings.Contains(err.Error(), "forbidden") {
+			t.Fatalf("a server dry run with -o was not checked by the API server: %v", err)
 		}
 		// -o yaml and --dry-run=client name the tenant of -n too, also when
 		// its namespace is not its name: a token for "<namespace>" claims
