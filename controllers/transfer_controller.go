@@ -232,6 +232,13 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 			return reconcile.Result{}, nil
 		}
 		tr.Status.DeviceName = dev.Name
+	}
+
+	if tr.Spec.Release != nil {
+		// Carried out at once: nothing is offered, nothing expires.
+		return reconcile.Result{}, r.release(ctx, tr, c, dev, tenant.Name, now)
+	}
+	if tr.Status.ExpiresAt == nil {
 		exp := metav1.NewTime(now.Add(r.Options.TransferTTL))
 		if at, err := time.Parse(time.RFC3339, tr.Annotations[annotationOfferExpiresAt]); err == nil {
 			// Offered before its status was lost: the offer keeps its
@@ -239,10 +246,6 @@ func (r *TransferReconciler) reconcile(ctx context.Context, tr *custodyv1alpha1.
 			exp = metav1.NewTime(at)
 		}
 		tr.Status.ExpiresAt = &exp
-	}
-
-	if tr.Spec.Release != nil {
-		return reconcile.Result{}, r.release(ctx, tr, c, dev, tenant.Name, now)
 	}
 
 	// An offer: the recipient's Claim completes it.
