@@ -319,8 +319,12 @@ func initBatch(dir, model, prefix string, first, count int, claimURL string, std
 	if pages > 1 {
 		sheetNames += " to " + fmt.Sprintf(batchSheet, pages)
 	}
-	fmt.Fprintf(stdout, "made %d %s devices, %s to %s, in %s in %s: apply %s as the ERP (or import %s); print %s (%d labels per A4 page), then destroy %s; each key stays in %s.\n",
-		count, model, serials[0], serials[len(serials)-1], dir, time.Since(start).Round(time.Millisecond), batchManifest, batchCSV,
+	made := fmt.Sprintf("%d %s devices, %s to %s", count, model, serials[0], serials[len(serials)-1])
+	if count == 1 {
+		made = fmt.Sprintf("1 %s device, %s", model, serials[0])
+	}
+	fmt.Fprintf(stdout, "made %s, in %s in %s: apply %s as the ERP (or import %s); print %s (%d labels per A4 page), then destroy %s; each key stays in %s.\n",
+		made, dir, time.Since(start).Round(time.Millisecond), batchManifest, batchCSV,
 		sheetNames, label.PerPage, map[bool]string{true: "the sheet files", false: "the sheet file"}[pages > 1], filepath.Join(dir, "<serial>"))
 	return nil
 }

@@ -379,8 +379,12 @@ func TestInitBatchRefusesToOverwrite(t *testing.T) {
 	}
 	// A batch that goes on numbering, in a directory of its own, is made.
 	next := filepath.Join(t.TempDir(), "next")
-	if _, err := runInit(t, "--model", "XR200", "--count", "1", "--first", "3", "--serial-prefix", "XR-T", "--dir", next); err != nil {
+	out, err := runInit(t, "--model", "XR200", "--count", "1", "--first", "3", "--serial-prefix", "XR-T", "--dir", next)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(out, "made 1 XR200 device, XR-T-000003, in ") {
+		t.Fatalf("init of one device said %q", out)
 	}
 	readBatchDevice(t, next, "XR-T-000003")
 }
