@@ -59,6 +59,9 @@ type Agent struct {
 	// new one is proved at once.
 	proved   map[string]bool
 	provedAt time.Time
+	// lastProof is the code or token proved last: proving another is
+	// told at Info even while waiting (field staff re-paired the device).
+	lastProof string
 
 	// state is what the agent last told at Info (see say), and toldAt when.
 	state  string
@@ -291,6 +294,18 @@ func (a *Agent) provedNow(with []byte) {
 		a.proved, a.provedAt = map[string]bool{}, a.Clock.Now()
 	}
 	a.proved[string(with)] = true
+	a.lastProof = string(with)
+}
+
+// sayProved tells a proof made with with: at Info when it is made with
+// something other than the last proof (a device paired anew), else once
+// per wait.
+func (a *Agent) sayProved(with []byte, msg string, kv ...any) {
+	if string(with) != a.lastProof {
+		a.Log.Info(msg, kv...)
+		return
+	}
+	a.sayOncePerWait(msg, kv...)
 }
 
 // pairedRetry is how soon a device that has just sent its possession proof tries
@@ -303,7 +318,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.Possession(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, string(code)); err != nil {
 			return a.fail(err)
 		}
-		a.sayOncePerWait("sent its proof of possession with the pairing code (a Claim with the same code binds the device)")
+		a.sayProved(code, "sent its proof of possession with the pairing code (a Claim with the same code binds the device)")
 		a.provedNow(code)
 		paired = true
 	}
@@ -315,7 +330,7 @@ func (a *Agent) enroll(ctx context.Context) (time.Duration, error) {
 		if err := a.Client.ClaimWithToken(ctx, a.Key, a.ID.SerialNumber, a.ID.Model, token); err != nil {
 			return a.fail(err)
 		}
-		a.sayOncePerWait("presented the tenant's pairing token (the manager binds the device if the token holds)", "tenant", token.Tenant)
+		a.sayProved(raw, "presented the tenant's pairing token (the manager binds the device if the token holds)", "tenant", token.Tenant)
 		a.provedNow(raw)
 		paired = true
 	}

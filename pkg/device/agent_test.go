@@ -320,7 +320,7 @@ func TestANewPairingCodeIsProvedAtOnce(t *testing.T) {
 	g := newFakeGateway(t, now)
 	g.notBound.Store(1000)
 	clk := clocktesting.NewFakeClock(now)
-	a, _ := newTestAgent(t, g, clk)
+	a, logs := newTestAgent(t, g, clk)
 	ctx := context.Background()
 	for i, code := range []string{"ABCD1234", "ABCD1234", "EFGH5678", "EFGH5678"} {
 		if err := os.WriteFile(filepath.Join(a.Dir, FilePairing), []byte(code), 0o600); err != nil {
@@ -331,5 +331,9 @@ func TestANewPairingCodeIsProvedAtOnce(t *testing.T) {
 		if want := int64(1 + i/2); g.possessions.Load() != want {
 			t.Fatalf("step %d (code %s): %d proofs, want %d", i+1, code, g.possessions.Load(), want)
 		}
+	}
+	// The new code's proof is told at Info although the device waits.
+	if n := logs.count("sent its proof of possession"); n != 2 {
+		t.Fatalf("%d proofs told at Info, want 2 (each code's):\n%s", n, logs)
 	}
 }
